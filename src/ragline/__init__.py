@@ -1,0 +1,64 @@
+"""ragline: retrieval-augmented chat in which every piece of work has an owner and stops
+the moment that owner goes away."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .chat import ChatPipeline, StageTimeouts
+from .errors import (
+    InvalidRequest,
+    NotFound,
+    RagLineError,
+    StageTimeout,
+    Unauthorized,
+    UpstreamError,
+)
+from .lifetime import CancelReason, Cause, Lifetime, LifetimeError
+from .models import ChatRequest, ChatResult, Generation, Hit, Message, Prompt, Source, Usage
+from .settings import Settings
+from .supervisor import Supervisor
+from .threads import CancelToken, ThreadBridge, ThreadCancelled
+
+if TYPE_CHECKING:
+    from .server import create_app
+
+__all__ = [
+    "CancelReason",
+    "CancelToken",
+    "Cause",
+    "ChatPipeline",
+    "ChatRequest",
+    "ChatResult",
+    "Generation",
+    "Hit",
+    "InvalidRequest",
+    "Lifetime",
+    "LifetimeError",
+    "Message",
+    "NotFound",
+    "Prompt",
+    "RagLineError",
+    "Settings",
+    "Source",
+    "StageTimeout",
+    "StageTimeouts",
+    "Supervisor",
+    "ThreadBridge",
+    "ThreadCancelled",
+    "Unauthorized",
+    "UpstreamError",
+    "Usage",
+    "create_app",
+]
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The server (Starlette, uvicorn) loads only when asked for.
+    if name == "create_app":
+        from .server import create_app
+
+        return create_app
+    raise AttributeError(f"module 'ragline' has no attribute {name!r}")

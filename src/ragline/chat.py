@@ -1,0 +1,196 @@
+"""The chat orchestrator: transform → retrieve → compose → generate.
+
+Each stage runs in a child lifetime of the caller's (with an optional own deadline) and
+its own span. Whatever cuts the work short, the result object handed in as ``into`` keeps
+the sources, the text so far and the usage, with the cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from opentelemetry.trace import Span, SpanKind
+
+from .errors import StageTimeout
+from .lifetime import Cause, Lifetime
+from .metrics import Metrics
+from .models import ChatRequest, ChatResult, Generation, Hit, Prompt, Source, Usage
+from .providers import Embedder, Generator, OnDelta, PromptComposer, QueryTransformer, VectorStore
+from .tracing import Tracing, set_attributes
+
+__all__ = ["ChatPipeline", "StageTimeouts"]
+
+
+@dataclass(frozen=True, slots=True)
+class StageTimeouts:
+    """Own deadlines per stage, in seconds; ``None`` means the stage has none."""
+
+    transform: float | None = None
+    retrieve: float | None = None
+    compose: float | None = None
+    generate: float | None = None
+
+
+class ChatPipeline:
+    """Runs a :class:`ChatRequest` through the stages under the caller's lifetime."""
+
+    def __init__(
+        self,
+        *,
+        transformer: QueryTransformer,
+        composer: PromptComposer,
+        generator: Generator,
+        tracing: Tracing,
+        metrics: Metrics,
+        embedder: Embedder | None = None,
+        store: VectorStore | None = None,
+        timeouts: StageTimeouts = StageTimeouts(),
+    ) -> None:
+        if (embedder is None) != (store is None):
+            raise ValueError("retrieval needs both an embedder and a vector store")
+        self.transformer = transformer
+        self.composer = composer
+        self.generator = generator
+        self.embedder = embedder
+        self.store = store
+        self.timeouts = timeouts
+        self._tracing = tracing
+        self._metrics = metrics
+
+    async def run(
+        self,
+        request: ChatRequest,
+        lifetime: Lifetime,
+        *,
+        on_delta: OnDelta | None = None,
+        into: ChatResult | None = None,
+    ) -> ChatResult:
+        """Answer ``request``; stream the text to ``on_delta`` when given."""
+        result = into if into is not None else ChatResult()
+        with self._tracing.span("ragline.chat", lifetime, {"ragline.top_k": request.top_k}):
+            with self._stage(lifetime, "transform", self.timeouts.transform) as (stage, _):
+                query = await self.transformer.transform(request.query, stage)
+            hits: Sequence[Hit] = ()
+            if self.embedder is not None and self.store is not None:
+                with self._stage(lifetime, "retrieve", self.timeouts.retrieve) as (stage, span):
+                    vectors = await self.embedder.embed([query], stage)
+                    hits = await self.store.search(vectors[0], request.top_k, stage)
+                    span.set_attribute("ragline.hits", len(hits))
+            result.sources = [_source(hit) for hit in hits]
+            with self._stage(lifetime, "compose", self.timeouts.compose) as (stage, _):
+                prompt = await self.composer.compose(request, hits, stage)
+            await self._generate(prompt, lifetime, result, on_delta)
+        return result
+
+    async def _generate(
+        self, prompt: Prompt, lifetime: Lifetime, result: ChatResult, on_delta: OnDelta | None
+    ) -> None:
+        gen = self.generator
+        generation = Generation()
+        attributes: dict[str, str | int] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": gen.provider,
+            "gen_ai.request.model": gen.model,
+        }
+        if prompt.max_tokens is not None:
+            attributes["gen_ai.request.max_tokens"] = prompt.max_tokens
+        with self._stage(
+            lifetime,
+            "generate",
+            self.timeouts.generate,
+            attributes,
+            span_name=f"chat {gen.model}",
+            kind=SpanKind.CLIENT,
+        ) as (stage, span):
+            cause: Cause | None = None
+            completed = False
+            try:
+                await gen.generate(prompt, stage, generation, on_delta)
+                completed = True
+            except StageTimeout:
+                cause = Cause.DEADLINE
+                raise
+            finally:
+                reason = stage.reason
+                if reason is not None and not completed:
+                    cause = reason.cause
+                result.text = generation.text
+                result.usage = _usage(generation, prompt, cause)
+                self._account(generation, result.usage, stage, span)
+
+    def _account(self, generation: Generation, usage: Usage, stage: Lifetime, span: Span) -> None:
+        model = self.generator.model
+        m = self._metrics
+        m.tokens.labels("prompt", model).inc(usage.prompt_tokens)
+        m.tokens.labels("completion", model).inc(usage.completion_tokens)
+        if generation.tokens_after_cancel:
+            m.tokens_after_cancel.inc(generation.tokens_after_cancel)
+        reason = stage.reason
+        if reason is not None and generation.upstream_closed_at is not None:
+            m.cancel_to_close_seconds.observe(max(generation.upstream_closed_at - reason.at, 0.0))
+        set_attributes(
+            span,
+            {
+                "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                "gen_ai.usage.output_tokens": usage.completion_tokens,
+                "gen_ai.response.finish_reasons": [usage.finish_reason]
+                if usage.finish_reason
+                else None,
+                "ragline.usage.estimated": usage.estimated,
+            },
+        )
+
+    @contextmanager
+    def _stage(
+        self,
+        lifetime: Lifetime,
+        name: str,
+        timeout: float | None,
+        attributes: dict[str, str | int] | None = None,
+        *,
+        span_name: str | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+    ) -> Iterator[tuple[Lifetime, Span]]:
+        with self._tracing.span(span_name or f"ragline.{name}", lifetime, attributes, kind) as span:
+            try:
+                with lifetime.child(name, timeout=timeout) as stage:
+                    yield stage, span
+            except StageTimeout:
+                self._metrics.stage_timeouts.labels(name).inc()
+                raise
+
+
+def _source(hit: Hit) -> Source:
+    return Source(
+        document_id=hit.document_id,
+        chunk_index=hit.chunk_index,
+        source=hit.source,
+        score=hit.score,
+        text=hit.text,
+    )
+
+
+def _estimate_tokens(prompt: Prompt) -> int:
+    # About four characters per token for English text; only used when the upstream
+    # never reported usage (the generation was cut before its last chunk).
+    chars = sum(len(m.content) + 4 for m in prompt.messages)
+    return max(1, chars // 4)
+
+
+def _usage(generation: Generation, prompt: Prompt, cause: Cause | None) -> Usage:
+    prompt_tokens = (
+        generation.prompt_tokens if generation.usage_reported else _estimate_tokens(prompt)
+    )
+    finish = generation.finish_reason
+    if cause is not None:
+        finish = "timeout" if cause is Cause.DEADLINE else "cancelled"
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=generation.completion_tokens,
+        total_tokens=prompt_tokens + generation.completion_tokens,
+        finish_reason=finish,
+        cause=cause,
+        estimated=not generation.usage_reported,
+    )

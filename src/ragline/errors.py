@@ -1,0 +1,81 @@
+"""The one error root of ragline and its few subclasses.
+
+Every error carries a stable machine-readable ``code``; the HTTP boundary maps the
+classes to status codes in one place (:mod:`ragline.server.errors`).
+
+Cancellation is *not* an error here: a cancelled piece of work unwinds with the async
+library's own cancellation exception and reports its :class:`~ragline.CancelReason`
+through its lifetime. Only a timeout that belongs to a stage becomes an error.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidRequest",
+    "NotFound",
+    "RagLineError",
+    "StageTimeout",
+    "Unauthorized",
+    "UpstreamError",
+]
+
+
+class RagLineError(Exception):
+    """Root of every error ragline raises on purpose."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(RagLineError):
+    """The caller sent something we cannot act on (bad JSON, bad field, too large)."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class Unauthorized(RagLineError):
+    """Missing or wrong credentials."""
+
+    code = "unauthorized"
+
+
+class NotFound(RagLineError):
+    """A named thing (route, model, job) does not exist."""
+
+    code = "not_found"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class StageTimeout(RagLineError, TimeoutError):
+    """A stage's own deadline passed. A timeout, never a cancellation."""
+
+    code = "timeout"
+
+    def __init__(self, stage: str, timeout: float | None, message: str | None = None) -> None:
+        limit = f" after {timeout:g}s" if timeout is not None else ""
+        super().__init__(message or f"{stage} timed out{limit}")
+        self.stage = stage
+        self.timeout = timeout
+
+
+class UpstreamError(RagLineError):
+    """A provider (model server, vector store, connector) failed or answered an error."""
+
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,65 @@
+"""Prometheus metrics, one registry per application (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+
+class Metrics:
+    """Everything ragline counts."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "ragline_requests",
+            "HTTP requests by route and outcome",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "ragline_request_duration_seconds", "HTTP request duration", ["route"], registry=r
+        )
+        self.cancellations = Counter(
+            "ragline_cancellations",
+            "Work cancelled, by cause and kind of owner",
+            ["cause", "owner"],
+            registry=r,
+        )
+        self.stage_timeouts = Counter(
+            "ragline_stage_timeouts",
+            "Stages that ran past their own deadline",
+            ["stage"],
+            registry=r,
+        )
+        self.tokens_after_cancel = Counter(
+            "ragline_upstream_tokens_after_cancel",
+            "Tokens received from an upstream after the owner of the work left",
+            registry=r,
+        )
+        self.cancel_to_close_seconds = Histogram(
+            "ragline_upstream_close_after_cancel_seconds",
+            "Time from a cancellation (e.g. a client disconnect) to the upstream connection close",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
+        self.tokens = Counter(
+            "ragline_tokens",
+            "Model tokens by kind (prompt, completion) and model",
+            ["kind", "model"],
+            registry=r,
+        )
+        self.orphaned_threads = Counter(
+            "ragline_orphaned_threads",
+            "Worker threads still running after their grace period past cancellation",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,113 @@
+"""The values that flow through the chat pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from .lifetime import Cause
+
+__all__ = [
+    "ChatRequest",
+    "ChatResult",
+    "Generation",
+    "Hit",
+    "Message",
+    "Prompt",
+    "Source",
+    "Usage",
+]
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Message(BaseModel):
+    """One chat message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """A question for the pipeline. ``history`` holds earlier turns (OpenAI route)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    query: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32_000)]
+    top_k: int = Field(4, ge=1, le=50)
+    system_instructions: Annotated[str, StringConstraints(max_length=32_000)] | None = None
+    history: tuple[Message, ...] = ()
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
+class Source(BaseModel):
+    """A retrieved chunk that the answer was grounded on."""
+
+    document_id: str
+    chunk_index: int
+    source: str
+    score: float
+    text: str
+
+
+class Usage(BaseModel):
+    """Token accounting, kept even when a generation is cut short."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    finish_reason: str | None = None
+    cause: Cause | None = None
+    estimated: bool = False
+
+
+class ChatResult(BaseModel):
+    """The answer, its sources and its usage."""
+
+    text: str = ""
+    sources: list[Source] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A search result from a vector store."""
+
+    document_id: str
+    chunk_index: int
+    text: str
+    source: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """What a generator is asked: messages and sampling limits."""
+
+    messages: tuple[Message, ...]
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass(slots=True)
+class Generation:
+    """A generation as it happens. A generator fills it in place, so whoever holds it
+    still knows the text and usage after the generation is cut short."""
+
+    parts: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_reported: bool = False
+    finish_reason: str | None = None
+    tokens_after_cancel: int = 0
+    upstream_closed_at: float | None = None
+
+    @property
+    def text(self) -> str:
+        """Everything generated so far."""
+        return "".join(self.parts)

@@ -1,0 +1,208 @@
+"""A generator for any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp).
+
+Always streams from the upstream, also for whole answers: that is what lets a cut-short
+generation keep its usage, a first-token timeout exist, and a cancellation close the
+connection (the only signal an upstream gets that nobody is listening).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import anyio
+import httpx
+from pydantic import SecretStr
+
+from ..errors import StageTimeout, UpstreamError
+from ..lifetime import Lifetime
+from ..models import Generation, Prompt
+from . import OnDelta
+
+__all__ = ["OpenAIGenerator"]
+
+log = logging.getLogger("ragline.providers.openai")
+
+_MAX_ERROR_BODY = 4096
+
+
+class OpenAIGenerator:
+    """Streams chat completions from ``{base_url}/chat/completions``.
+
+    ``max_connections`` bounds the connection pool; a request waiting for a slot whose
+    owner goes away leaves the queue without being sent.
+    """
+
+    provider = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key: SecretStr | None = None,
+        max_connections: int = 32,
+        connect_timeout: float = 5.0,
+        first_token_timeout: float | None = 60.0,
+        total_timeout: float | None = 300.0,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> None:
+        self.model = model
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._api_key = api_key
+        self._first_token_timeout = first_token_timeout
+        self._total_timeout = total_timeout
+        self._max_tokens = max_tokens
+        self._temperature = temperature
+        # Read and pool waits are bounded by our own first-token and total deadlines.
+        self._client = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            timeout=httpx.Timeout(
+                connect=connect_timeout, read=None, write=connect_timeout, pool=None
+            ),
+        )
+        self._connect_timeout = connect_timeout
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    def _body(self, prompt: Prompt) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in prompt.messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        max_tokens = prompt.max_tokens or self._max_tokens
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        temperature = prompt.temperature if prompt.temperature is not None else self._temperature
+        if temperature is not None:
+            body["temperature"] = temperature
+        return body
+
+    def _headers(self, lifetime: Lifetime) -> dict[str, str]:
+        headers = {"accept": "text/event-stream"}
+        if self._api_key is not None:
+            headers["authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        request_id = lifetime.get("request_id")
+        if request_id:
+            headers["x-request-id"] = str(request_id)
+        return headers
+
+    async def generate(
+        self,
+        prompt: Prompt,
+        lifetime: Lifetime,
+        into: Generation,
+        on_delta: OnDelta | None = None,
+    ) -> Generation:
+        """Generate into ``into``; stream pieces to ``on_delta`` when given."""
+        await lifetime.checkpoint()
+        start = anyio.current_time()
+        total_deadline = start + self._total_timeout if self._total_timeout else math.inf
+        first_deadline = (
+            start + self._first_token_timeout if self._first_token_timeout else math.inf
+        )
+        scope = anyio.CancelScope(deadline=min(first_deadline, total_deadline))
+        first_seen = False
+        try:
+            with scope:
+                log.debug("upstream request queued", extra={"model": self.model})
+                async with self._client.stream(
+                    "POST", self._url, json=self._body(prompt), headers=self._headers(lifetime)
+                ) as response:
+                    if response.status_code >= 400:
+                        await self._raise_for(response)
+                    async for line in response.aiter_lines():
+                        # One event per data line: OpenAI-compatible servers never
+                        # split a chunk over several data lines.
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        piece = self._absorb(data, into, lifetime)
+                        if piece:
+                            if not first_seen:
+                                first_seen = True
+                                scope.deadline = total_deadline
+                            if on_delta is not None:
+                                await on_delta(piece)
+        except anyio.get_cancelled_exc_class():
+            into.upstream_closed_at = time.monotonic()
+            raise
+        except httpx.TimeoutException as exc:
+            raise StageTimeout(
+                "generate", self._connect_timeout, f"upstream timed out: {type(exc).__name__}"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}") from None
+        into.upstream_closed_at = time.monotonic()
+        if scope.cancelled_caught:
+            if first_seen:
+                raise StageTimeout("generate", self._total_timeout, "upstream total timeout")
+            raise StageTimeout(
+                "generate", self._first_token_timeout, "no first token from the upstream in time"
+            )
+        return into
+
+    def _absorb(self, data: str, into: Generation, lifetime: Lifetime) -> str:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise UpstreamError("upstream sent a malformed stream event") from None
+        if not isinstance(chunk, dict):
+            raise UpstreamError("upstream sent a malformed stream event")
+        if "error" in chunk:
+            raise UpstreamError(f"upstream error: {_error_message(chunk)}")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            into.usage_reported = True
+            into.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            into.completion_tokens = int(usage.get("completion_tokens") or 0)
+        piece = ""
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if isinstance(content, str):
+                piece += content
+            if choice.get("finish_reason"):
+                into.finish_reason = str(choice["finish_reason"])
+        if piece:
+            if lifetime.cancelled:
+                into.tokens_after_cancel += 1
+            into.parts.append(piece)
+            if not into.usage_reported:
+                into.completion_tokens += 1
+        return piece
+
+    async def _raise_for(self, response: httpx.Response) -> None:
+        body = b""
+        async for part in response.aiter_bytes():
+            body += part
+            if len(body) > _MAX_ERROR_BODY:
+                break
+        try:
+            message = _error_message(json.loads(body))
+        except ValueError:
+            message = body[:200].decode("utf-8", "replace")
+        raise UpstreamError(
+            f"upstream answered {response.status_code}: {message}", status=response.status_code
+        )
+
+
+def _error_message(payload: object) -> str:
+    if isinstance(payload, dict):
+        error = payload.get("error", payload)
+        if isinstance(error, dict):
+            return str(error.get("message") or error)
+        return str(error)
+    return str(payload)

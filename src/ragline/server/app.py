@@ -1,0 +1,70 @@
+"""``create_app(settings)``: the ASGI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..errors import RagLineError
+from ..runtime import Runtime
+from ..settings import Settings
+from . import openai_api, routes
+from .boundary import Boundary
+from .errors import error_body, error_for_exception
+
+__all__ = ["create_app"]
+
+
+async def _ragline_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RagLineError)
+    status, body = error_for_exception(exc)
+    return JSONResponse(body, status_code=status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(exc.status_code, code, str(exc.detail)),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse(error_body(500, "internal_error", "internal server error"), status_code=500)
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Starlette:
+    """Build the application from ``settings`` (default: from the environment).
+
+    ``overrides`` replace providers (``generator``, ``embedder``, ``store``,
+    ``transformer``, ``composer``) or the ``tracer_provider``. The runtime is at
+    ``app.state.runtime``.
+    """
+    runtime = Runtime(settings or Settings(), **overrides)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with runtime.running():
+            yield
+
+    app = Starlette(
+        routes=[*routes.routes, *openai_api.routes],
+        middleware=[Middleware(Boundary, runtime=runtime)],
+        exception_handlers={
+            RagLineError: _ragline_error,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    return app

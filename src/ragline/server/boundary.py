@@ -1,0 +1,311 @@
+"""The HTTP boundary: turns transport events into lifetime cancellations and outcomes
+into status codes, logs and metrics.
+
+Starlette notices a disconnect only while a streaming body is being sent, and uvicorn's
+``send()`` after a disconnect returns silently. So this middleware reads the body itself,
+then keeps listening on ``receive()`` for the whole request: a disconnect at any stage
+cancels the request's lifetime with cause ``client_disconnected`` at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from opentelemetry.trace import SpanKind
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import InvalidRequest, StageTimeout
+from ..lifetime import CancelReason, Cause, Lifetime
+from ..logs import request_id_var
+from ..runtime import Runtime
+from ..tracing import mark_cancelled, mark_failed
+from .errors import (
+    CLIENT_CLOSED,
+    error_body,
+    error_bytes,
+    error_for_cause,
+    error_for_exception,
+    outcome_label,
+    status_for_cause,
+)
+
+__all__ = ["Boundary", "RequestContext", "request_context"]
+
+log = logging.getLogger("ragline.server")
+access_log = logging.getLogger("ragline.access")
+
+_PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+@dataclass(eq=False)
+class RequestContext:
+    """What the boundary knows of one request; endpoints find it in ``scope["ragline"]``."""
+
+    request_id: str
+    lifetime: Lifetime
+    runtime: Runtime
+    started: bool = False
+    completed: bool = False
+    status: int | None = None
+    error_status: int | None = None  # an error reported inside a started (streamed) response
+    disconnected: anyio.Event = field(default_factory=anyio.Event)
+    timed_out: bool = False
+
+
+def request_context(scope: Scope) -> RequestContext:
+    """The boundary's context of a request, from an endpoint's scope."""
+    ctx = scope.get("ragline")
+    if not isinstance(ctx, RequestContext):
+        raise TypeError("endpoint is running outside ragline's boundary")
+    return ctx
+
+
+class Boundary:
+    """Pure ASGI middleware in front of the routes. See the module docstring."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+        self._keys = [k.get_secret_value().encode() for k in runtime.settings.api_keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rt = self.runtime
+        request_id = _request_id(scope)
+        token = request_id_var.set(request_id)
+        lifetime = rt.lifetime.child(
+            "request", timeout=rt.settings.request_deadline, values={"request_id": request_id}
+        )
+        ctx = RequestContext(request_id=request_id, lifetime=lifetime, runtime=rt)
+        scope["ragline"] = ctx
+        begun = time.perf_counter()
+        span_name = f"{scope['method']} {scope['path']}"
+        try:
+            with rt.tracing.span(
+                span_name,
+                lifetime,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.request.method": scope["method"],
+                    "url.path": scope["path"],
+                    "ragline.request_id": request_id,
+                },
+            ) as span:
+                await self._handle(scope, receive, send, ctx)
+                reason = lifetime.reason
+                if ctx.timed_out:
+                    mark_failed(span, StageTimeout("request", rt.settings.request_deadline))
+                elif reason is not None:
+                    mark_cancelled(span, reason)
+                status = _final_status(ctx, reason)
+                span.set_attribute("http.response.status_code", status)
+                route = _route(scope)
+                span.update_name(f"{scope['method']} {route}")
+                span.set_attribute("http.route", route)
+        finally:
+            request_id_var.reset(token)
+        self._account(scope, ctx, status, time.perf_counter() - begun)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
+    ) -> None:
+        if not self._authorized(scope):
+            denied = error_body(401, "unauthorized", "missing or invalid API key")
+            await _send_json(send, ctx, 401, denied, {"www-authenticate": "Bearer"})
+            return
+        lifetime = ctx.lifetime
+        try:
+            with lifetime:
+                body = await self._read_body(scope, receive, send, ctx)
+                if body is not None:
+                    await self._run_app(scope, receive, send, ctx, body)
+        except StageTimeout:
+            ctx.timed_out = True
+        reason = lifetime.reason
+        if ctx.started or ctx.disconnected.is_set():
+            return
+        if ctx.timed_out:
+            status, err = error_for_cause(CancelReason(Cause.DEADLINE, lifetime.path, 0.0))
+            await _send_json(send, ctx, status, err)
+        elif reason is not None:
+            status, err = error_for_cause(reason)
+            await _send_json(send, ctx, status, err)
+
+    async def _read_body(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
+    ) -> bytes | None:
+        limit = self.runtime.settings.max_body_bytes
+        too_large = InvalidRequest(f"request body exceeds {limit} bytes", code="body_too_large")
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_json(send, ctx, *error_for_exception(too_large), {"connection": "close"})
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._disconnected(ctx)
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_json(
+                    send, ctx, *error_for_exception(too_large), {"connection": "close"}
+                )
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _run_app(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, body: bytes
+    ) -> None:
+        body_given = False
+
+        async def replay() -> Message:
+            nonlocal body_given
+            if not body_given:
+                body_given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await ctx.disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def tracked_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ctx.started = True
+                ctx.status = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", ctx.request_id.encode()))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                ctx.completed = True
+            await send(message)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch, receive, ctx)
+            try:
+                await self.app(scope, replay, tracked_send)
+            except Exception:
+                # Starlette has already answered 500; log once, never propagate a traceback.
+                log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+                if not ctx.started:
+                    await _send_json(
+                        send, ctx, 500, error_body(500, "internal_error", "internal server error")
+                    )
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _watch(self, receive: Receive, ctx: RequestContext) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._disconnected(ctx)
+                return
+
+    def _disconnected(self, ctx: RequestContext) -> None:
+        ctx.disconnected.set()
+        if not ctx.completed:
+            ctx.lifetime.cancel(Cause.CLIENT_DISCONNECTED, "client closed the connection")
+
+    def _authorized(self, scope: Scope) -> bool:
+        if not self._keys or scope["path"] in _PUBLIC_PATHS:
+            return True
+        value = _header(scope, b"authorization") or ""
+        scheme, _, presented = value.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            return False
+        given = presented.strip().encode()
+        # Compare against every key so the time taken does not tell which one matched.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(given, key)
+        return matched
+
+    def _account(self, scope: Scope, ctx: RequestContext, status: int, seconds: float) -> None:
+        route = _route(scope)
+        metrics = self.runtime.metrics
+        metrics.requests.labels(route, outcome_label(status)).inc()
+        metrics.request_seconds.labels(route).observe(seconds)
+        reason = ctx.lifetime.reason
+        if reason is not None:
+            metrics.cancellations.labels(str(reason.cause), "request").inc()
+        extra: dict[str, Any] = {
+            "request_id": ctx.request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "route": route,
+            "status": status,
+            "sent_status": ctx.status,
+            "duration_ms": round(seconds * 1000, 1),
+        }
+        if reason is not None:
+            extra["cause"] = str(reason.cause)
+            extra["origin"] = reason.origin
+        elif ctx.timed_out:
+            extra["cause"] = str(Cause.DEADLINE)
+        access_log.info("%s %s %d", scope["method"], scope["path"], status, extra=extra)
+
+
+def _final_status(ctx: RequestContext, reason: CancelReason | None) -> int:
+    if reason is not None and reason.cause is Cause.CLIENT_DISCONNECTED:
+        return CLIENT_CLOSED
+    if ctx.disconnected.is_set() and not ctx.completed:
+        return CLIENT_CLOSED
+    if ctx.timed_out:
+        return 504
+    if reason is not None:
+        return status_for_cause(reason)
+    if ctx.error_status is not None:
+        return ctx.error_status
+    return ctx.status if ctx.status is not None else 500
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "<unmatched>"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _request_id(scope: Scope) -> str:
+    given = _header(scope, b"x-request-id")
+    if given and _REQUEST_ID.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
+async def _send_json(
+    send: Send,
+    ctx: RequestContext,
+    status: int,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> None:
+    payload = error_bytes(body)
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"x-request-id", ctx.request_id.encode()),
+    ]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    ctx.started, ctx.status = True, status
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
+    ctx.completed = True

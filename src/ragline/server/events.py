@@ -1,0 +1,88 @@
+"""Server-sent event responses that always end with a final event.
+
+The stream runs the pipeline under the request's lifetime and writes each delta as it
+arrives. However it ends, the client gets a last event: the result, or the error and its
+cause. When the end is a cancellation (shutdown, deadline) that last event is written in a
+short shielded window; a client that has gone gets nothing, since nobody is listening.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ..errors import RagLineError
+from ..lifetime import Cause
+from ..models import ChatRequest, ChatResult
+from .boundary import RequestContext
+from .errors import error_for_cause, error_for_exception
+
+__all__ = ["EventFormat", "EventStreamResponse", "sse"]
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    """One server-sent event; ``data`` is JSON-encoded unless it is a string."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {text}\n\n".encode()
+
+
+class EventFormat(Protocol):
+    """How one flavour of stream spells its events."""
+
+    def opening(self) -> bytes: ...
+    def delta(self, text: str) -> bytes: ...
+    def done(self, result: ChatResult) -> bytes: ...
+    def error(self, status: int, body: dict[str, Any], result: ChatResult) -> bytes: ...
+
+
+class EventStreamResponse(Response):
+    """Streams one chat run as server-sent events in ``fmt``'s spelling."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, ctx: RequestContext, request: ChatRequest, fmt: EventFormat) -> None:
+        super().__init__(
+            content=None,
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+        self.ctx = ctx
+        self.request = request
+        self.fmt = fmt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = self.ctx
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+
+        async def write(data: bytes) -> None:
+            if data:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        async def on_delta(text: str) -> None:
+            await write(self.fmt.delta(text))
+
+        result = ChatResult()
+        try:
+            await write(self.fmt.opening())
+            await ctx.runtime.pipeline.run(
+                self.request, ctx.lifetime, on_delta=on_delta, into=result
+            )
+            final = self.fmt.done(result)
+        except anyio.get_cancelled_exc_class():
+            reason = ctx.lifetime.reason
+            if reason is not None and reason.cause is not Cause.CLIENT_DISCONNECTED:
+                status, body = error_for_cause(reason)
+                with anyio.move_on_after(ctx.runtime.settings.final_event_window, shield=True):
+                    await write(self.fmt.error(status, body, result))
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            raise
+        except RagLineError as exc:
+            status, body = error_for_exception(exc)
+            ctx.error_status = status
+            final = self.fmt.error(status, body, result)
+        await write(final)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,86 @@
+"""ragline's own API: chat, streaming, health and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..metrics import CONTENT_TYPE
+from ..models import ChatRequest, ChatResult
+from .boundary import request_context
+from .events import EventStreamResponse, sse
+from .validation import parse_json, validate
+
+__all__ = ["routes"]
+
+
+class NativeEvents:
+    """``data: {"delta": ...}`` per chunk, then ``event: done`` or ``event: error``."""
+
+    def opening(self) -> bytes:
+        return b""
+
+    def delta(self, text: str) -> bytes:
+        return sse({"delta": text})
+
+    def done(self, result: ChatResult) -> bytes:
+        return sse(
+            {
+                "finish_reason": result.usage.finish_reason,
+                "usage": result.usage.model_dump(mode="json"),
+                "sources": [s.model_dump(mode="json") for s in result.sources],
+            },
+            event="done",
+        )
+
+    def error(self, status: int, body: dict[str, Any], result: ChatResult) -> bytes:
+        return sse(
+            {**body, "status": status, "usage": result.usage.model_dump(mode="json")}, event="error"
+        )
+
+
+async def chat(request: Request) -> Response:
+    """``POST /api/v1/inference/chat`` → ``{text, sources, usage}``."""
+    ctx = request_context(request.scope)
+    chat_request = validate(ChatRequest, parse_json(await request.body()))
+    result = await ctx.runtime.pipeline.run(chat_request, ctx.lifetime)
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+async def stream(request: Request) -> Response:
+    """``GET /api/v1/inference/stream?query=…&top_k=…`` → server-sent events."""
+    ctx = request_context(request.scope)
+    params: dict[str, Any] = dict(request.query_params)
+    chat_request = validate(ChatRequest, params)
+    return EventStreamResponse(ctx, chat_request, NativeEvents())
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process answers."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: started and not shutting down."""
+    runtime = request_context(request.scope).runtime
+    if runtime.ready and not runtime.lifetime.cancelled:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "not ready"}, status_code=503)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    runtime = request_context(request.scope).runtime
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
+
+
+routes = [
+    Route("/api/v1/inference/chat", chat, methods=["POST"]),
+    Route("/api/v1/inference/stream", stream, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

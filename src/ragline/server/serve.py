@@ -1,0 +1,62 @@
+"""Running the application on uvicorn, with a shutdown that stops work at once.
+
+uvicorn drains connections before the lifespan shutdown runs, which is too late to stop
+in-flight work: on SIGTERM/SIGINT it waits for every stream to finish. Here the signal
+also cancels the application's lifetime with cause ``shutdown`` the moment it arrives, so
+responses end (503, or a final error event) and the process exits within the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from ..runtime import Runtime
+
+__all__ = ["Server", "build_server"]
+
+
+class Server(uvicorn.Server):
+    """A uvicorn server whose exit handler cancels the application's work."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            # A signal handler runs between bytecodes; hand the cancellation to the loop.
+            loop.call_soon_threadsafe(self.runtime.shutdown, f"signal {sig}")
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown from the event loop (tests, embedding)."""
+        self.should_exit = True
+        self.runtime.shutdown("stop requested")
+
+
+def build_server(app: Starlette, *, host: str, port: int) -> Server:
+    """A :class:`Server` for ``app`` with ragline's shutdown and logging choices."""
+    runtime: Runtime = app.state.runtime
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,  # the boundary writes the access log, with 499s and causes
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=math.ceil(runtime.settings.shutdown_grace),
+        timeout_keep_alive=5,
+    )
+    return Server(config, runtime)

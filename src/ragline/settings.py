@@ -1,0 +1,104 @@
+"""The one settings object, read from ``RAGLINE_*`` environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _seconds_or_none(value: object) -> object:
+    # "0", "", "none", "infinite" all mean: no limit.
+    if isinstance(value, str) and value.strip().lower() in {"", "0", "none", "off", "infinite"}:
+        return None
+    if isinstance(value, int | float) and value == 0:
+        return None
+    return value
+
+
+Seconds = Annotated[float | None, Field(ge=0)]
+
+
+class Settings(BaseSettings):
+    """Everything ragline can be told. Pass it to :func:`ragline.create_app`.
+
+    Secrets are :class:`~pydantic.SecretStr` and never appear in logs or reprs.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RAGLINE_", extra="ignore")
+
+    # -- server ------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    allow_public_without_auth: bool = False
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    request_deadline: Seconds = 120.0
+    shutdown_grace: float = Field(2.0, gt=0, le=60)
+    final_event_window: float = Field(0.5, gt=0, le=5)
+
+    # -- model -----------------------------------------------------------------------
+    llm_provider: Literal["openai"] = "openai"
+    llm_base_url: str = "http://127.0.0.1:8080/v1"
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "default"
+    llm_max_connections: int = Field(32, ge=1)
+    llm_connect_timeout: float = Field(5.0, gt=0)
+    llm_first_token_timeout: Seconds = 60.0
+    llm_total_timeout: Seconds = 300.0
+    llm_max_tokens: int | None = Field(512, ge=1)
+    llm_temperature: float | None = Field(None, ge=0, le=2)
+
+    # -- pipeline -----------------------------------------------------------------------
+    retrieval: bool = False
+    transform_timeout: Seconds = None
+    retrieve_timeout: Seconds = None
+    compose_timeout: Seconds = None
+
+    # -- lifecycle and observability ---------------------------------------------------------
+    thread_orphan_grace: float = Field(5.0, gt=0)
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator(
+        "request_deadline",
+        "llm_first_token_timeout",
+        "llm_total_timeout",
+        "transform_timeout",
+        "retrieve_timeout",
+        "compose_timeout",
+        mode="before",
+    )
+    @classmethod
+    def _no_limit(cls, value: object) -> object:
+        return _seconds_or_none(value)
+
+    def require_safe_bind(self, host: str) -> None:
+        """Refuse to serve without auth beyond this machine unless told to."""
+        if not self.api_keys and not is_loopback(host) and not self.allow_public_without_auth:
+            raise ValueError(
+                f"refusing to bind {host} with no RAGLINE_API_KEYS set; set keys, bind "
+                "127.0.0.1, or set RAGLINE_ALLOW_PUBLIC_WITHOUT_AUTH=true"
+            )

@@ -1,0 +1,85 @@
+"""The application-owned task group for work that outlives a request.
+
+Every task started here runs inside its own lifetime (usually one made with
+:meth:`Lifetime.detach`), so it obeys shutdown and its own timeout. A task's failure is
+logged and never tears down its siblings; a task's timeout is a warning, not an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .errors import StageTimeout
+from .lifetime import Cause, Lifetime, LifetimeError
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("ragline.supervisor")
+
+
+class Supervisor:
+    """Owns background work. Use as ``async with Supervisor.running(root) as sup:``."""
+
+    def __init__(self, root: Lifetime) -> None:
+        self.root = root
+        self._group: TaskGroup | None = None
+        self._running: set[Lifetime] = set()
+
+    @property
+    def active(self) -> int:
+        """How many supervised tasks are in flight."""
+        return len(self._running)
+
+    def start(self, lifetime: Lifetime, func: Callable[[Lifetime], Awaitable[object]]) -> None:
+        """Run ``func(lifetime)`` in the background inside ``lifetime``."""
+        if self._group is None:
+            raise LifetimeError("supervisor is not running")
+        if lifetime.root_lifetime is not self.root:
+            raise LifetimeError(f"{lifetime.path} does not belong to {self.root.path}")
+        self._running.add(lifetime)
+        self._group.start_soon(self._run, lifetime, func, name=lifetime.path)
+
+    async def _run(self, lifetime: Lifetime, func: Callable[[Lifetime], Awaitable[object]]) -> None:
+        try:
+            with lifetime:
+                await func(lifetime)
+        except StageTimeout as exc:
+            log.warning(
+                "%s timed out after %ss",
+                lifetime.path,
+                exc.timeout,
+                extra={"cause": "timeout", "origin": lifetime.path},
+            )
+        except Exception:
+            log.exception("background task %s failed", lifetime.path)
+        finally:
+            self._running.discard(lifetime)
+        reason = lifetime.reason
+        if reason is not None:
+            log.info(
+                "%s cancelled",
+                lifetime.path,
+                extra={"cause": str(reason.cause), "origin": reason.origin},
+            )
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls, root: Lifetime) -> AsyncIterator[Supervisor]:
+        """Supervise background work for the life of the block.
+
+        Leaving the block cancels what is still running with cause ``shutdown`` and
+        waits for it to unwind.
+        """
+        supervisor = cls(root)
+        async with anyio.create_task_group() as group:
+            supervisor._group = group
+            try:
+                yield supervisor
+            finally:
+                supervisor._group = None
+                root.cancel(Cause.SHUTDOWN, "supervisor closing")
