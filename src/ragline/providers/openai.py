@@ -115,7 +115,10 @@ class OpenAIGenerator:
         first_seen = False
         try:
             with scope:
-                log.debug("upstream request queued", extra={"model": self.model})
+                log.debug(
+                    "upstream request queued",
+                    extra={"model": self.model, "request_id": lifetime.get("request_id")},
+                )
                 async with self._client.stream(
                     "POST", self._url, json=self._body(prompt), headers=self._headers(lifetime)
                 ) as response:

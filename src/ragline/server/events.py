@@ -46,10 +46,14 @@ class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(self, ctx: RequestContext, request: ChatRequest, fmt: EventFormat) -> None:
-        super().__init__(
-            content=None,
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
+        # No content-length: the body is a stream of events.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
         self.ctx = ctx
         self.request = request
         self.fmt = fmt

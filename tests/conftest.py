@@ -1,0 +1,172 @@
+"""Shared test parts: a real uvicorn server running ragline, log and span capture, and a
+raw HTTP client that can hang up at any moment."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import SocketStream
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+from ragline import Settings
+from ragline.server import Server, build_server, create_app
+from upstream import FakeUpstream
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class LogCapture(logging.Handler):
+    """Collects ragline's log records and lets a test wait for one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._changed: anyio.Event | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if self._changed is not None:
+            self._changed.set()
+
+    async def wait_for(self, match: Callable[[logging.LogRecord], bool]) -> logging.LogRecord:
+        while True:
+            for record in self.records:
+                if match(record):
+                    return record
+            self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def access(self, request_id: str) -> Callable[[logging.LogRecord], bool]:
+        """Matches the access log line of one request."""
+        return lambda r: r.name == "ragline.access" and getattr(r, "request_id", None) == request_id
+
+
+@pytest.fixture
+def logs() -> AsyncIterator[LogCapture]:
+    capture = LogCapture()
+    logger = logging.getLogger("ragline")
+    old_level = logger.level
+    logger.addHandler(capture)
+    logger.setLevel(logging.DEBUG)
+    yield capture
+    logger.removeHandler(capture)
+    logger.setLevel(old_level)
+
+
+@dataclass
+class Running:
+    """A ragline server listening on 127.0.0.1."""
+
+    server: Server
+    port: int
+    spans: InMemorySpanExporter
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def finished_spans(self) -> list[ReadableSpan]:
+        return list(self.spans.get_finished_spans())
+
+    def span(self, name: str) -> ReadableSpan:
+        found = [s for s in self.finished_spans() if s.name == name]
+        assert found, f"no span {name!r} in {[s.name for s in self.finished_spans()]}"
+        return found[-1]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample from the app's registry (0 when absent)."""
+        text = self.server.runtime.metrics.render().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
+
+
+@asynccontextmanager
+async def serve(settings: Settings, **overrides: Any) -> AsyncIterator[Running]:
+    """Run ragline on uvicorn on a free loopback port for the life of the block."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = create_app(settings, tracer_provider=provider, **overrides)
+    server = build_server(app, host="127.0.0.1", port=0)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        while not server.started:
+            await anyio.sleep(0.01)
+        try:
+            yield Running(server, port, exporter)
+        finally:
+            server.should_exit = True
+
+
+@asynccontextmanager
+async def upstream_running(upstream: FakeUpstream) -> AsyncIterator[FakeUpstream]:
+    async with anyio.create_task_group() as tg:
+        await tg.start(upstream.serve)
+        try:
+            yield upstream
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def settings_for(upstream: FakeUpstream, **values: Any) -> Settings:
+    return Settings(llm_base_url=upstream.base_url, llm_model="fake-model", **values)
+
+
+class RawClient:
+    """An HTTP/1.1 client over a bare socket, so a test decides exactly when to hang up."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    @classmethod
+    async def connect(cls, port: int) -> RawClient:
+        return cls(await anyio.connect_tcp("127.0.0.1", port))
+
+    async def send(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        head = [f"{method} {path} HTTP/1.1", "host: 127.0.0.1", f"content-length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if body:
+            head.append("content-type: application/json")
+        await self.stream.send(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+
+    async def read_until(self, marker: bytes, count: int = 1) -> bytes:
+        """Read until ``marker`` has been seen ``count`` times (or the server closes)."""
+        while self.buffer.count(marker) < count:
+            try:
+                self.buffer += await self.stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                break
+        return self.buffer
+
+    async def read_all(self) -> bytes:
+        while True:
+            try:
+                self.buffer += await self.stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return self.buffer
+
+    async def close(self) -> None:
+        await self.stream.aclose()
