@@ -43,7 +43,12 @@ class SlowStore:
         self.cancelled = anyio.Event()
 
     async def search(
-        self, vector: Sequence[float], top_k: int, lifetime: Lifetime, *, collection: str | None = None
+        self,
+        vector: Sequence[float],
+        top_k: int,
+        lifetime: Lifetime,
+        *,
+        collection: str | None = None,
     ) -> list[Hit]:
         self.searching.set()
         try:
@@ -58,7 +63,11 @@ def slow_tokens(body: object) -> Behavior:
 
 
 async def assert_cut_short(
-    running: Running, logs: LogCapture, request_id: str, route: str, call: Call | None,
+    running: Running,
+    logs: LogCapture,
+    request_id: str,
+    route: str,
+    call: Call | None,
     hung_up_at: float,
 ) -> None:
     """The common proof: upstream closed promptly, ≤ 1 token after the hang-up, 499 logged
@@ -75,9 +84,10 @@ async def assert_cut_short(
         assert call.tokens_after(hung_up_at) <= 1
         assert not call.finished
     assert running.metric("ragline_requests_total", route=route, outcome="499") == 1
-    assert running.metric(
-        "ragline_cancellations_total", cause="client_disconnected", owner="request"
-    ) == 1
+    assert (
+        running.metric("ragline_cancellations_total", cause="client_disconnected", owner="request")
+        == 1
+    )
     spans = [s for s in running.finished_spans() if s.attributes.get("ragline.cancel.reason")]
     assert spans, "no span recorded the cancellation"
     for span in spans:
@@ -92,9 +102,12 @@ async def test_disconnect_during_slow_retrieval_cancels_it_and_never_calls_the_m
 ) -> None:
     store = SlowStore()
     upstream = FakeUpstream()
-    async with upstream_running(upstream), serve(
-        settings_for(upstream, retrieval=True), embedder=OneVectorEmbedder(), store=store
-    ) as running:
+    async with (
+        upstream_running(upstream),
+        serve(
+            settings_for(upstream, retrieval=True), embedder=OneVectorEmbedder(), store=store
+        ) as running,
+    ):
         client = await RawClient.connect(running.port)
         await client.send("POST", "/api/v1/inference/chat", PROMPT, {"x-request-id": "r1"})
         with anyio.fail_after(10):
@@ -132,8 +145,9 @@ async def test_disconnect_mid_stream_on_sse_route(logs: LogCapture) -> None:
     upstream = FakeUpstream(slow_tokens)
     async with upstream_running(upstream), serve(settings_for(upstream)) as running:
         client = await RawClient.connect(running.port)
-        await client.send("GET", "/api/v1/inference/stream?query=hello&top_k=2",
-                          headers={"x-request-id": "r3"})
+        await client.send(
+            "GET", "/api/v1/inference/stream?query=hello&top_k=2", headers={"x-request-id": "r3"}
+        )
         with anyio.fail_after(10):
             received = await client.read_until(b'data: {"delta"', count=3)
         assert b"text/event-stream" in received
@@ -195,21 +209,34 @@ async def test_request_waiting_for_a_connection_slot_is_never_sent_once_its_clie
         return Behavior(tokens=2)
 
     upstream = FakeUpstream(behave)
-    async with upstream_running(upstream), serve(
-        settings_for(upstream, llm_max_connections=1)
-    ) as running:
+    async with (
+        upstream_running(upstream),
+        serve(settings_for(upstream, llm_max_connections=1)) as running,
+    ):
         first = await RawClient.connect(running.port)
-        await first.send("POST", "/api/v1/inference/chat",
-                         json.dumps({"query": "first"}).encode(), {"x-request-id": "first"})
+        await first.send(
+            "POST",
+            "/api/v1/inference/chat",
+            json.dumps({"query": "first"}).encode(),
+            {"x-request-id": "first"},
+        )
         with anyio.fail_after(10):
             (call,) = await upstream.wait_for_calls(1)
             await call.producing.wait()
         queued = await RawClient.connect(running.port)
-        await queued.send("POST", "/api/v1/inference/chat",
-                          json.dumps({"query": "queued"}).encode(), {"x-request-id": "queued"})
+        await queued.send(
+            "POST",
+            "/api/v1/inference/chat",
+            json.dumps({"query": "queued"}).encode(),
+            {"x-request-id": "queued"},
+        )
         with anyio.fail_after(10):
-            await logs.wait_for(lambda r: r.getMessage() == "upstream request queued"
-                                and getattr(r, "request_id", None) == "queued")
+            await logs.wait_for(
+                lambda r: (
+                    r.getMessage() == "upstream request queued"
+                    and getattr(r, "request_id", None) == "queued"
+                )
+            )
         await queued.close()
         with anyio.fail_after(10):
             line = await logs.wait_for(logs.access("queued"))
@@ -229,16 +256,19 @@ async def test_request_deadline_is_a_504_and_a_timeout_not_a_cancellation(
     logs: LogCapture,
 ) -> None:
     upstream = FakeUpstream(lambda body: Behavior(hold_headers=True))
-    async with upstream_running(upstream), serve(
-        settings_for(upstream, request_deadline=0.3)
-    ) as running:
+    async with (
+        upstream_running(upstream),
+        serve(settings_for(upstream, request_deadline=0.3)) as running,
+    ):
         async with httpx.AsyncClient(base_url=running.url) as http:
-            response = await http.post("/api/v1/inference/chat", json={"query": "slow"},
-                                       headers={"x-request-id": "d1"})
+            response = await http.post(
+                "/api/v1/inference/chat", json={"query": "slow"}, headers={"x-request-id": "d1"}
+            )
             assert response.status_code == 504
             assert response.json()["error"]["code"] == "timeout"
-            async with http.stream("GET", "/api/v1/inference/stream?query=slow",
-                                   headers={"x-request-id": "d2"}) as stream:
+            async with http.stream(
+                "GET", "/api/v1/inference/stream?query=slow", headers={"x-request-id": "d2"}
+            ) as stream:
                 assert stream.status_code == 200
                 body = (await stream.aread()).decode()
         assert "event: error" in body
@@ -255,8 +285,10 @@ async def test_request_deadline_is_a_504_and_a_timeout_not_a_cancellation(
         generate = running.span("chat fake-model")
         assert generate.attributes["ragline.cancel.reason"] == "deadline"
         assert generate.attributes["gen_ai.response.finish_reasons"] == ("timeout",)
-        assert running.metric("ragline_requests_total", route="/api/v1/inference/chat",
-                              outcome="504") == 1
+        assert (
+            running.metric("ragline_requests_total", route="/api/v1/inference/chat", outcome="504")
+            == 1
+        )
         for call in upstream.calls:
             with anyio.fail_after(10):
                 await call.closed.wait()

@@ -164,13 +164,28 @@ class FakeUpstream:
             return
         if behavior.status != 200:
             payload = json.dumps({"error": {"message": "upstream says no", "code": "nope"}})
-            await self._send(conn, stream, h11.Response(status_code=behavior.status, headers=[
-                ("content-type", "application/json"), ("content-length", str(len(payload)))]))
+            await self._send(
+                conn,
+                stream,
+                h11.Response(
+                    status_code=behavior.status,
+                    headers=[
+                        ("content-type", "application/json"),
+                        ("content-length", str(len(payload))),
+                    ],
+                ),
+            )
             await self._send(conn, stream, h11.Data(data=payload.encode()))
             await self._send(conn, stream, h11.EndOfMessage())
             return
-        await self._send(conn, stream, h11.Response(status_code=200, headers=[
-            ("content-type", "text/event-stream"), ("transfer-encoding", "chunked")]))
+        await self._send(
+            conn,
+            stream,
+            h11.Response(
+                status_code=200,
+                headers=[("content-type", "text/event-stream"), ("transfer-encoding", "chunked")],
+            ),
+        )
         model = call.body.get("model", "fake")
         for i in range(behavior.tokens):
             if behavior.gate_after is not None and i == behavior.gate_after:
@@ -187,10 +202,18 @@ class FakeUpstream:
         await self._send(conn, stream, h11.Data(data=_chunk(model, {}, "stop")))
         include_usage = (call.body.get("stream_options") or {}).get("include_usage")
         if include_usage and behavior.report_usage:
-            usage = {"prompt_tokens": 11, "completion_tokens": behavior.tokens,
-                     "total_tokens": 11 + behavior.tokens}
-            event = {"id": "x", "object": "chat.completion.chunk", "model": model,
-                     "choices": [], "usage": usage}
+            usage = {
+                "prompt_tokens": 11,
+                "completion_tokens": behavior.tokens,
+                "total_tokens": 11 + behavior.tokens,
+            }
+            event = {
+                "id": "x",
+                "object": "chat.completion.chunk",
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
             await self._send(conn, stream, h11.Data(data=f"data: {json.dumps(event)}\n\n".encode()))
         await self._send(conn, stream, h11.Data(data=b"data: [DONE]\n\n"))
         await self._send(conn, stream, h11.EndOfMessage())
@@ -198,6 +221,11 @@ class FakeUpstream:
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
-    event = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": model,
-             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    event = {
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
     return f"data: {json.dumps(event)}\n\n".encode()

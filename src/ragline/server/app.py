@@ -56,9 +56,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Starlette:
         async with runtime.running():
             yield
 
+    all_routes = [*routes.routes, *openai_api.routes]
     app = Starlette(
-        routes=[*routes.routes, *openai_api.routes],
-        middleware=[Middleware(Boundary, runtime=runtime)],
+        routes=all_routes,
+        middleware=[Middleware(Boundary, runtime=runtime, routes=all_routes)],
         exception_handlers={
             RagLineError: _ragline_error,
             HTTPException: _http_error,

@@ -14,11 +14,13 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from opentelemetry.trace import SpanKind
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import InvalidRequest, StageTimeout
@@ -71,9 +73,10 @@ def request_context(scope: Scope) -> RequestContext:
 class Boundary:
     """Pure ASGI middleware in front of the routes. See the module docstring."""
 
-    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+    def __init__(self, app: ASGIApp, runtime: Runtime, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.runtime = runtime
+        self._routes = routes
         self._keys = [k.get_secret_value().encode() for k in runtime.settings.api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -109,7 +112,7 @@ class Boundary:
                     mark_cancelled(span, reason)
                 status = _final_status(ctx, reason)
                 span.set_attribute("http.response.status_code", status)
-                route = _route(scope)
+                route = self._route(scope)
                 span.update_name(f"{scope['method']} {route}")
                 span.set_attribute("http.route", route)
         finally:
@@ -232,8 +235,16 @@ class Boundary:
             matched |= hmac.compare_digest(given, key)
         return matched
 
+    def _route(self, scope: Scope) -> str:
+        """The route template (bounded label values), also for requests never routed."""
+        route = scope.get("route")
+        if route is None:
+            route = next((r for r in self._routes if r.matches(scope)[0] is Match.FULL), None)
+        path = getattr(route, "path", None)
+        return path if isinstance(path, str) else "<unmatched>"
+
     def _account(self, scope: Scope, ctx: RequestContext, status: int, seconds: float) -> None:
-        route = _route(scope)
+        route = self._route(scope)
         metrics = self.runtime.metrics
         metrics.requests.labels(route, outcome_label(status)).inc()
         metrics.request_seconds.labels(route).observe(seconds)
@@ -269,12 +280,6 @@ def _final_status(ctx: RequestContext, reason: CancelReason | None) -> int:
     if ctx.error_status is not None:
         return ctx.error_status
     return ctx.status if ctx.status is not None else 500
-
-
-def _route(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "<unmatched>"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -1,0 +1,163 @@
+"""ragline's own routes in process: answers, bad input, auth, health and metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+
+from conftest import settings_for, upstream_running
+from ragline import Settings
+from ragline.server import create_app
+from upstream import Behavior, FakeUpstream
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ragline") as http:
+            yield http
+
+
+async def test_chat_and_stream_answer_with_usage() -> None:
+    upstream = FakeUpstream(lambda body: Behavior(tokens=3))
+    async with upstream_running(upstream), client(settings_for(upstream)) as http:
+        response = await http.post(
+            "/api/v1/inference/chat", json={"query": "hi", "system_instructions": "be brief"}
+        )
+        assert response.status_code == 200
+        body = response.json()
+        assert body["text"] == "t0 t1 t2 "
+        assert body["sources"] == []
+        assert body["usage"] == {
+            "prompt_tokens": 11,
+            "completion_tokens": 3,
+            "total_tokens": 14,
+            "finish_reason": "stop",
+            "cause": None,
+            "estimated": False,
+        }
+        assert response.headers["x-request-id"]
+
+        streamed = await http.get("/api/v1/inference/stream", params={"query": "hi", "top_k": 2})
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        events = [e for e in streamed.text.split("\n\n") if e]
+        assert events[:3] == [f'data: {{"delta":"t{i} "}}' for i in range(3)]
+        assert events[3].startswith("event: done\ndata: ")
+        done = json.loads(events[3].split("data: ", 1)[1])
+        assert done["finish_reason"] == "stop"
+        assert done["usage"]["completion_tokens"] == 3
+    assert upstream.calls[0].body["messages"][0] == {"role": "system", "content": "be brief"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("POST", "/api/v1/inference/chat", b"{not json", 400, "malformed_json"),
+        ("POST", "/api/v1/inference/chat", b"", 400, "malformed_json"),
+        ("POST", "/api/v1/inference/chat", b"[1, 2]", 422, "invalid_request"),
+        ("POST", "/api/v1/inference/chat", b'{"query": 3}', 422, "invalid_request"),
+        ("POST", "/api/v1/inference/chat", b'{"query": "   "}', 422, "invalid_request"),
+        ("POST", "/api/v1/inference/chat", b'{"query": "q", "top_k": 0}', 422, "invalid_request"),
+        ("POST", "/api/v1/inference/chat", b'{"query": "q", "top_k": 51}', 422, "invalid_request"),
+        ("POST", "/api/v1/inference/chat", b'{"query": "q", "top_k": "x"}', 422, "invalid_request"),
+        ("POST", "/api/v1/inference/chat", b'{"query": "q", "extra": 1}', 422, "invalid_request"),
+        (
+            "POST",
+            "/api/v1/inference/chat",
+            b'{"query": "' + b"x" * 5000 + b'"}',
+            413,
+            "body_too_large",
+        ),
+        ("GET", "/api/v1/inference/stream", b"", 422, "invalid_request"),
+        ("GET", "/api/v1/inference/stream?query=q&top_k=99", b"", 422, "invalid_request"),
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"model": "other", "messages": [{"role": "user", "content": "q"}]}',
+            404,
+            "model_not_found",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"model": "fake-model", "messages": []}',
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"model": "fake-model", "messages": [{"role": "assistant", "content": "q"}]}',
+            422,
+            "invalid_request",
+        ),
+        ("GET", "/nowhere", b"", 404, "not_found"),
+        ("GET", "/api/v1/inference/chat", b"", 405, "method_not_allowed"),
+    ],
+)
+async def test_bad_input_gets_a_clear_json_error_and_never_reaches_the_model(
+    method: str, path: str, body: bytes, status: int, code: str
+) -> None:
+    upstream = FakeUpstream()
+    async with (
+        upstream_running(upstream),
+        client(settings_for(upstream, max_body_bytes=4096)) as http,
+    ):
+        response = await http.request(
+            method, path, content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert "Traceback" not in response.text
+    assert upstream.calls == []
+
+
+async def test_api_keys_protect_everything_but_health() -> None:
+    upstream = FakeUpstream(lambda body: Behavior(tokens=1))
+    async with (
+        upstream_running(upstream),
+        client(settings_for(upstream, api_keys="k1, k2")) as http,
+    ):
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get("/readyz")).status_code == 200
+        denied = await http.post("/api/v1/inference/chat", json={"query": "q"})
+        assert denied.status_code == 401
+        assert denied.json()["error"]["code"] == "unauthorized"
+        assert denied.headers["www-authenticate"] == "Bearer"
+        assert (await http.get("/metrics")).status_code == 401
+        wrong = await http.get("/v1/models", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        ok = await http.post(
+            "/api/v1/inference/chat", json={"query": "q"}, headers={"authorization": "Bearer k2"}
+        )
+        assert ok.status_code == 200, ok.text
+        metrics = await http.get("/metrics", headers={"authorization": "Bearer k1"})
+    assert 'ragline_requests_total{outcome="ok",route="/api/v1/inference/chat"} 1.0' in metrics.text
+    assert 'ragline_requests_total{outcome="4xx",route="/api/v1/inference/chat"} 1.0' in (
+        metrics.text
+    )
+    assert len(upstream.calls) == 1
+
+
+async def test_upstream_unreachable_is_a_502() -> None:
+    settings = Settings(llm_base_url="http://127.0.0.1:9/v1", llm_model="m")
+    async with client(settings) as http:
+        response = await http.post("/api/v1/inference/chat", json={"query": "q"})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_error"
+
+
+def test_secrets_never_appear_in_settings_repr() -> None:
+    settings = Settings(api_keys="sekrit-key", llm_api_key="sekrit-upstream")
+    assert "sekrit" not in repr(settings)
+    assert "sekrit" not in str(settings.model_dump())

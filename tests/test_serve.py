@@ -1,0 +1,133 @@
+"""SIGTERM with work in flight: the real ``ragline serve`` process, 20 live streams and a
+pending non-streaming request, against the fake upstream over real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import anyio
+import httpx
+import pytest
+from anyio.abc import Process
+
+from conftest import RawClient, upstream_running
+from upstream import Behavior, FakeUpstream
+
+pytestmark = pytest.mark.anyio
+
+GRACE = 5.0  # the configured grace; the process must exit within it
+STREAMS = 20
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def behave(body: dict[str, object]) -> Behavior:
+    if "hold" in str(body["messages"]):
+        return Behavior(hold_headers=True)
+    return Behavior(tokens=100_000, interval=0.05)
+
+
+async def start_server(port: int, upstream: FakeUpstream, **env: str) -> Process:
+    environment = {
+        **os.environ,
+        "RAGLINE_LLM_BASE_URL": upstream.base_url,
+        "RAGLINE_LLM_MODEL": "fake-model",
+        "RAGLINE_LLM_MAX_CONNECTIONS": "64",
+        "RAGLINE_SHUTDOWN_GRACE": str(GRACE),
+        **env,
+    }
+    process = await anyio.open_process(
+        [sys.executable, "-m", "ragline", "serve", "--port", str(port)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    async with httpx.AsyncClient() as http:
+        with anyio.fail_after(60):
+            while True:
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                        return process
+                except httpx.TransportError:
+                    pass
+                await anyio.sleep(0.05)
+
+
+async def drain(process: Process, into: list[bytes]) -> None:
+    assert process.stderr is not None
+    async for chunk in process.stderr:
+        into.append(chunk)
+
+
+async def test_sigterm_cancels_every_stream_and_exits_within_the_grace() -> None:
+    upstream = FakeUpstream(behave)
+    port = free_port()
+    stderr: list[bytes] = []
+    async with upstream_running(upstream), anyio.create_task_group() as tg:
+        process = await start_server(port, upstream)
+        tg.start_soon(drain, process, stderr)
+        streams = []
+        for i in range(STREAMS):
+            client = await RawClient.connect(port)
+            await client.send("GET", f"/api/v1/inference/stream?query=s{i}")
+            streams.append(client)
+        with anyio.fail_after(30):
+            for client in streams:
+                await client.read_until(b'data: {"delta"')
+        pending = await RawClient.connect(port)
+        await pending.send("POST", "/api/v1/inference/chat", json.dumps({"query": "hold"}).encode())
+        with anyio.fail_after(30):
+            calls = await upstream.wait_for_calls(STREAMS + 1)
+
+        signalled_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(GRACE + 10):
+            await process.wait()
+        exited_after = time.monotonic() - signalled_at
+
+        bodies = [await client.read_all() for client in streams]
+        answer = await pending.read_all()
+        for client in [*streams, pending]:
+            await client.close()
+        tg.cancel_scope.cancel()
+
+    assert exited_after < GRACE, f"exit took {exited_after:.2f}s"
+    print(f"SIGTERM to exit with {STREAMS} streams: {exited_after:.3f}s")
+    for body in bodies:
+        assert b"event: error" in body
+        assert b'"cause":"shutdown"' in body
+        assert body.endswith(b"0\r\n\r\n"), "the stream was not ended cleanly"
+    assert answer.startswith(b"HTTP/1.1 503")
+    assert b'"cause":"shutdown"' in answer
+    for call in calls:
+        assert call.closed.is_set()
+        assert call.closed_at is not None
+        assert call.closed_at - signalled_at < GRACE
+        assert call.tokens_after(signalled_at) <= 1
+        assert not call.finished
+    lines = [json.loads(line) for line in b"".join(stderr).splitlines() if line.startswith(b"{")]
+    access = [
+        line for line in lines if line["logger"] == "ragline.access" and line["path"] != "/readyz"
+    ]
+    assert len(access) == STREAMS + 1
+    assert all(line["status"] == 503 and line["cause"] == "shutdown" for line in access)
+    assert process.returncode in (0, -signal.SIGTERM)
+
+
+async def test_refuses_a_public_address_without_api_keys() -> None:
+    result = await anyio.run_process(
+        [sys.executable, "-m", "ragline", "serve", "--host", "0.0.0.0", "--port", "0"],
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"RAGLINE_API_KEYS" in result.stderr
