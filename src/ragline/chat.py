@@ -1,5 +1,6 @@
 """The chat orchestrator: transform → retrieve → compose → generate.
 
+The transformed query drives retrieval; the prompt keeps the user's own words.
 Each stage runs in a child lifetime of the caller's (with an optional own deadline) and
 its own span. Whatever cuts the work short, the result object handed in as ``into`` keeps
 the sources, the text so far and the usage, with the cause.

@@ -1,0 +1,172 @@
+"""The orchestrator: stage order, a span per stage, deadlines and usage when cut short."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from ragline import (
+    Cause,
+    ChatPipeline,
+    ChatRequest,
+    ChatResult,
+    Generation,
+    Hit,
+    Lifetime,
+    Prompt,
+    StageTimeout,
+    StageTimeouts,
+)
+from ragline.metrics import Metrics
+from ragline.providers.prompt import ContextPromptComposer
+from ragline.tracing import Tracing
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class Upper:
+    async def transform(self, query: str, lifetime: Lifetime) -> str:
+        return query.upper()
+
+
+class Embedder:
+    model, dimensions = "e", 2
+
+    async def embed(self, texts: Sequence[str], lifetime: Lifetime) -> list[list[float]]:
+        return [[float(len(t)), 0.0] for t in texts]
+
+
+class Store:
+    def __init__(self, hang: bool = False) -> None:
+        self.hang = hang
+        self.seen: list[tuple[Sequence[float], int]] = []
+
+    async def search(
+        self,
+        vector: Sequence[float],
+        top_k: int,
+        lifetime: Lifetime,
+        *,
+        collection: str | None = None,
+    ) -> list[Hit]:
+        self.seen.append((vector, top_k))
+        if self.hang:
+            await anyio.sleep_forever()
+        return [Hit("doc", 0, "ragline stops work when its owner leaves", "doc.md", 0.9)]
+
+
+class Tokens:
+    """Produces tokens; after ``stop_after`` it waits for a cancellation."""
+
+    provider, model = "test", "tokens"
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.stop_after = stop_after
+        self.prompts: list[Prompt] = []
+        self.waiting = anyio.Event()
+
+    async def generate(
+        self, prompt: Prompt, lifetime: Lifetime, into: Generation, on_delta: object = None
+    ) -> Generation:
+        self.prompts.append(prompt)
+        for i in range(3):
+            into.parts.append(f"w{i} ")
+            into.completion_tokens += 1
+            if self.stop_after is not None and i + 1 == self.stop_after:
+                self.waiting.set()
+                await anyio.sleep_forever()
+        into.finish_reason = "stop"
+        return into
+
+
+def pipeline(
+    generator: Tokens, store: Store, **timeouts: float
+) -> tuple[ChatPipeline, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return ChatPipeline(
+        transformer=Upper(),
+        composer=ContextPromptComposer(),
+        generator=generator,
+        embedder=Embedder(),
+        store=store,
+        tracing=Tracing(provider),
+        metrics=Metrics(),
+        timeouts=StageTimeouts(**timeouts),
+    ), exporter
+
+
+async def test_runs_the_stages_in_order_with_a_span_each() -> None:
+    gen, store = Tokens(), Store()
+    chat, spans = pipeline(gen, store)
+    with Lifetime.root() as root:
+        result = await chat.run(ChatRequest(query="why", top_k=3), root)
+    assert result.text == "w0 w1 w2 "
+    assert [s.document_id for s in result.sources] == ["doc"]
+    assert store.seen == [([3.0, 0.0], 3)]
+    user = gen.prompts[0].messages[-1].content
+    # The rewrite drives retrieval; the model still sees the user's own words.
+    assert "[1] (doc.md)" in user
+    assert user.endswith("Question: why")
+    names = [s.name for s in spans.get_finished_spans()]
+    assert names == [
+        "ragline.transform",
+        "ragline.retrieve",
+        "ragline.compose",
+        "chat tokens",
+        "ragline.chat",
+    ]
+    generate = spans.get_finished_spans()[3]
+    assert generate.attributes["gen_ai.operation.name"] == "chat"
+    assert generate.attributes["gen_ai.usage.output_tokens"] == 3
+    assert result.usage.finish_reason == "stop"
+    assert result.usage.estimated
+
+
+async def test_a_stage_deadline_is_a_timeout_with_an_error_span() -> None:
+    chat, spans = pipeline(Tokens(), Store(hang=True), retrieve=0.01)
+    with anyio.fail_after(10), Lifetime.root() as root:
+        with pytest.raises(StageTimeout) as info:
+            await chat.run(ChatRequest(query="q"), root)
+    assert info.value.stage == "retrieve"
+    assert root.reason is None
+    retrieve = next(s for s in spans.get_finished_spans() if s.name == "ragline.retrieve")
+    assert retrieve.status.status_code.name == "ERROR"
+    assert retrieve.attributes["error.type"] == "timeout"
+
+
+async def test_cancellation_keeps_text_and_usage_with_the_cause() -> None:
+    gen = Tokens(stop_after=2)
+    chat, spans = pipeline(gen, Store())
+    result = ChatResult()
+    root = Lifetime.root()
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            with root.child("request") as request:
+                await chat.run(ChatRequest(query="q"), request, into=result)
+
+        tg.start_soon(run)
+        with anyio.fail_after(10):
+            await gen.waiting.wait()
+        root.cancel(Cause.SHUTDOWN, "test")
+    assert result.text == "w0 w1 "
+    assert result.usage.completion_tokens == 2
+    assert result.usage.cause is Cause.SHUTDOWN
+    assert result.usage.finish_reason == "cancelled"
+    assert result.usage.prompt_tokens > 0
+    generate = next(s for s in spans.get_finished_spans() if s.name == "chat tokens")
+    assert generate.attributes["ragline.cancel.reason"] == "shutdown"
+    assert generate.attributes["ragline.cancel.origin"] == "app"
+    assert generate.status.status_code.name == "UNSET"

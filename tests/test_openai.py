@@ -1,0 +1,122 @@
+"""The OpenAI-compatible generator against the fake upstream, on asyncio and trio."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from conftest import upstream_running
+from ragline import Cause, Generation, Lifetime, Message, Prompt, StageTimeout, UpstreamError
+from ragline.providers.openai import OpenAIGenerator
+from upstream import Behavior, FakeUpstream
+
+pytestmark = pytest.mark.anyio
+
+PROMPT = Prompt((Message(role="user", content="hello"),), max_tokens=7)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def generator(upstream: FakeUpstream, **options: float | None) -> OpenAIGenerator:
+    return OpenAIGenerator(base_url=upstream.base_url, model="m", **options)  # type: ignore[arg-type]
+
+
+async def test_streams_pieces_and_takes_the_upstream_usage() -> None:
+    upstream = FakeUpstream(lambda body: Behavior(tokens=3))
+    pieces: list[str] = []
+
+    async def on_delta(text: str) -> None:
+        pieces.append(text)
+
+    async with upstream_running(upstream):
+        gen = generator(upstream)
+        with Lifetime.root() as root:
+            out = await gen.generate(PROMPT, root, Generation(), on_delta)
+        await gen.aclose()
+    assert pieces == ["t0 ", "t1 ", "t2 "]
+    assert (out.text, out.prompt_tokens, out.completion_tokens) == ("t0 t1 t2 ", 11, 3)
+    assert out.finish_reason == "stop"
+    assert upstream.calls[0].body["max_tokens"] == 7
+    assert upstream.calls[0].body["stream_options"] == {"include_usage": True}
+
+
+async def test_cancellation_closes_the_upstream_and_keeps_partial_usage() -> None:
+    upstream = FakeUpstream(lambda body: Behavior(tokens=100, gate_after=2))
+    into = Generation()
+    async with upstream_running(upstream):
+        gen = generator(upstream)
+        with Lifetime.root() as root:
+
+            async def on_delta(text: str) -> None:
+                if len(into.parts) == 2:
+                    root.cancel(Cause.EXPLICIT, "test")
+
+            await gen.generate(PROMPT, root, into, on_delta)
+        (call,) = upstream.calls
+        with anyio.fail_after(5):
+            await call.closed.wait()
+        await gen.aclose()
+    assert root.reason is not None
+    assert root.reason.cause is Cause.EXPLICIT
+    assert into.text == "t0 t1 "
+    assert into.completion_tokens == 2
+    assert not into.usage_reported
+    assert into.upstream_closed_at is not None
+    assert len(call.token_times) == 2
+
+
+async def test_first_token_timeout_is_a_timeout_and_closes_the_upstream() -> None:
+    upstream = FakeUpstream(lambda body: Behavior(hold_headers=True))
+    async with upstream_running(upstream):
+        gen = generator(upstream, first_token_timeout=0.05)
+        with Lifetime.root() as root:
+            with pytest.raises(StageTimeout, match="first token"):
+                await gen.generate(PROMPT, root, Generation())
+        assert root.reason is None  # a timeout is not a cancellation
+        with anyio.fail_after(5):
+            await upstream.calls[0].closed.wait()
+        await gen.aclose()
+
+
+async def test_total_timeout_after_the_first_token() -> None:
+    release = anyio.Event()
+    upstream = FakeUpstream(lambda body: Behavior(tokens=5, gate_after=1, release=release))
+    into = Generation()
+    async with upstream_running(upstream):
+        gen = generator(upstream, first_token_timeout=30, total_timeout=0.1)
+        with Lifetime.root() as root:
+            with pytest.raises(StageTimeout, match="total"):
+                await gen.generate(PROMPT, root, into)
+        await gen.aclose()
+    assert into.text == "t0 "
+
+
+async def test_upstream_errors_are_upstream_errors() -> None:
+    upstream = FakeUpstream(lambda body: Behavior(status=429))
+    async with upstream_running(upstream):
+        gen = generator(upstream)
+        with Lifetime.root() as root:
+            with pytest.raises(UpstreamError, match="429: upstream says no") as info:
+                await gen.generate(PROMPT, root, Generation())
+        await gen.aclose()
+    assert info.value.status == 429
+    refused = OpenAIGenerator(base_url="http://127.0.0.1:9/v1", model="m")
+    with Lifetime.root() as root:
+        with pytest.raises(UpstreamError, match="unreachable"):
+            await refused.generate(PROMPT, root, Generation())
+    await refused.aclose()
+
+
+async def test_a_cancelled_lifetime_never_sends() -> None:
+    upstream = FakeUpstream()
+    async with upstream_running(upstream):
+        gen = generator(upstream)
+        root = Lifetime.root()
+        root.cancel(Cause.CLIENT_DISCONNECTED)
+        with root:
+            await gen.generate(PROMPT, root, Generation())
+        await gen.aclose()
+    assert upstream.calls == []
