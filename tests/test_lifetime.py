@@ -126,6 +126,21 @@ def test_descendant_reports_ancestor_cause_without_being_entered() -> None:
     assert _reason(inner).origin == "app"
 
 
+@pytest.mark.anyio
+async def test_cancel_reaches_an_entered_grandchild_whose_parent_was_not_entered(
+    anyio_backend: str,
+) -> None:
+    """A lifetime that reports itself cancelled is cancelled: its block stops."""
+    root = Lifetime.root("app")
+    stage = root.child("request").child("generate")
+    with stage:
+        root.cancel(Cause.SHUTDOWN)
+        assert stage.cancelled
+        # checkpoint() inside the stage's own block must raise the cancellation
+        with pytest.raises(CANCELLED_EXC[anyio_backend]):
+            await stage.checkpoint()
+
+
 # -- cancellation reaches children, timeouts become StageTimeout -------------------------------
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -58,12 +59,14 @@ class Lifetime:
     """The owner of a piece of work. See the module docstring."""
 
     __slots__ = (
+        "__weakref__",
         "_cancel_parent",
         "_children",
         "_context",
         "_context_token",
         "_deadline_mono",
         "_entered",
+        "_exited",
         "_parent_propagated",
         "_reason",
         "_scope",
@@ -97,13 +100,18 @@ class Lifetime:
             self._cancel_parent: Lifetime | None = None
         else:
             self._cancel_parent = parent.root_lifetime if detached else parent
-        self._children: set[Lifetime] = set()
+        # Registered at creation, weakly: a cancellation must reach every descendant,
+        # whether or not the lifetimes between them were ever entered.
+        self._children: weakref.WeakSet[Lifetime] = weakref.WeakSet()
         self._reason: CancelReason | None = None
         self._scope: anyio.CancelScope | None = None
         self._entered = False
+        self._exited = False
         self._parent_propagated = False
         self._deadline_mono: float | None = None
         self._context = otel_context.get_current() if detached else None
+        if self._cancel_parent is not None:
+            self._cancel_parent._children.add(self)
         self._context_token: object | None = None
 
     # -- construction -------------------------------------------------------------
@@ -181,7 +189,7 @@ class Lifetime:
         """
         if self._own_reason() is None:
             self._reason = CancelReason(Cause(cause), self.path, time.monotonic(), detail)
-        if self._scope is not None:
+        if self._scope is not None and not self._exited:
             self._scope.cancel()
         for child in list(self._children):
             child._cancel_from_parent()
@@ -189,7 +197,7 @@ class Lifetime:
     def _cancel_from_parent(self) -> None:
         self._own_reason()  # pin a deadline that fired before the parent's cancel
         self._parent_propagated = True
-        if self._scope is not None:
+        if self._scope is not None and not self._exited:
             self._scope.cancel()
         for child in list(self._children):
             child._cancel_from_parent()
@@ -208,10 +216,8 @@ class Lifetime:
         if self._context is not None:
             self._context_token = otel_context.attach(self._context)
         parent = self._cancel_parent
-        if parent is not None:
-            parent._children.add(self)
-            if parent.reason is not None:
-                self._cancel_from_parent()
+        if parent is not None and parent.reason is not None:
+            self._cancel_from_parent()
         if self._reason is not None:
             self._scope.cancel()
         return self
@@ -223,8 +229,7 @@ class Lifetime:
         tb: TracebackType | None,
     ) -> bool:
         assert self._scope is not None
-        if self._cancel_parent is not None:
-            self._cancel_parent._children.discard(self)
+        self._exited = True
         if self._context_token is not None:
             otel_context.detach(self._context_token)  # type: ignore[arg-type]
             self._context_token = None

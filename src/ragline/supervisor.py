@@ -48,6 +48,13 @@ class Supervisor:
         try:
             with lifetime:
                 await func(lifetime)
+            reason = lifetime.reason
+            if reason is not None:
+                log.info(
+                    "%s cancelled",
+                    lifetime.path,
+                    extra={"cause": str(reason.cause), "origin": reason.origin},
+                )
         except StageTimeout as exc:
             log.warning(
                 "%s timed out after %ss",
@@ -59,13 +66,6 @@ class Supervisor:
             log.exception("background task %s failed", lifetime.path)
         finally:
             self._running.discard(lifetime)
-        reason = lifetime.reason
-        if reason is not None:
-            log.info(
-                "%s cancelled",
-                lifetime.path,
-                extra={"cause": str(reason.cause), "origin": reason.origin},
-            )
 
     @classmethod
     @asynccontextmanager

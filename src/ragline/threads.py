@@ -69,7 +69,9 @@ class CancelToken:
     def on_cancel(self, callback: Callable[[CancelReason], object]) -> None:
         """Run ``callback(reason)`` on cancellation (at once if already cancelled).
 
-        The callback runs on the event loop's thread and must be quick and thread-safe.
+        The callback runs in the thread that cancels (the event loop's), or at once in
+        the caller's thread if the token is already cancelled; it must be quick and
+        thread-safe.
         """
         with self._lock:
             reason = self._reason
@@ -121,11 +123,14 @@ class ThreadBridge:
         """Call ``func(token, *args, **kwargs)`` in a worker thread."""
         await lifetime.checkpoint()
         token = CancelToken()
+        started = threading.Event()
         done = threading.Event()
         name = getattr(func, "__qualname__", repr(func))
 
         def work() -> T:
+            started.set()
             try:
+                token.raise_if_cancelled()
                 return func(token, *args, **kwargs)
             finally:
                 done.set()
@@ -139,7 +144,8 @@ class ThreadBridge:
                 Cause.EXPLICIT, "<outside any lifetime>", 0.0, "cancelled by an enclosing scope"
             )
             token._cancel(reason)
-            if not done.is_set():
+            # A call cancelled before a thread picked it up never runs: nothing to orphan.
+            if started.is_set() and not done.is_set():
                 self._watch(name, done, reason)
             raise
 
@@ -149,7 +155,7 @@ class ThreadBridge:
             if done.is_set():
                 return
             log.warning(
-                "orphaned thread: %s still running %.1fs after cancellation",
+                "orphaned thread: %s still running %gs after cancellation",
                 name,
                 self.orphan_grace,
                 extra={"cause": str(reason.cause), "origin": reason.origin, "thread_func": name},
