@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +36,24 @@ class LogCapture(logging.Handler):
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
         self._changed: anyio.Event | None = None
+        self._loop_thread = threading.get_ident()
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
-        if self._changed is not None:
+        # Records from worker threads are kept but wake no waiter: an anyio.Event may
+        # only be set from the event loop's thread.
+        if self._changed is not None and threading.get_ident() == self._loop_thread:
             self._changed.set()
+
+    def at_least(self, level: int) -> list[logging.LogRecord]:
+        return [r for r in self.records if r.levelno >= level]
+
+    def orphan_warnings(self) -> list[logging.LogRecord]:
+        return [
+            r
+            for r in self.records
+            if r.levelno == logging.WARNING and "orphaned thread" in r.getMessage()
+        ]
 
     async def wait_for(self, match: Callable[[logging.LogRecord], bool]) -> logging.LogRecord:
         while True:
@@ -55,7 +69,7 @@ class LogCapture(logging.Handler):
 
 
 @pytest.fixture
-def logs() -> AsyncIterator[LogCapture]:
+def logs() -> Iterator[LogCapture]:
     capture = LogCapture()
     logger = logging.getLogger("ragline")
     old_level = logger.level

@@ -7,11 +7,12 @@ the supervisor writes, never on sleeps.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import anyio
 import pytest
 
+from conftest import LogCapture
 from ragline import CancelReason, Cause, Lifetime, LifetimeError, Supervisor
 
 pytestmark = pytest.mark.anyio
@@ -24,42 +25,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-class LogWaiter(logging.Handler):
-    """Collects records and lets a test wait for one (emitted on the loop's thread)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self._changed: anyio.Event | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        if self._changed is not None:
-            self._changed.set()
-
-    async def wait_for(self, match: Callable[[logging.LogRecord], bool]) -> logging.LogRecord:
-        while True:
-            for record in self.records:
-                if match(record):
-                    return record
-            self._changed = anyio.Event()
-            await self._changed.wait()
-
-    def at_least(self, level: int) -> list[logging.LogRecord]:
-        return [r for r in self.records if r.levelno >= level]
-
-
 @pytest.fixture
-def supervisor_logs() -> Iterator[LogWaiter]:
-    """Records of the ``ragline.supervisor`` logger, whatever the logging setup."""
-    capture = LogWaiter()
-    logger = logging.getLogger("ragline.supervisor")
-    old_level = logger.level
-    logger.addHandler(capture)
-    logger.setLevel(logging.DEBUG)
-    yield capture
-    logger.removeHandler(capture)
-    logger.setLevel(old_level)
+def supervisor_logs(logs: LogCapture) -> LogCapture:
+    return logs
 
 
 class Sibling:
@@ -132,7 +100,7 @@ async def test_task_outlives_the_request_it_was_detached_from() -> None:
 
 
 async def test_timeout_in_a_detached_task_is_a_warning_and_siblings_survive(
-    supervisor_logs: LogWaiter,
+    supervisor_logs: LogCapture,
 ) -> None:
     """A task's own timeout is logged as a warning; it neither propagates nor stops others."""
     root = Lifetime.root("app")
@@ -161,7 +129,7 @@ async def test_timeout_in_a_detached_task_is_a_warning_and_siblings_survive(
 
 
 async def test_failing_task_is_logged_and_siblings_keep_running(
-    supervisor_logs: LogWaiter,
+    supervisor_logs: LogCapture,
 ) -> None:
     """An exception in one task is logged with its traceback; the others carry on."""
     root = Lifetime.root("app")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from conftest import LogCapture
 from ragline import CancelReason, CancelToken, Cause, Lifetime, LifetimeError, ThreadBridge
 from ragline.threads import ThreadCancelled
 
@@ -34,33 +35,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def orphan_warnings(self) -> list[logging.LogRecord]:
-        return [
-            r
-            for r in self.records
-            if r.levelno == logging.WARNING and "orphaned thread" in r.getMessage()
-        ]
-
-
 @pytest.fixture
-def thread_logs() -> Iterator[_Records]:
-    """Records of the ``ragline.threads`` logger, whatever the logging setup."""
-    capture = _Records()
-    logger = logging.getLogger("ragline.threads")
-    old_level = logger.level
-    logger.addHandler(capture)
-    logger.setLevel(logging.DEBUG)
-    yield capture
-    logger.removeHandler(capture)
-    logger.setLevel(old_level)
+def thread_logs(logs: LogCapture) -> LogCapture:
+    return logs
 
 
 class Orphans:
@@ -267,7 +244,7 @@ async def test_on_cancel_callbacks_run_on_cancel_and_at_once_when_registered_lat
 
 
 async def test_a_failing_on_cancel_hook_does_not_stop_the_others(
-    thread_logs: _Records,
+    thread_logs: LogCapture,
 ) -> None:
     """A broken hook is logged; the next hook still runs."""
     started, release = threading.Event(), threading.Event()
@@ -295,7 +272,7 @@ async def test_a_failing_on_cancel_hook_does_not_stop_the_others(
 
 
 async def test_thread_ignoring_its_token_past_the_grace_is_reported_as_orphaned(
-    thread_logs: _Records,
+    thread_logs: LogCapture,
 ) -> None:
     """on_orphan is told the function's name and an 'orphaned thread' warning is logged."""
     started, release, finished = threading.Event(), threading.Event(), threading.Event()
@@ -323,7 +300,7 @@ async def test_thread_ignoring_its_token_past_the_grace_is_reported_as_orphaned(
 
 
 async def test_thread_finishing_within_the_grace_is_not_orphaned(
-    thread_logs: _Records,
+    thread_logs: LogCapture,
 ) -> None:
     """A thread that honours its token in time is not reported."""
     started, finished = threading.Event(), threading.Event()
@@ -347,7 +324,7 @@ async def test_thread_finishing_within_the_grace_is_not_orphaned(
 
 
 async def test_call_cancelled_while_waiting_for_a_thread_slot_is_not_orphaned(
-    thread_logs: _Records,
+    thread_logs: LogCapture,
 ) -> None:
     """With max_threads reached, a cancelled queued call never runs and is no orphan."""
     started, release, finished = threading.Event(), threading.Event(), threading.Event()
