@@ -21,8 +21,8 @@ serve: $(STAMP)
 # flake8-async covers what ruff lacks: ASYNC102/103/104/120 (cancellation swallowed or
 # awaited in a finally without a shielded timeout).
 lint: $(STAMP)
-	$(BIN)/ruff format --check src tests
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
 	$(BIN)/flake8 --select=ASYNC102,ASYNC103,ASYNC104,ASYNC120 src tests
 
 typecheck: $(STAMP)
