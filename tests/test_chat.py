@@ -42,7 +42,9 @@ class Upper:
 class Embedder:
     model, dimensions = "e", 2
 
-    async def embed(self, texts: Sequence[str], lifetime: Lifetime) -> list[list[float]]:
+    async def embed(
+        self, texts: Sequence[str], lifetime: Lifetime, *, kind: str = "document"
+    ) -> list[list[float]]:
         return [[float(len(t)), 0.0] for t in texts]
 
 

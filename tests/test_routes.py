@@ -150,7 +150,9 @@ async def test_api_keys_protect_everything_but_health() -> None:
 
 
 async def test_upstream_unreachable_is_a_502() -> None:
-    settings = Settings(llm_base_url="http://127.0.0.1:9/v1", llm_model="m")
+    settings = Settings(
+        llm_provider="openai", llm_base_url="http://127.0.0.1:9/v1", llm_model="m", retrieval=False
+    )
     async with client(settings) as http:
         response = await http.post("/api/v1/inference/chat", json={"query": "q"})
     assert response.status_code == 502

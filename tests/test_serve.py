@@ -40,6 +40,8 @@ def behave(body: dict[str, object]) -> Behavior:
 async def start_server(port: int, upstream: FakeUpstream, **env: str) -> Process:
     environment = {
         **os.environ,
+        "RAGLINE_LLM_PROVIDER": "openai",
+        "RAGLINE_RETRIEVAL": "false",
         "RAGLINE_LLM_BASE_URL": upstream.base_url,
         "RAGLINE_LLM_MODEL": "fake-model",
         "RAGLINE_LLM_MAX_CONNECTIONS": "64",

@@ -15,7 +15,18 @@ from .errors import (
     UpstreamError,
 )
 from .lifetime import CancelReason, Cause, Lifetime, LifetimeError
-from .models import ChatRequest, ChatResult, Generation, Hit, Message, Prompt, Source, Usage
+from .models import (
+    ChatRequest,
+    ChatResult,
+    Chunk,
+    Generation,
+    Hit,
+    Message,
+    Prompt,
+    RetrieveRequest,
+    Source,
+    Usage,
+)
 from .settings import Settings
 from .supervisor import Supervisor
 from .threads import CancelToken, ThreadBridge, ThreadCancelled
@@ -30,6 +41,7 @@ __all__ = [
     "ChatPipeline",
     "ChatRequest",
     "ChatResult",
+    "Chunk",
     "Generation",
     "Hit",
     "InvalidRequest",
@@ -37,8 +49,10 @@ __all__ = [
     "LifetimeError",
     "Message",
     "NotFound",
+    "Overloaded",
     "Prompt",
     "RagLineError",
+    "RetrieveRequest",
     "Settings",
     "Source",
     "StageTimeout",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import Span, SpanKind
 
-from .errors import StageTimeout
+from .errors import InvalidRequest, StageTimeout
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
 from .models import ChatRequest, ChatResult, Generation, Hit, Prompt, Source, Usage
@@ -74,16 +74,30 @@ class ChatPipeline:
             with self._stage(lifetime, "transform", self.timeouts.transform) as (stage, _):
                 query = await self.transformer.transform(request.query, stage)
             hits: Sequence[Hit] = ()
-            if self.embedder is not None and self.store is not None:
-                with self._stage(lifetime, "retrieve", self.timeouts.retrieve) as (stage, span):
-                    vectors = await self.embedder.embed([query], stage)
-                    hits = await self.store.search(vectors[0], request.top_k, stage)
-                    span.set_attribute("ragline.hits", len(hits))
+            if self.retrieval:
+                hits = await self.retrieve(query, request.top_k, lifetime, request.collection)
             result.sources = [_source(hit) for hit in hits]
             with self._stage(lifetime, "compose", self.timeouts.compose) as (stage, _):
                 prompt = await self.composer.compose(request, hits, stage)
             await self._generate(prompt, lifetime, result, on_delta)
         return result
+
+    @property
+    def retrieval(self) -> bool:
+        """Whether this pipeline retrieves (it has an embedder and a store)."""
+        return self.embedder is not None and self.store is not None
+
+    async def retrieve(
+        self, query: str, top_k: int, lifetime: Lifetime, collection: str | None = None
+    ) -> list[Hit]:
+        """The search half of the pipeline on its own, as its ``retrieve`` stage."""
+        if self.embedder is None or self.store is None:
+            raise InvalidRequest("retrieval is not configured on this server", code="no_retrieval")
+        with self._stage(lifetime, "retrieve", self.timeouts.retrieve) as (stage, span):
+            vectors = await self.embedder.embed([query], stage, kind="query")
+            hits = await self.store.search(vectors[0], top_k, stage, collection=collection)
+            span.set_attribute("ragline.hits", len(hits))
+        return hits
 
     async def _generate(
         self, prompt: Prompt, lifetime: Lifetime, result: ChatResult, on_delta: OnDelta | None

@@ -13,6 +13,7 @@ from __future__ import annotations
 __all__ = [
     "InvalidRequest",
     "NotFound",
+    "Overloaded",
     "RagLineError",
     "StageTimeout",
     "Unauthorized",
@@ -69,6 +70,12 @@ class StageTimeout(RagLineError, TimeoutError):
         super().__init__(message or f"{stage} timed out{limit}")
         self.stage = stage
         self.timeout = timeout
+
+
+class Overloaded(RagLineError):
+    """Too much work queued already; try again later."""
+
+    code = "overloaded"
 
 
 class UpstreamError(RagLineError):

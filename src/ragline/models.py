@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -12,15 +13,28 @@ from .lifetime import Cause
 __all__ = [
     "ChatRequest",
     "ChatResult",
+    "Chunk",
     "Generation",
     "Hit",
     "Message",
     "Prompt",
+    "RetrieveRequest",
     "Source",
     "Usage",
 ]
 
 Role = Literal["system", "user", "assistant"]
+CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")]
+
+
+class RetrieveRequest(BaseModel):
+    """A search without generation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    query: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32_000)]
+    top_k: int = Field(4, ge=1, le=50)
+    collection: CollectionName | None = None
 
 
 class Message(BaseModel):
@@ -40,6 +54,7 @@ class ChatRequest(BaseModel):
     query: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32_000)]
     top_k: int = Field(4, ge=1, le=50)
     system_instructions: Annotated[str, StringConstraints(max_length=32_000)] | None = None
+    collection: CollectionName | None = None
     history: tuple[Message, ...] = ()
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -83,6 +98,19 @@ class Hit:
     text: str
     source: str
     score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of a document with its vector, as a vector store keeps it."""
+
+    id: str
+    document_id: str
+    chunk_index: int
+    text: str
+    source: str
+    vector: Sequence[float]
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,14 @@ metrics and tracer. Built from the settings by :func:`ragline.create_app`."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 from opentelemetry.trace import TracerProvider
 
 from .chat import ChatPipeline, StageTimeouts
+from .factory import Hooks, build_embedder, build_generator, build_store, build_transformer
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
 from .providers import Embedder, Generator, PromptComposer, QueryTransformer, VectorStore
@@ -46,23 +47,26 @@ class Runtime:
             orphan_grace=settings.thread_orphan_grace,
             on_orphan=lambda _name: self.metrics.orphaned_threads.inc(),
         )
-        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self.hooks = Hooks()
         self.supervisor: Supervisor | None = None
         self.ready = False
         if generator is None:
-            generator = self._default_generator()
+            generator = build_generator(settings, self.threads, self.hooks)
+        if settings.retrieval:
+            if embedder is None:
+                embedder = build_embedder(settings, self.threads, self.hooks)
+            if store is None:
+                store = build_store(
+                    settings, self.threads, self.hooks, dimensions=embedder.dimensions
+                )
+        else:
+            embedder = store = None
         if transformer is None:
-            from .providers.identity import IdentityTransformer
-
-            transformer = IdentityTransformer()
+            transformer = build_transformer(settings, generator)
         if composer is None:
             from .providers.prompt import ContextPromptComposer
 
-            composer = ContextPromptComposer()
-        if settings.retrieval and (embedder is None or store is None):
-            raise ValueError(
-                "RAGLINE_RETRIEVAL is on but no embedder and vector store are configured"
-            )
+            composer = ContextPromptComposer(max_context_chars=settings.max_context_chars)
         self.pipeline = ChatPipeline(
             transformer=transformer,
             composer=composer,
@@ -78,24 +82,6 @@ class Runtime:
             ),
         )
 
-    def _default_generator(self) -> Generator:
-        s = self.settings
-        from .providers.openai import OpenAIGenerator
-
-        generator = OpenAIGenerator(
-            base_url=s.llm_base_url,
-            model=s.llm_model,
-            api_key=s.llm_api_key,
-            max_connections=s.llm_max_connections,
-            connect_timeout=s.llm_connect_timeout,
-            first_token_timeout=s.llm_first_token_timeout,
-            total_timeout=s.llm_total_timeout,
-            max_tokens=s.llm_max_tokens,
-            temperature=s.llm_temperature,
-        )
-        self._closers.append(generator.aclose)
-        return generator
-
     def shutdown(self, detail: str = "") -> None:
         """Cancel every piece of in-flight work with cause ``shutdown``. Loop thread only."""
         if self.lifetime.reason is None:
@@ -103,12 +89,21 @@ class Runtime:
         self.ready = False
         self.lifetime.cancel(Cause.SHUTDOWN, detail)
 
+    async def _open(self) -> None:
+        """Load models and connect stores, side by side, under the application lifetime."""
+        with self.lifetime.child("startup") as startup:
+            async with anyio.create_task_group() as tg:
+                for open_ in self.hooks.opens:
+                    tg.start_soon(open_, startup)
+        log.info("ready", extra={"providers_opened": len(self.hooks.opens)})
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runtime]:
         """Own background work and providers for the life of the block."""
         try:
             async with Supervisor.running(self.lifetime) as supervisor:
                 self.supervisor = supervisor
+                await self._open()
                 self.ready = True
                 try:
                     yield self
@@ -118,7 +113,7 @@ class Runtime:
             self.supervisor = None
             # Closing pools is quick; bound it anyway so a stuck provider cannot hang exit.
             with anyio.move_on_after(self.settings.shutdown_grace, shield=True):
-                for close in reversed(self._closers):
+                for close in reversed(self.hooks.closes):
                     await close()
             shutdown = getattr(self.tracing.provider, "shutdown", None)
             if callable(shutdown):

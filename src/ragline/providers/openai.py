@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -20,9 +21,10 @@ from pydantic import SecretStr
 from ..errors import StageTimeout, UpstreamError
 from ..lifetime import Lifetime
 from ..models import Generation, Prompt
-from . import OnDelta
+from . import EmbedKind, OnDelta
+from ._http import check_vectors, error_message, post_json, unit
 
-__all__ = ["OpenAIGenerator"]
+__all__ = ["OpenAIEmbedder", "OpenAIGenerator"]
 
 log = logging.getLogger("ragline.providers.openai")
 
@@ -165,7 +167,7 @@ class OpenAIGenerator:
         if not isinstance(chunk, dict):
             raise UpstreamError("upstream sent a malformed stream event")
         if "error" in chunk:
-            raise UpstreamError(f"upstream error: {_error_message(chunk)}")
+            raise UpstreamError(f"upstream error: {error_message(chunk)}")
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             into.usage_reported = True
@@ -194,7 +196,7 @@ class OpenAIGenerator:
             if len(body) > _MAX_ERROR_BODY:
                 break
         try:
-            message = _error_message(json.loads(body))
+            message = error_message(json.loads(body))
         except ValueError:
             message = body[:200].decode("utf-8", "replace")
         raise UpstreamError(
@@ -202,10 +204,49 @@ class OpenAIGenerator:
         )
 
 
-def _error_message(payload: object) -> str:
-    if isinstance(payload, dict):
-        error = payload.get("error", payload)
-        if isinstance(error, dict):
-            return str(error.get("message") or error)
-        return str(error)
-    return str(payload)
+class OpenAIEmbedder:
+    """Embeddings from any OpenAI-compatible ``{base_url}/embeddings`` endpoint."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        dimensions: int,
+        api_key: SecretStr | None = None,
+        batch_size: int = 64,
+        timeout: float = 60.0,
+    ) -> None:
+        self.model = model
+        self.dimensions = dimensions
+        self._url = base_url.rstrip("/") + "/embeddings"
+        self._api_key = api_key
+        self._batch_size = batch_size
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0))
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    async def embed(
+        self, texts: Sequence[str], lifetime: Lifetime, *, kind: EmbedKind = "document"
+    ) -> list[list[float]]:
+        """Embed ``texts`` in batches; every vector comes back at unit length."""
+        headers = {}
+        if self._api_key is not None:
+            headers["authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), self._batch_size):
+            batch = list(texts[start : start + self._batch_size])
+            body = {"model": self.model, "input": batch, "encoding_format": "float"}
+            answer = await post_json(
+                self._client, self._url, body, lifetime, stage="embed", headers=headers
+            )
+            try:
+                rows = sorted(answer["data"], key=lambda row: row["index"])
+                got = [unit([float(x) for x in row["embedding"]]) for row in rows]
+            except (KeyError, TypeError, ValueError):
+                raise UpstreamError("embed: upstream answered an unexpected shape") from None
+            check_vectors(got, len(batch), self.dimensions)
+            vectors.extend(got)
+        return vectors

@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import (
     InvalidRequest,
     NotFound,
+    Overloaded,
     RagLineError,
     StageTimeout,
     Unauthorized,
@@ -32,6 +33,7 @@ _STATUS: list[tuple[type[RagLineError], int]] = [
     (Unauthorized, 401),
     (NotFound, 404),
     (StageTimeout, 504),
+    (Overloaded, 503),
     (UpstreamError, 502),
 ]
 

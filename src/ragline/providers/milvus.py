@@ -1,0 +1,195 @@
+"""Milvus as the vector store: Milvus Lite in a local file by default, a Milvus server or
+cluster when the URI is ``http(s)://``. The same client code talks to both.
+
+pymilvus is blocking (gRPC), so every call goes through the thread bridge. Each collection
+keeps the chunk id, vector, document id, chunk index, generation, source and text, under a
+cosine HNSW index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..errors import InvalidRequest
+from ..lifetime import Lifetime
+from ..models import Chunk, Hit
+from ..threads import CancelToken, ThreadBridge
+
+__all__ = ["MilvusStore"]
+
+_OUTPUT = ["document_id", "chunk_index", "generation", "source", "text"]
+_MAX_TEXT_BYTES = 65_535
+_MAX_ID_BYTES = 512
+
+
+class MilvusStore:
+    """A :class:`~ragline.providers.VectorStore` on Milvus (Lite or server)."""
+
+    def __init__(
+        self,
+        bridge: ThreadBridge,
+        *,
+        uri: str,
+        dimensions: int,
+        default_collection: str = "default",
+        token: str | None = None,
+    ) -> None:
+        self._bridge = bridge
+        self.uri = uri
+        self.dimensions = dimensions
+        self.default_collection = default_collection
+        self._token = token
+        self._client: Any = None
+        self._known: set[str] = set()
+        self._create_lock = anyio.Lock()
+
+    @property
+    def is_lite(self) -> bool:
+        """Whether this is an embedded Milvus Lite file."""
+        return not self.uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+    async def open(self, lifetime: Lifetime) -> None:
+        """Connect (Milvus Lite: start the embedded server on its file)."""
+        if self._client is None:
+            self._client = await self._bridge.run(lifetime, self._connect)
+
+    def _connect(self, token: CancelToken) -> Any:
+        from pymilvus import MilvusClient
+
+        if self.is_lite:
+            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+        return MilvusClient(uri=self.uri, token=self._token or "")
+
+    async def aclose(self) -> None:
+        """Close the client (Milvus Lite: stop its server)."""
+        client, self._client = self._client, None
+        if client is not None:
+            with anyio.move_on_after(5, shield=True):
+                await anyio.to_thread.run_sync(client.close)
+
+    async def _collection(
+        self, name: str | None, lifetime: Lifetime, *, create: bool
+    ) -> str | None:
+        await self.open(lifetime)
+        name = name or self.default_collection
+        if name in self._known:
+            return name
+        async with self._create_lock:
+            exists = await self._bridge.run(lifetime, self._has, name)
+            if not exists:
+                if not create:
+                    return None
+                await self._bridge.run(lifetime, self._create, name)
+            self._known.add(name)
+        return name
+
+    def _has(self, token: CancelToken, name: str) -> bool:
+        return bool(self._client.has_collection(name))
+
+    def _create(self, token: CancelToken, name: str) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=128)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimensions)
+        schema.add_field("document_id", DataType.VARCHAR, max_length=_MAX_ID_BYTES)
+        schema.add_field("chunk_index", DataType.INT64)
+        schema.add_field("generation", DataType.INT64)
+        schema.add_field("source", DataType.VARCHAR, max_length=2048)
+        schema.add_field("text", DataType.VARCHAR, max_length=_MAX_TEXT_BYTES)
+        index = self._client.prepare_index_params()
+        index.add_index(
+            field_name="vector",
+            index_type="HNSW",
+            metric_type="COSINE",
+            params={"M": 16, "efConstruction": 200},
+        )
+        self._client.create_collection(name, schema=schema, index_params=index)
+
+    async def search(
+        self,
+        vector: Sequence[float],
+        top_k: int,
+        lifetime: Lifetime,
+        *,
+        collection: str | None = None,
+    ) -> list[Hit]:
+        """The ``top_k`` nearest chunks by cosine similarity, best first."""
+        name = await self._collection(collection, lifetime, create=False)
+        if name is None:
+            return []
+        rows = await self._bridge.run(lifetime, self._search, name, list(vector), top_k)
+        return [
+            Hit(
+                document_id=row["entity"]["document_id"],
+                chunk_index=int(row["entity"]["chunk_index"]),
+                text=row["entity"]["text"],
+                source=row["entity"]["source"],
+                score=float(row["distance"]),
+            )
+            for row in rows
+        ]
+
+    def _search(self, token: CancelToken, name: str, vector: list[float], top_k: int) -> Any:
+        result = self._client.search(
+            collection_name=name,
+            data=[vector],
+            limit=top_k,
+            output_fields=_OUTPUT,
+            search_params={"metric_type": "COSINE", "params": {"ef": max(64, top_k)}},
+        )
+        return result[0] if result else []
+
+    async def upsert(
+        self, chunks: Sequence[Chunk], lifetime: Lifetime, *, collection: str | None = None
+    ) -> None:
+        """Insert or replace ``chunks`` by id."""
+        if not chunks:
+            return
+        rows = [self._row(chunk) for chunk in chunks]
+        name = await self._collection(collection, lifetime, create=True)
+        await self._bridge.run(lifetime, self._upsert, name, rows)
+
+    def _row(self, chunk: Chunk) -> dict[str, Any]:
+        if len(chunk.vector) != self.dimensions:
+            raise InvalidRequest(
+                f"chunk {chunk.id}: vector has {len(chunk.vector)} dimensions, "
+                f"the store expects {self.dimensions}"
+            )
+        if len(chunk.document_id.encode()) > _MAX_ID_BYTES or len(chunk.id.encode()) > 128:
+            raise InvalidRequest(f"chunk {chunk.id[:64]}: id too long")
+        return {
+            "id": chunk.id,
+            "vector": [float(x) for x in chunk.vector],
+            "document_id": chunk.document_id,
+            "chunk_index": chunk.chunk_index,
+            "generation": chunk.generation,
+            "source": _clip(chunk.source, 2048),
+            "text": _clip(chunk.text, _MAX_TEXT_BYTES),
+        }
+
+    def _upsert(self, token: CancelToken, name: str | None, rows: list[dict[str, Any]]) -> None:
+        self._client.upsert(collection_name=name, data=rows)
+
+    async def delete(
+        self, ids: Sequence[str], lifetime: Lifetime, *, collection: str | None = None
+    ) -> None:
+        """Remove chunks by id; unknown ids are ignored."""
+        name = await self._collection(collection, lifetime, create=False)
+        if name is None or not ids:
+            return
+        await self._bridge.run(lifetime, self._delete, name, list(ids))
+
+    def _delete(self, token: CancelToken, name: str, ids: list[str]) -> None:
+        self._client.delete(collection_name=name, ids=ids)
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", "ignore")
