@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import math
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,14 +49,19 @@ def default_model_path() -> Path:
 
 @dataclass
 class ModelCounters:
-    """The model's own counters for the last generation (llama.cpp's perf data)."""
+    """The model's own counters for one generation (llama.cpp's perf data).
 
+    llama.cpp reports each perf counter as at least 1, so 1 there means "0 or 1";
+    ``yielded`` counts the tokens the model handed out, exactly.
+    """
+
+    request_id: str | None = None
     prompt_tokens: int = 0
     prefill_evaluated: int = 0  # n_p_eval: prompt tokens the model actually evaluated
     decoded: int = 0  # n_eval: tokens decoded
     decoded_at_stop: int | None = None  # n_eval when the cancellation arrived
+    yielded: int = 0
     prefill_aborted: bool = False
-    generations: int = 0
 
     @property
     def decoded_after_stop(self) -> int:
@@ -96,7 +102,12 @@ class LlamaCppGenerator:
         self._format: Callable[[list[dict[str, str]]], str] | None = None
         self._token: CancelToken | None = None
         self._abort_hook: Any = None  # keeps the ctypes callback alive
-        self.counters = ModelCounters()
+        # The llama context is used by one thread at a time. The queue above is async and
+        # FIFO; this lock also covers a thread that finishes its last token (or its abort)
+        # after its owner was cancelled and the next request was let in.
+        self._model_lock = threading.Lock()
+        self.busy = threading.Event()  # set while a thread decodes
+        self.history: deque[ModelCounters] = deque(maxlen=32)
 
     # -- loading -------------------------------------------------------------------
     async def open(self, lifetime: Lifetime) -> None:
@@ -128,7 +139,7 @@ class LlamaCppGenerator:
             bos_token=llm._model.token_get_text(llm.token_bos()),
             add_generation_prompt=True,
         )
-        self._format = lambda messages: str(formatter(messages=messages).prompt)
+        self._format = lambda messages: str(formatter(messages=messages).prompt)  # type: ignore[arg-type]
         self._llm = llm
 
     def _should_abort(self, _data: Any) -> bool:
@@ -185,7 +196,15 @@ class LlamaCppGenerator:
             tg.start_soon(pump)
             try:
                 with send:
-                    await self._bridge.run(lifetime, self._decode, text, prompt, into, deliver)
+                    await self._bridge.run(
+                        lifetime,
+                        self._decode,
+                        text,
+                        prompt,
+                        into,
+                        deliver,
+                        lifetime.get("request_id"),
+                    )
             finally:
                 live.clear()
 
@@ -215,11 +234,31 @@ class LlamaCppGenerator:
         prompt: Prompt,
         into: Generation,
         deliver: Callable[[str], None],
+        request_id: str | None,
+    ) -> None:
+
+        llm = self._llm
+        while not self._model_lock.acquire(timeout=0.05):
+            token.raise_if_cancelled()  # left while the previous thread finished
+        try:
+            self._decode_locked(token, llm, text, prompt, into, deliver, request_id)
+        finally:
+            self._model_lock.release()
+
+    def _decode_locked(
+        self,
+        token: CancelToken,
+        llm: Any,
+        text: str,
+        prompt: Prompt,
+        into: Generation,
+        deliver: Callable[[str], None],
+        request_id: str | None,
     ) -> None:
         import llama_cpp
 
-        llm = self._llm
-        counters = ModelCounters(generations=self.counters.generations + 1)
+        token.raise_if_cancelled()
+        counters = ModelCounters(request_id=request_id)
         tokens = llm.tokenize(text.encode(), add_bos=False, special=True)
         counters.prompt_tokens = len(tokens)
         into.prompt_tokens = len(tokens)
@@ -231,6 +270,7 @@ class LlamaCppGenerator:
 
         token.on_cancel(stopped)
         self._token = token
+        self.busy.set()
         temperature = prompt.temperature if prompt.temperature is not None else self._temperature
         try:
             chunks = llm.create_completion(
@@ -243,6 +283,7 @@ class LlamaCppGenerator:
                 ),
             )
             for chunk in chunks:
+                counters.yielded += 1
                 choice = chunk["choices"][0]
                 if choice["text"] and not token.cancelled:
                     try:
@@ -256,14 +297,17 @@ class LlamaCppGenerator:
         except RuntimeError as exc:
             if not token.cancelled:
                 raise UpstreamError(f"local model failed: {exc}") from None
-            counters.prefill_aborted = True  # llama_decode returned "aborted"
-            llm.reset()  # the KV cache holds a half prefill: start clean next time
+            # llama_decode was interrupted by the abort callback: before the first token
+            # that is the prefill; the KV cache is half written, so start clean next time.
+            counters.prefill_aborted = counters.yielded == 0
+            llm.reset()
         finally:
             self._token = None
+            self.busy.clear()
             perf = llama_cpp.llama_perf_context(llm.ctx)
             counters.prefill_evaluated = perf.n_p_eval
             counters.decoded = perf.n_eval
-            self.counters = counters
+            self.history.append(counters)
         if token.cancelled:
             log.info(
                 "local generation stopped",
