@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import anyio
 import httpx
@@ -133,3 +134,52 @@ async def test_refuses_a_public_address_without_api_keys() -> None:
     )
     assert result.returncode == 2
     assert b"RAGLINE_API_KEYS" in result.stderr
+
+
+async def test_sigterm_stops_the_local_model_and_its_queue(tmp_path: Path) -> None:
+    """The same shutdown with the embedded defaults: one stream decoding on SmolLM2, two
+    waiting in the model's queue, a retrieval through MiniLM and Milvus Lite before each."""
+    port = free_port()
+    stderr: list[bytes] = []
+    local = {
+        "RAGLINE_LLM_PROVIDER": "local",
+        "RAGLINE_LLM_MODEL": "smollm2-135m-instruct",
+        "RAGLINE_RETRIEVAL": "true",
+        "RAGLINE_DATA_DIR": str(tmp_path),
+        "RAGLINE_LLM_MAX_TOKENS": "2000",
+        "RAGLINE_LOG_LEVEL": "DEBUG",
+    }
+    async with anyio.create_task_group() as tg:
+        process = await start_server(port, FakeUpstream(), **local)
+        tg.start_soon(drain, process, stderr)
+        streams = []
+        for i in range(3):
+            client = await RawClient.connect(port)
+            query = f"Write a very long story number {i} about a heron.".replace(" ", "%20")
+            await client.send("GET", f"/api/v1/inference/stream?query={query}")
+            streams.append(client)
+            if i == 0:  # the first decodes; the others queue behind it
+                with anyio.fail_after(60):
+                    await client.read_until(b'data: {"delta"', count=2)
+        with anyio.fail_after(60):
+            while b"".join(stderr).count(b"waiting for the local model") < 3:
+                await anyio.sleep(0.05)
+        signalled_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(GRACE + 10):
+            await process.wait()
+        exited_after = time.monotonic() - signalled_at
+        bodies = [await client.read_all() for client in streams]
+        for client in streams:
+            await client.close()
+        tg.cancel_scope.cancel()
+    assert exited_after < GRACE, f"exit took {exited_after:.2f}s"
+    print(f"SIGTERM to exit with the local model decoding: {exited_after:.3f}s")
+    for body in bodies:
+        assert b"event: error" in body
+        assert b'"cause":"shutdown"' in body
+    lines = [json.loads(line) for line in b"".join(stderr).splitlines() if line.startswith(b"{")]
+    stopped = [line for line in lines if line["msg"] == "local generation stopped"]
+    assert len(stopped) == 1, "only the decoding request ran; the queued ones never did"
+    assert stopped[0]["cause"] == "shutdown"
+    assert stopped[0]["decoded_after_stop"] <= 1

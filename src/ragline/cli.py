@@ -34,6 +34,20 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask(args: argparse.Namespace) -> int:
+    import os
+
+    import anyio
+
+    from .ask import ask
+
+    api_key = args.api_key or os.environ.get("RAGLINE_API_KEY")
+    result: int = anyio.run(
+        lambda: ask(args.question, url=args.url, top_k=args.top_k, api_key=api_key)
+    )
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ragline`` console script."""
     parser = argparse.ArgumentParser(prog="ragline", description=__doc__)
@@ -42,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1, RAGLINE_HOST)")
     serve.add_argument("--port", type=int, help="port to bind (default 8000, RAGLINE_PORT)")
     serve.set_defaults(func=_serve)
+    ask = commands.add_parser("ask", help="stream an answer in the terminal (Ctrl-C stops it)")
+    ask.add_argument("question")
+    ask.add_argument("--url", help="a running ragline server (default: answer in-process)")
+    ask.add_argument("--top-k", type=int, default=4, help="chunks to retrieve (default 4)")
+    ask.add_argument("--api-key", help="bearer key for --url (default: RAGLINE_API_KEY)")
+    ask.set_defaults(func=_ask)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

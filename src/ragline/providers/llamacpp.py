@@ -127,6 +127,9 @@ class LlamaCppGenerator:
             n_threads_batch=self._threads,
             verbose=False,
         )
+        # llama.cpp prints KV-cache housekeeping (e.g. after an abort) at error level to
+        # stderr; our own logs say what matters.
+        logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
         # Prefill can only be interrupted from inside llama_decode: the abort callback.
         self._abort_hook = llama_cpp.ggml_abort_callback(self._should_abort)
         llama_cpp.llama_set_abort_callback(llm.ctx, self._abort_hook, None)
@@ -159,6 +162,10 @@ class LlamaCppGenerator:
         if self._waiting >= self._queue_size and self._lock.locked():
             raise Overloaded(f"the local model has {self._waiting} requests waiting; try later")
         self._waiting += 1
+        log.debug(
+            "waiting for the local model",
+            extra={"request_id": lifetime.get("request_id"), "waiting": self._waiting},
+        )
         try:
             await self._lock.acquire()
         finally:

@@ -1,0 +1,156 @@
+"""``ragline ask``: stream an answer in the terminal, from a running server (``--url``) or
+in-process. Ctrl-C stops generation at once (the server or the local model sees the
+request end) and prints a one-line note."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import anyio
+import httpx
+
+from .errors import RagLineError
+from .lifetime import CancelReason, Cause, Lifetime
+from .models import ChatRequest, ChatResult
+from .settings import Settings
+
+__all__ = ["AskOutcome", "ask"]
+
+
+@dataclass
+class AskOutcome:
+    """What the terminal saw."""
+
+    pieces: int = 0
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+async def ask(
+    question: str,
+    *,
+    url: str | None,
+    top_k: int,
+    api_key: str | None = None,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
+    """Ask ``question``; returns the process exit code (130 after Ctrl-C)."""
+    outcome = AskOutcome()
+    target: list[Lifetime] = []  # what Ctrl-C cancels, once there is something to cancel
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_ctrl_c, target)
+        try:
+            if url is not None:
+                reason = await _remote(url, question, top_k, api_key, target, outcome, out)
+            else:
+                reason = await _local(question, top_k, target, outcome, out)
+        finally:
+            tg.cancel_scope.cancel()
+    if reason is not None:
+        out.write("\n")
+        err.write(
+            f"[stopped by {reason.detail or reason.cause} after {outcome.pieces} pieces; "
+            "generation ended]\n"
+        )
+        return 130
+    if outcome.error is not None:
+        err.write(f"\nragline: {outcome.error}\n")
+        return 1
+    out.write("\n")
+    for n, source in enumerate(outcome.sources, start=1):
+        out.write(f"[{n}] {source.get('source')} (score {float(source.get('score', 0)):.2f})\n")
+    out.flush()
+    return 0
+
+
+async def _stop_on_ctrl_c(target: list[Lifetime]) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+        async for _ in signals:
+            for lifetime in target:
+                lifetime.cancel(Cause.EXPLICIT, "Ctrl-C")
+            if target:
+                return
+
+
+def _write(out: TextIO, outcome: AskOutcome, text: str) -> None:
+    outcome.pieces += 1
+    out.write(text)
+    out.flush()
+
+
+async def _remote(
+    url: str,
+    question: str,
+    top_k: int,
+    api_key: str | None,
+    target: list[Lifetime],
+    outcome: AskOutcome,
+    out: TextIO,
+) -> CancelReason | None:
+    root = Lifetime.root("cli")
+    target.append(root)
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    endpoint = url.rstrip("/") + "/api/v1/inference/stream"
+    event = "message"
+    with root:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as http:
+            try:
+                async with http.stream(
+                    "GET", endpoint, params={"query": question, "top_k": top_k}, headers=headers
+                ) as response:
+                    if response.status_code != 200:
+                        body = json.loads(await response.aread() or b"{}")
+                        outcome.error = body.get("error", {}).get("message", response.reason_phrase)
+                        return None
+                    async for line in response.aiter_lines():
+                        if line.startswith("event: "):
+                            event = line[7:]
+                        elif line.startswith("data: "):
+                            _on_event(event, json.loads(line[6:]), outcome, out)
+                            event = "message"
+            except httpx.HTTPError as exc:
+                outcome.error = f"cannot reach {url}: {exc}"
+    return root.reason
+
+
+def _on_event(event: str, data: dict[str, Any], outcome: AskOutcome, out: TextIO) -> None:
+    if event == "message" and "delta" in data:
+        _write(out, outcome, str(data["delta"]))
+    elif event == "done":
+        outcome.sources = list(data.get("sources") or [])
+        outcome.usage = dict(data.get("usage") or {})
+    elif event == "error":
+        error = data.get("error") or {}
+        outcome.error = f"{error.get('message')} (cause: {error.get('cause', 'error')})"
+
+
+async def _local(
+    question: str, top_k: int, target: list[Lifetime], outcome: AskOutcome, out: TextIO
+) -> CancelReason | None:
+    from .runtime import Runtime
+
+    runtime = Runtime(Settings())
+    target.append(runtime.lifetime)
+
+    async def on_delta(text: str) -> None:
+        _write(out, outcome, text)
+
+    result = ChatResult()
+    try:
+        async with runtime.running():
+            with runtime.lifetime.child("ask") as lifetime:
+                request = ChatRequest(query=question, top_k=top_k)
+                await runtime.pipeline.run(request, lifetime, on_delta=on_delta, into=result)
+            # Read before leaving: leaving the runtime cancels it with cause shutdown.
+            reason = lifetime.reason
+    except RagLineError as exc:
+        outcome.error = exc.message
+        return None
+    outcome.sources = [s.model_dump() for s in result.sources]
+    return reason
