@@ -25,7 +25,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from conftest import RawClient, serve, settings_for, upstream_running
-from test_serve import behave, drain, free_port, start_server
+from test_serve import behave, drain, free_port, server_process
 from upstream import Behavior, FakeUpstream
 
 
@@ -80,8 +80,11 @@ async def sigterm(trials: int, streams: int = 20) -> list[float]:
         upstream = FakeUpstream(behave)
         port = free_port()
         stderr: list[bytes] = []
-        async with upstream_running(upstream), anyio.create_task_group() as tg:
-            process = await start_server(port, upstream)
+        async with (
+            upstream_running(upstream),
+            server_process(port, upstream) as process,
+            anyio.create_task_group() as tg,
+        ):
             tg.start_soon(drain, process, stderr)
             clients = []
             for i in range(streams):

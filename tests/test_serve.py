@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -36,6 +38,19 @@ def behave(body: dict[str, object]) -> Behavior:
     if "hold" in str(body["messages"]):
         return Behavior(hold_headers=True)
     return Behavior(tokens=100_000, interval=0.05)
+
+
+@asynccontextmanager
+async def server_process(port: int, upstream: FakeUpstream, **env: str) -> AsyncIterator[Process]:
+    """``ragline serve`` in a child process, killed if the test fails before it exits."""
+    process = await start_server(port, upstream, **env)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with anyio.move_on_after(10, shield=True):
+                await process.wait()
 
 
 async def start_server(port: int, upstream: FakeUpstream, **env: str) -> Process:
@@ -76,8 +91,11 @@ async def test_sigterm_cancels_every_stream_and_exits_within_the_grace() -> None
     upstream = FakeUpstream(behave)
     port = free_port()
     stderr: list[bytes] = []
-    async with upstream_running(upstream), anyio.create_task_group() as tg:
-        process = await start_server(port, upstream)
+    async with (
+        upstream_running(upstream),
+        server_process(port, upstream) as process,
+        anyio.create_task_group() as tg,
+    ):
         tg.start_soon(drain, process, stderr)
         streams = []
         for i in range(STREAMS):
@@ -149,8 +167,10 @@ async def test_sigterm_stops_the_local_model_and_its_queue(tmp_path: Path) -> No
         "RAGLINE_LLM_MAX_TOKENS": "2000",
         "RAGLINE_LOG_LEVEL": "DEBUG",
     }
-    async with anyio.create_task_group() as tg:
-        process = await start_server(port, FakeUpstream(), **local)
+    async with (
+        server_process(port, FakeUpstream(), **local) as process,
+        anyio.create_task_group() as tg,
+    ):
         tg.start_soon(drain, process, stderr)
         streams = []
         for i in range(3):

@@ -30,7 +30,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     server = build_server(create_app(settings), host=host, port=port)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises the SIGINT it handled, once it has shut down cleanly.
+        return 130
     return 0
 
 

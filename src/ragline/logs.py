@@ -13,7 +13,13 @@ __all__ = ["JsonFormatter", "configure_logging", "request_id_var"]
 
 request_id_var: ContextVar[str | None] = ContextVar("ragline_request_id", default=None)
 
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# uvicorn adds `color_message`, an ANSI-coloured copy of the message.
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class _RequestIdFilter(logging.Filter):
