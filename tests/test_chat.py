@@ -24,6 +24,7 @@ from ragline import (
 )
 from ragline.metrics import Metrics
 from ragline.providers.prompt import ContextPromptComposer
+from ragline.providers.rewrite import LLMRewriter
 from ragline.tracing import Tracing
 
 pytestmark = pytest.mark.anyio
@@ -172,3 +173,16 @@ async def test_cancellation_keeps_text_and_usage_with_the_cause() -> None:
     assert generate.attributes["ragline.cancel.reason"] == "shutdown"
     assert generate.attributes["ragline.cancel.origin"] == "app"
     assert generate.status.status_code.name == "UNSET"
+
+
+async def test_an_llm_rewrite_drives_retrieval_but_not_the_answer() -> None:
+    gen, store = Tokens(), Store()
+    chat, _ = pipeline(gen, store)
+    chat.transformer = LLMRewriter(gen)
+    with Lifetime.root() as root:
+        await chat.run(ChatRequest(query="why"), root)
+    rewrite, answer = gen.prompts
+    assert "search query" in rewrite.messages[0].content
+    assert rewrite.messages[-1].content == "why"
+    assert store.seen[0][0] == [float(len("w0 w1 w2")), 0.0]  # the rewrite was embedded
+    assert answer.messages[-1].content.endswith("Question: why")

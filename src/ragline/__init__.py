@@ -9,6 +9,7 @@ from .chat import ChatPipeline, StageTimeouts
 from .errors import (
     InvalidRequest,
     NotFound,
+    Overloaded,
     RagLineError,
     StageTimeout,
     Unauthorized,
