@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     embeddings_api_key: SecretStr | None = None
     embeddings_dimensions: int | None = Field(None, ge=1)
     embeddings_batch_size: int = Field(64, ge=1)
-    embeddings_bf16: bool = True
+    embeddings_bf16: bool | None = None  # None: on where the CPU has native bf16
     data_dir: str = "./.ragline"
     vector_uri: str | None = None  # http(s)://host:19530 for a Milvus server or cluster
     vector_token: SecretStr | None = None
@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("embeddings_bf16", mode="before")
+    @classmethod
+    def _auto(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in {"", "auto"}:
+            return None
         return value
 
     @field_validator(
