@@ -98,7 +98,9 @@ class ThreadBridge:
     """Runs blocking calls in worker threads under a lifetime.
 
     ``on_orphan`` is told (with the function's name) when a thread outlives its
-    cancellation by more than ``orphan_grace`` seconds.
+    cancellation by more than ``orphan_grace`` seconds. ``max_threads`` bounds the calls
+    being awaited; a thread abandoned on cancellation no longer counts against it (it is
+    watched as a possible orphan instead).
     """
 
     def __init__(

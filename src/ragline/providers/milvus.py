@@ -65,11 +65,20 @@ class MilvusStore:
         return MilvusClient(uri=self.uri, token=self._token or "")
 
     async def aclose(self) -> None:
-        """Close the client (Milvus Lite: stop its server)."""
+        """Close the client; for Milvus Lite also stop its server, which otherwise keeps
+        the file locked until the process exits."""
         client, self._client = self._client, None
+        self._known.clear()
         if client is not None:
             with anyio.move_on_after(5, shield=True):
-                await anyio.to_thread.run_sync(client.close)
+                await anyio.to_thread.run_sync(self._close, client)
+
+    def _close(self, client: Any) -> None:
+        client.close()
+        if self.is_lite:
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
 
     async def _collection(
         self, name: str | None, lifetime: Lifetime, *, create: bool
@@ -79,16 +88,31 @@ class MilvusStore:
         if name in self._known:
             return name
         async with self._create_lock:
-            exists = await self._bridge.run(lifetime, self._has, name)
-            if not exists:
-                if not create:
-                    return None
-                await self._bridge.run(lifetime, self._create, name)
-            self._known.add(name)
+            if name not in self._known:
+                exists = await self._bridge.run(lifetime, self._prepare, name)
+                if not exists:
+                    if not create:
+                        return None
+                    await self._bridge.run(lifetime, self._create, name)
+                self._known.add(name)
         return name
 
-    def _has(self, token: CancelToken, name: str) -> bool:
-        return bool(self._client.has_collection(name))
+    def _prepare(self, token: CancelToken, name: str) -> bool:
+        """Whether ``name`` exists; if it does, check its dimension and load it (a
+        restarted Milvus reopens collections released, and search needs them loaded)."""
+        if not self._client.has_collection(name):
+            return False
+        described = self._client.describe_collection(name)
+        for field in described.get("fields", ()):
+            if field.get("name") == "vector":
+                dim = int(field.get("params", {}).get("dim", self.dimensions))
+                if dim != self.dimensions:
+                    raise InvalidRequest(
+                        f"collection {name!r} holds {dim}-dimensional vectors; the embedder "
+                        f"makes {self.dimensions}: use another collection or re-ingest"
+                    )
+        self._client.load_collection(name)
+        return True
 
     def _create(self, token: CancelToken, name: str) -> None:
         from pymilvus import DataType, MilvusClient
@@ -119,6 +143,7 @@ class MilvusStore:
         collection: str | None = None,
     ) -> list[Hit]:
         """The ``top_k`` nearest chunks by cosine similarity, best first."""
+        self._check_dimensions(len(vector), "query")
         name = await self._collection(collection, lifetime, create=False)
         if name is None:
             return []
@@ -154,12 +179,14 @@ class MilvusStore:
         name = await self._collection(collection, lifetime, create=True)
         await self._bridge.run(lifetime, self._upsert, name, rows)
 
-    def _row(self, chunk: Chunk) -> dict[str, Any]:
-        if len(chunk.vector) != self.dimensions:
+    def _check_dimensions(self, got: int, what: str) -> None:
+        if got != self.dimensions:
             raise InvalidRequest(
-                f"chunk {chunk.id}: vector has {len(chunk.vector)} dimensions, "
-                f"the store expects {self.dimensions}"
+                f"{what}: vector has {got} dimensions, the store expects {self.dimensions}"
             )
+
+    def _row(self, chunk: Chunk) -> dict[str, Any]:
+        self._check_dimensions(len(chunk.vector), f"chunk {chunk.id[:64]}")
         if len(chunk.document_id.encode()) > _MAX_ID_BYTES or len(chunk.id.encode()) > 128:
             raise InvalidRequest(f"chunk {chunk.id[:64]}: id too long")
         return {
