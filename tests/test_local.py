@@ -250,3 +250,16 @@ async def test_the_model_queue_is_bounded_and_a_request_that_left_never_runs(
     assert done.text
     assert [c.request_id for c in gen.history] == ["A", None]
     assert gen.history[0].decoded_after_stop <= 1
+
+
+async def test_the_chat_template_is_the_models_own(local: Running) -> None:
+    """SmolLM2 speaks ChatML: the GGUF's template renders system, user and the open
+    assistant turn."""
+    rendered = generator(local)._render(
+        Prompt((Message(role="system", content="Be brief."), Message(role="user", content="Hi")))
+    )
+    assert rendered == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
