@@ -29,12 +29,23 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ragline: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    import json
+    import os
+
+    from .ingest_command import server_file
+
     server = build_server(create_app(settings), host=host, port=port)
+    # Tell `ragline ingest` who owns the data directory (Milvus Lite allows one process).
+    marker = server_file(settings)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"url": f"http://{host}:{port}", "pid": os.getpid()}))
     try:
         server.run()
     except KeyboardInterrupt:
         # uvicorn re-raises the SIGINT it handled, once it has shut down cleanly.
         return 130
+    finally:
+        marker.unlink(missing_ok=True)
     return 0
 
 
@@ -48,6 +59,26 @@ def _ask(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("RAGLINE_API_KEY")
     result: int = anyio.run(
         lambda: ask(args.question, url=args.url, top_k=args.top_k, api_key=api_key)
+    )
+    return result
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import os
+
+    import anyio
+
+    from .ingest_command import ingest
+
+    api_key = args.api_key or os.environ.get("RAGLINE_API_KEY")
+    result: int = anyio.run(
+        lambda: ingest(
+            [os.path.abspath(p) for p in args.paths],
+            collection=args.collection,
+            prune=args.prune,
+            url=args.url,
+            api_key=api_key,
+        )
     )
     return result
 
@@ -66,6 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ask.add_argument("--top-k", type=int, default=4, help="chunks to retrieve (default 4)")
     ask.add_argument("--api-key", help="bearer key for --url (default: RAGLINE_API_KEY)")
     ask.set_defaults(func=_ask)
+    ingest = commands.add_parser("ingest", help="index files (Ctrl-C stops at a batch boundary)")
+    ingest.add_argument("paths", nargs="+", help="files or directories")
+    ingest.add_argument("--collection", help="target collection (default: RAGLINE_COLLECTION)")
+    ingest.add_argument(
+        "--prune", action="store_true", help="remove documents that vanished from these sources"
+    )
+    ingest.add_argument(
+        "--url",
+        help="hand the job to this server (default: the one that owns the data directory, if any)",
+    )
+    ingest.add_argument("--api-key", help="bearer key for the server (default: RAGLINE_API_KEY)")
+    ingest.set_defaults(func=_ingest)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

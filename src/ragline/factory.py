@@ -7,12 +7,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .chunking import Chunker, Tokenizer, minilm_tokenizer
 from .lifetime import Lifetime
 from .providers import Embedder, Generator, QueryTransformer, VectorStore
 from .settings import Settings
 from .threads import ThreadBridge
 
-__all__ = ["Hooks", "build_embedder", "build_generator", "build_store", "build_transformer"]
+__all__ = [
+    "Hooks",
+    "build_chunker",
+    "build_embedder",
+    "build_generator",
+    "build_store",
+    "build_transformer",
+]
 
 
 @dataclass
@@ -122,3 +130,21 @@ def build_transformer(settings: Settings, generator: Generator) -> QueryTransfor
     from .providers.identity import IdentityTransformer
 
     return IdentityTransformer()
+
+
+class _LazyTokenizer:
+    """The MiniLM tokenizer, loaded on first use (in a worker thread, by the chunker)."""
+
+    def __init__(self) -> None:
+        self._tokenizer: Tokenizer | None = None
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        if self._tokenizer is None:
+            self._tokenizer = minilm_tokenizer()
+        return self._tokenizer.offsets(text)
+
+
+def build_chunker(settings: Settings) -> Chunker:
+    """Chunks by all-MiniLM-L6-v2's tokens (also the count used for remote embedders:
+    close enough to size chunks, and available offline)."""
+    return Chunker(_LazyTokenizer(), size=settings.chunk_tokens, overlap=settings.chunk_overlap)

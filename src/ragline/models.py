@@ -98,6 +98,7 @@ class Hit:
     text: str
     source: str
     score: float
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,15 +6,26 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 from opentelemetry.trace import TracerProvider
 
 from .chat import ChatPipeline, StageTimeouts
-from .factory import Hooks, build_embedder, build_generator, build_store, build_transformer
+from .factory import (
+    Hooks,
+    build_chunker,
+    build_embedder,
+    build_generator,
+    build_store,
+    build_transformer,
+)
+from .ingestion import Ingestor, VisibleStore
+from .jobs import JobQueue
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
 from .providers import Embedder, Generator, PromptComposer, QueryTransformer, VectorStore
+from .records import Records
 from .settings import Settings
 from .supervisor import Supervisor
 from .threads import ThreadBridge
@@ -52,6 +63,7 @@ class Runtime:
         self.ready = False
         if generator is None:
             generator = build_generator(settings, self.threads, self.hooks)
+        self.jobs: JobQueue | None = None
         if settings.retrieval:
             if embedder is None:
                 embedder = build_embedder(settings, self.threads, self.hooks)
@@ -59,6 +71,34 @@ class Runtime:
                 store = build_store(
                     settings, self.threads, self.hooks, dimensions=embedder.dimensions
                 )
+            data = Path(settings.data_dir)
+            self.records = Records(data / "records.sqlite")
+            records = self.records
+
+            async def close_records() -> None:
+                records.close()
+
+            self.hooks.closes.insert(0, close_records)  # closes run in reverse: last
+            self.ingestor = Ingestor(
+                embedder=embedder,
+                store=store,
+                records=self.records,
+                bridge=self.threads,
+                chunker=build_chunker(settings),
+                batch_size=settings.ingest_batch_size,
+            )
+            self.jobs = JobQueue(
+                ingestor=self.ingestor,
+                records=self.records,
+                bridge=self.threads,
+                folder=data / "jobs",
+                roots=[Path(r) for r in settings.ingest_roots] or [Path.cwd()],
+                default_collection=settings.collection,
+            )
+            # Readers see only switched-in generations.
+            store = VisibleStore(
+                store, self.records, self.threads, default_collection=settings.collection
+            )
         else:
             embedder = store = None
         if transformer is None:
@@ -97,6 +137,27 @@ class Runtime:
                     tg.start_soon(open_, startup)
         log.info("ready", extra={"providers_opened": len(self.hooks.opens)})
 
+    async def _seed(self) -> None:
+        """First start: ingest ``RAGLINE_SEED_DOCS`` while the default collection is empty."""
+        seed = self.settings.seed_docs
+        if not seed or self.jobs is None:
+            return
+        folder = await anyio.Path(seed).resolve()
+        if not await folder.exists():
+            return
+        with self.lifetime.child("seed") as lifetime:
+            documents = await self.threads.run(
+                lifetime, lambda _t: self.records.documents(self.settings.collection)
+            )
+            pending = await self.threads.run(
+                lifetime, lambda _t: self.records.jobs("queued", "running")
+            )
+            if not documents and not pending:
+                job_id = await self.jobs.submit(
+                    lifetime, collection=None, prune=False, paths=[Path(folder)]
+                )
+                log.info("ingesting the seed documents", extra={"job_id": job_id, "path": seed})
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runtime]:
         """Own background work and providers for the life of the block."""
@@ -104,6 +165,9 @@ class Runtime:
             async with Supervisor.running(self.lifetime) as supervisor:
                 self.supervisor = supervisor
                 await self._open()
+                if self.jobs is not None:
+                    supervisor.start(self.lifetime.child("ingest-worker"), self.jobs.work)
+                    await self._seed()
                 self.ready = True
                 try:
                     yield self

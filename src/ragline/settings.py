@@ -81,6 +81,14 @@ class Settings(BaseSettings):
     vector_token: SecretStr | None = None
     collection: str = Field("default", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
+    # -- ingestion --------------------------------------------------------------------
+    ingest_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)  # [] = cwd
+    ingest_batch_size: int = Field(64, ge=1, le=4096)
+    chunk_tokens: int = Field(254, ge=16, le=4096)  # 256 minus MiniLM's [CLS] and [SEP]
+    chunk_overlap: int = Field(32, ge=0)
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
+    seed_docs: str | None = None  # ingested into the default collection while it is empty
+
     # -- pipeline -----------------------------------------------------------------------
     retrieval: bool = True
     query_rewrite: bool = False
@@ -95,7 +103,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "ingest_roots", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -42,6 +42,7 @@ class MemoryStore:
                 text=chunk.text,
                 source=chunk.source,
                 score=_dot(query, unit),
+                generation=chunk.generation,
             )
             for chunk, unit in best
         ]

@@ -155,6 +155,7 @@ class MilvusStore:
                 text=row["entity"]["text"],
                 source=row["entity"]["source"],
                 score=float(row["distance"]),
+                generation=int(row["entity"]["generation"]),
             )
             for row in rows
         ]

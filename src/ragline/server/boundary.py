@@ -147,7 +147,9 @@ class Boundary:
     async def _read_body(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
     ) -> bytes | None:
-        limit = self.runtime.settings.max_body_bytes
+        settings = self.runtime.settings
+        uploading = scope["path"] == "/api/v1/ingest"
+        limit = settings.max_upload_bytes if uploading else settings.max_body_bytes
         too_large = InvalidRequest(f"request body exceeds {limit} bytes", code="body_too_large")
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -1,0 +1,408 @@
+"""Document-atomic, idempotent, cancellable ingestion.
+
+Documents are chunked by the embedding model's tokens and written in batches (64 chunks by
+default). The lifetime is checked at every batch boundary before the next embedding call,
+and a stop requested with :meth:`Stop.request` (an API or first Ctrl-C) ends the run there;
+embedding of the next batch overlaps the writing of the current one.
+
+Visibility is per document: a changed document gets a new generation, its chunk ids are
+recorded before they are written, and once all its chunks are in the store it is switched
+in one transaction of the record store; the old generation is deleted afterwards. Chunks
+of unswitched generations (a crash, a cancel, a second Ctrl-C) are collected by the next
+run. Unchanged documents are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from .chunking import Chunker
+from .documents import Document, DocumentProblem
+from .lifetime import CancelReason, Cause, Lifetime
+from .models import Chunk, Hit
+from .providers import Embedder, VectorStore
+from .records import Records
+from .threads import CancelToken, ThreadBridge
+
+__all__ = ["IngestProgress", "Ingestor", "Stop", "VisibleStore", "chunk_id"]
+
+log = logging.getLogger("ragline.ingestion")
+
+
+def chunk_id(
+    collection: str, document_id: str, generation: int, index: int, model: str, text: str
+) -> str:
+    """Deterministic: the same chunk of the same generation always has the same id."""
+    key = "\0".join((collection, document_id, str(generation), str(index), model, text))
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class Stop:
+    """A stop at the next batch boundary (the current batch still finishes)."""
+
+    def __init__(self) -> None:
+        self.reason: CancelReason | None = None
+
+    def request(self, cause: Cause, detail: str = "") -> None:
+        """Ask the run to stop at the next batch boundary; the first request wins."""
+        if self.reason is None:
+            self.reason = CancelReason(cause, "stop", time.monotonic(), detail)
+
+
+@dataclass
+class IngestProgress:
+    """Counts as the run goes; ``errors`` holds one entry per problem document."""
+
+    documents_total: int = 0
+    documents_done: int = 0
+    documents_skipped: int = 0
+    documents_pruned: int = 0
+    chunks_total: int = 0
+    chunks_done: int = 0
+    batches: int = 0
+    embedded_seconds: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    stopped: CancelReason | None = None
+
+    @property
+    def rate(self) -> float:
+        """Chunks written per second so far."""
+        elapsed = time.monotonic() - self.started
+        return self.chunks_done / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the current rate, if known."""
+        left = self.chunks_total - self.chunks_done
+        return left / self.rate if self.rate > 0 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of the job API."""
+        return {
+            "documents": {
+                "done": self.documents_done,
+                "total": self.documents_total,
+                "skipped": self.documents_skipped,
+                "pruned": self.documents_pruned,
+            },
+            "chunks": {"done": self.chunks_done, "total": self.chunks_total},
+            "rate": round(self.rate, 2),
+            "eta_seconds": None if self.eta is None else round(self.eta, 1),
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class _Pending:
+    document: Document
+    generation: int
+    content_hash: str
+    chunks: int
+    written: int = 0
+
+
+class Ingestor:
+    """Writes documents into a collection through an embedder and a vector store."""
+
+    def __init__(
+        self,
+        *,
+        embedder: Embedder,
+        store: VectorStore,
+        records: Records,
+        bridge: ThreadBridge,
+        chunker: Chunker,
+        batch_size: int = 64,
+    ) -> None:
+        self.embedder = embedder
+        self.store = store
+        self.records = records
+        self.bridge = bridge
+        self.chunker = chunker
+        self.batch_size = batch_size
+
+    def _hash(self, document: Document) -> str:
+        material = json.dumps(
+            [
+                document.text,
+                dict(document.metadata),
+                document.source,
+                self.embedder.model,
+                self.chunker.size,
+                self.chunker.overlap,
+            ],
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    async def collect_garbage(self, collection: str, lifetime: Lifetime) -> int:
+        """Delete chunks of retired generations and of ones an interrupted run left."""
+        garbage = await self._records(lifetime, self.records.garbage, collection)
+        for document_id, generation, ids in garbage:
+            for start in range(0, len(ids), 1000):
+                await self.store.delete(ids[start : start + 1000], lifetime, collection=collection)
+            await self._records(lifetime, self.records.forget, collection, document_id, generation)
+        return len(garbage)
+
+    async def run(
+        self,
+        documents: Sequence[Document],
+        lifetime: Lifetime,
+        *,
+        collection: str,
+        owner: str,
+        prune: bool = False,
+        problems: Sequence[DocumentProblem] = (),
+        stop: Stop | None = None,
+        progress: IngestProgress | None = None,
+        on_progress: Callable[[IngestProgress], object] | None = None,
+    ) -> IngestProgress:
+        """Ingest ``documents`` into ``collection``. Returns when done or stopped; a
+        cancellation of ``lifetime`` propagates (nothing half-visible is left either way)."""
+        stop = stop or Stop()
+        progress = progress or IngestProgress()
+        progress.started = time.monotonic()
+        progress.errors.extend(
+            {"document_id": p.document_id, "source": p.source, "reason": p.reason} for p in problems
+        )
+        await self.collect_garbage(collection, lifetime)
+        existing = await self._records(lifetime, self.records.documents, collection)
+        changed: list[tuple[Document, str]] = []
+        for document in documents:
+            content_hash = self._hash(document)
+            record = existing.get(document.id)
+            if record is not None and record.content_hash == content_hash:
+                progress.documents_skipped += 1
+            else:
+                changed.append((document, content_hash))
+        progress.documents_total = len(changed)
+        if prune:
+            present = {d.id for d in documents} | {p.document_id for p in problems}
+            for document_id in set(existing) - present:
+                await self._records(lifetime, self.records.remove, collection, document_id)
+                progress.documents_pruned += 1
+        await self._write(changed, lifetime, collection, owner, stop, progress, on_progress)
+        if progress.stopped is None:
+            await self.collect_garbage(collection, lifetime)
+            await self._records(
+                lifetime,
+                self.records.touch_collection,
+                collection,
+                self.embedder.model,
+                self.embedder.dimensions,
+            )
+        if on_progress is not None:
+            on_progress(progress)
+        return progress
+
+    async def _write(
+        self,
+        changed: list[tuple[Document, str]],
+        lifetime: Lifetime,
+        collection: str,
+        owner: str,
+        stop: Stop,
+        progress: IngestProgress,
+        on_progress: Callable[[IngestProgress], object] | None,
+    ) -> None:
+        batch: list[tuple[_Pending, Chunk]] = []
+        in_flight: tuple[list[tuple[_Pending, Chunk]], list[list[float]]] | None = None
+        model = self.embedder.model
+        for document, content_hash in changed:
+            pieces = await self.bridge.run(lifetime, _split, self.chunker, document.text)
+            if not pieces:
+                progress.errors.append(
+                    {
+                        "document_id": document.id,
+                        "source": document.source,
+                        "reason": "no text to index",
+                    }
+                )
+                continue
+            generation = await self._records(
+                lifetime, self.records.begin_generation, collection, document.id, owner
+            )
+            pending = _Pending(document, generation, content_hash, len(pieces))
+            progress.chunks_total += len(pieces)
+            for piece in pieces:
+                batch.append(
+                    (
+                        pending,
+                        Chunk(
+                            id=chunk_id(
+                                collection, document.id, generation, piece.index, model, piece.text
+                            ),
+                            document_id=document.id,
+                            chunk_index=piece.index,
+                            text=piece.text,
+                            source=document.source,
+                            vector=(),
+                            generation=generation,
+                        ),
+                    )
+                )
+                if len(batch) == self.batch_size:
+                    in_flight = await self._step(
+                        batch, in_flight, lifetime, collection, stop, progress, on_progress
+                    )
+                    batch = []
+                    if in_flight is None and progress.stopped is not None:
+                        return
+        if batch:
+            in_flight = await self._step(
+                batch, in_flight, lifetime, collection, stop, progress, on_progress
+            )
+        if in_flight is not None and progress.stopped is None:
+            await self._store(in_flight, lifetime, collection, progress, on_progress)
+
+    async def _step(
+        self,
+        batch: list[tuple[_Pending, Chunk]],
+        in_flight: tuple[list[tuple[_Pending, Chunk]], list[list[float]]] | None,
+        lifetime: Lifetime,
+        collection: str,
+        stop: Stop,
+        progress: IngestProgress,
+        on_progress: Callable[[IngestProgress], object] | None,
+    ) -> tuple[list[tuple[_Pending, Chunk]], list[list[float]]] | None:
+        """One batch boundary: check, then embed ``batch`` while the previous one is written."""
+        await lifetime.checkpoint()
+        if stop.reason is not None:
+            # The batch in flight was embedded before the stop: finish it, then stop.
+            if in_flight is not None:
+                await self._store(in_flight, lifetime, collection, progress, on_progress)
+            progress.stopped = stop.reason
+            return None
+        await self._records(
+            lifetime,
+            self.records.intend_chunks,
+            collection,
+            [(c.id, c.document_id, c.generation) for _, c in batch],
+        )
+        vectors: list[list[float]] = []
+
+        async def embed() -> None:
+            began = time.monotonic()
+            vectors.extend(await self.embedder.embed([c.text for _, c in batch], lifetime))
+            progress.embedded_seconds += time.monotonic() - began
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(embed)
+            if in_flight is not None:
+                await self._store(in_flight, lifetime, collection, progress, on_progress)
+        progress.batches += 1
+        return batch, vectors
+
+    async def _store(
+        self,
+        done: tuple[list[tuple[_Pending, Chunk]], list[list[float]]],
+        lifetime: Lifetime,
+        collection: str,
+        progress: IngestProgress,
+        on_progress: Callable[[IngestProgress], object] | None,
+    ) -> None:
+        batch, vectors = done
+        chunks = [
+            Chunk(c.id, c.document_id, c.chunk_index, c.text, c.source, vector, c.generation)
+            for (_, c), vector in zip(batch, vectors, strict=True)
+        ]
+        await self.store.upsert(chunks, lifetime, collection=collection)
+        progress.chunks_done += len(chunks)
+        finished: dict[int, _Pending] = {}
+        for pending, _ in batch:
+            pending.written += 1
+            if pending.written == pending.chunks:
+                finished[id(pending)] = pending
+        for pending in finished.values():
+            await self._records(
+                lifetime,
+                self.records.switch,
+                collection,
+                pending.document.id,
+                pending.generation,
+                content_hash=pending.content_hash,
+                chunks=pending.chunks,
+                source=pending.document.source,
+            )
+            progress.documents_done += 1
+        if on_progress is not None:
+            on_progress(progress)
+
+    async def _records(
+        self, lifetime: Lifetime, method: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        return await self.bridge.run(lifetime, _call, method, args, kwargs)
+
+
+def _call(
+    token: CancelToken, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    return method(*args, **kwargs)
+
+
+def _split(token: CancelToken, chunker: Chunker, text: str) -> list[Any]:
+    return list(chunker.split(text))
+
+
+class VisibleStore:
+    """A vector store as readers must see it: only switched-in generations (and chunks
+    written outside ingestion, generation 0). Writes pass straight through."""
+
+    def __init__(
+        self,
+        store: VectorStore,
+        records: Records,
+        bridge: ThreadBridge,
+        *,
+        default_collection: str = "default",
+    ) -> None:
+        self.store = store
+        self.records = records
+        self.bridge = bridge
+        self.default_collection = default_collection
+
+    async def search(
+        self,
+        vector: Sequence[float],
+        top_k: int,
+        lifetime: Lifetime,
+        *,
+        collection: str | None = None,
+    ) -> list[Hit]:
+        """The best ``top_k`` visible hits; over-fetches to make up for invisible ones."""
+        name = collection or self.default_collection
+        fetch = top_k * 2
+        while True:
+            hits = await self.store.search(vector, fetch, lifetime, collection=name)
+            managed = [h.document_id for h in hits if h.generation > 0]
+            active = (
+                await self.bridge.run(lifetime, _call, self.records.active, (name, managed), {})
+                if managed
+                else {}
+            )
+            visible = [
+                h for h in hits if h.generation == 0 or active.get(h.document_id) == h.generation
+            ]
+            if len(visible) >= top_k or len(hits) < fetch or fetch >= top_k * 8:
+                return visible[:top_k]
+            fetch *= 2
+
+    async def upsert(
+        self, chunks: Sequence[Chunk], lifetime: Lifetime, *, collection: str | None = None
+    ) -> None:
+        await self.store.upsert(chunks, lifetime, collection=collection)
+
+    async def delete(
+        self, ids: Sequence[str], lifetime: Lifetime, *, collection: str | None = None
+    ) -> None:
+        await self.store.delete(ids, lifetime, collection=collection)

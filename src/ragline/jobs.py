@@ -1,0 +1,233 @@
+"""Ingestion jobs: persisted, run one at a time on a worker the application owns.
+
+A job's input is saved under ``<data_dir>/jobs/<job_id>/`` (JSON documents as a JSONL file,
+uploads as files) or names server-side paths under the configured roots. Job state lives
+in the record store, so it survives restarts: a job that was queued or running when the
+server stopped runs again after it starts (unchanged documents are skipped, orphans of
+the interrupted attempt collected).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .documents import load_all
+from .errors import InvalidRequest, NotFound
+from .ingestion import Ingestor, IngestProgress, Stop
+from .lifetime import Cause, Lifetime
+from .records import Records
+from .threads import CancelToken, ThreadBridge
+
+__all__ = ["JobQueue"]
+
+log = logging.getLogger("ragline.jobs")
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class JobQueue:
+    """Accepts jobs, runs them in order under the application's lifetime, reports them."""
+
+    def __init__(
+        self,
+        *,
+        ingestor: Ingestor,
+        records: Records,
+        bridge: ThreadBridge,
+        folder: Path,
+        roots: list[Path],
+        default_collection: str,
+    ) -> None:
+        self.ingestor = ingestor
+        self.records = records
+        self.bridge = bridge
+        self.folder = folder
+        self.roots = [root.resolve() for root in roots]
+        self.default_collection = default_collection
+        self._wake = anyio.Event()
+        self._live: dict[str, tuple[Stop, IngestProgress]] = {}
+
+    # -- submitting --------------------------------------------------------------------
+    def allowed_path(self, raw: str) -> Path:
+        """A server-side path, only under a configured root."""
+        path = Path(raw).expanduser().resolve()
+        if not any(path == root or root in path.parents for root in self.roots):
+            roots = ", ".join(str(r) for r in self.roots) or "none configured"
+            raise InvalidRequest(
+                f"path {raw!r} is outside the ingest roots ({roots}); set RAGLINE_INGEST_ROOTS",
+                param="paths",
+                code="path_not_allowed",
+            )
+        if not path.exists():
+            raise InvalidRequest(f"path {raw!r} does not exist", param="paths")
+        return path
+
+    async def submit(
+        self,
+        lifetime: Lifetime,
+        *,
+        collection: str | None,
+        prune: bool,
+        paths: list[Path],
+        documents: list[dict[str, Any]] | None = None,
+        uploads: list[tuple[str, bytes]] | None = None,
+    ) -> str:
+        """Persist a job and wake the worker; returns its id."""
+        job_id = uuid.uuid4().hex
+        folder = self.folder / job_id
+        inputs = [str(p) for p in paths]
+        if documents or uploads:
+            await self.bridge.run(lifetime, _save_inputs, folder, documents or [], uploads or [])
+            inputs.append(str(folder))
+        body = {
+            "collection": collection or self.default_collection,
+            "prune": prune,
+            "inputs": inputs,
+            "submitted": time.time(),
+            "progress": None,
+            "error": None,
+            "cause": None,
+        }
+        await self.bridge.run(lifetime, _call, self.records.save_job, job_id, "queued", body)
+        self._wake.set()
+        return job_id
+
+    async def status(self, lifetime: Lifetime, job_id: str) -> dict[str, Any]:
+        """The job's state, counts, rate, ETA and per-document errors."""
+        jobs = await self.bridge.run(lifetime, _call, self.records.jobs)
+        for found_id, state, body in jobs:
+            if found_id == job_id:
+                live = self._live.get(job_id)
+                progress = live[1].as_dict() if live else body.get("progress")
+                return {
+                    "job_id": job_id,
+                    "state": state,
+                    "collection": body["collection"],
+                    "progress": progress,
+                    "error": body.get("error"),
+                    "cause": body.get("cause"),
+                }
+        raise NotFound(f"no ingestion job {job_id!r}", code="job_not_found")
+
+    async def cancel(self, lifetime: Lifetime, job_id: str) -> dict[str, Any]:
+        """Stop a job at its next batch boundary (cause ``explicit``)."""
+        status = await self.status(lifetime, job_id)
+        if status["state"] in TERMINAL:
+            return status
+        live = self._live.get(job_id)
+        if live is not None:
+            live[0].request(Cause.EXPLICIT, "cancelled through the API")
+        else:  # still queued: it never starts
+            await self._save(lifetime, job_id, "cancelled", cause=str(Cause.EXPLICIT))
+        return await self.status(lifetime, job_id)
+
+    # -- running -----------------------------------------------------------------------
+    async def work(self, lifetime: Lifetime) -> None:
+        """The worker loop: runs queued jobs one at a time, until the lifetime ends."""
+        for job_id, state, _ in await self.bridge.run(
+            lifetime, _call, self.records.jobs, "running"
+        ):
+            log.info("resuming interrupted job", extra={"job_id": job_id, "state": state})
+        while True:
+            jobs = await self.bridge.run(lifetime, _call, self.records.jobs, "queued", "running")
+            if not jobs:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            job_id, _, body = jobs[0]
+            await self._run(lifetime, job_id, body)
+
+    async def _run(self, lifetime: Lifetime, job_id: str, body: dict[str, Any]) -> None:
+        stop, progress = Stop(), IngestProgress()
+        self._live[job_id] = (stop, progress)
+        await self._save(lifetime, job_id, "running")
+        try:
+            inputs = [Path(p) for p in body["inputs"]]
+            documents, problems = await self.bridge.run(lifetime, _load, inputs)
+            await self.ingestor.run(
+                documents,
+                lifetime,
+                collection=body["collection"],
+                owner=job_id,
+                prune=body["prune"],
+                problems=problems,
+                stop=stop,
+                progress=progress,
+            )
+        except anyio.get_cancelled_exc_class():
+            # Shutdown: the job stays "running" and resumes after the restart.
+            with anyio.move_on_after(1, shield=True):
+                await self._save(
+                    Lifetime.root("jobs"),
+                    job_id,
+                    "running",
+                    progress=progress,
+                    cause=str(Cause.SHUTDOWN),
+                )
+            raise
+        except Exception as exc:  # a broken job must not stop the worker
+            log.exception("ingestion job failed", extra={"job_id": job_id})
+            await self._save(lifetime, job_id, "failed", progress=progress, error=str(exc))
+            return
+        finally:
+            self._live.pop(job_id, None)
+        if progress.stopped is not None:
+            await self._save(
+                lifetime, job_id, "cancelled", progress=progress, cause=str(progress.stopped.cause)
+            )
+        else:
+            await self._save(lifetime, job_id, "succeeded", progress=progress)
+            await self.bridge.run(lifetime, _cleanup, self.folder / job_id)
+
+    async def _save(
+        self,
+        lifetime: Lifetime,
+        job_id: str,
+        state: str,
+        *,
+        progress: IngestProgress | None = None,
+        error: str | None = None,
+        cause: str | None = None,
+    ) -> None:
+        jobs = await self.bridge.run(lifetime, _call, self.records.jobs)
+        body = next(b for j, _, b in jobs if j == job_id)
+        if progress is not None:
+            body["progress"] = progress.as_dict()
+        body["error"], body["cause"] = error, cause
+        await self.bridge.run(lifetime, _call, self.records.save_job, job_id, state, body)
+
+
+def _call(token: CancelToken, method: Any, *args: Any) -> Any:
+    return method(*args)
+
+
+def _load(token: CancelToken, inputs: list[Path]) -> Any:
+    return load_all(inputs)
+
+
+def _save_inputs(
+    token: CancelToken,
+    folder: Path,
+    documents: list[dict[str, Any]],
+    uploads: list[tuple[str, bytes]],
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if documents:
+        with open(folder / "documents.jsonl", "w", encoding="utf-8") as out:
+            for document in documents:
+                out.write(json.dumps(document) + "\n")
+    for name, data in uploads:
+        safe = Path(name).name or "upload"
+        (folder / safe).write_bytes(data)
+
+
+def _cleanup(token: CancelToken, folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)

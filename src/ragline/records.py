@@ -1,0 +1,305 @@
+"""The record store: which generation of each document is visible, and every chunk id
+ever written, in one small SQLite file beside the vector store.
+
+The vector store holds chunks; this file decides which of them exist. A document's new
+generation is written first, its chunk ids recorded here *before* they are upserted, and
+only then switched in one transaction. So after any crash the orphans can be found and
+deleted by id, and readers never see a half-written document.
+
+Chunks of generation 0 were written straight through the store protocol (not ingested):
+they are always visible. Ingested generations start at 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DocumentRecord", "Records"]
+
+_SCHEMA = """
+PRAGMA journal_mode = WAL;
+CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT NOT NULL, document_id TEXT NOT NULL, content_hash TEXT NOT NULL,
+    generation INTEGER NOT NULL, chunks INTEGER NOT NULL, source TEXT NOT NULL,
+    updated_at REAL NOT NULL, PRIMARY KEY (collection, document_id));
+CREATE TABLE IF NOT EXISTS generations (
+    collection TEXT NOT NULL, document_id TEXT NOT NULL, generation INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('writing', 'active', 'retired')),
+    owner TEXT, PRIMARY KEY (collection, document_id, generation));
+CREATE TABLE IF NOT EXISTS chunks (
+    collection TEXT NOT NULL, chunk_id TEXT NOT NULL, document_id TEXT NOT NULL,
+    generation INTEGER NOT NULL, PRIMARY KEY (collection, chunk_id));
+CREATE INDEX IF NOT EXISTS chunks_by_generation ON chunks (collection, document_id, generation);
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY, embedding_model TEXT NOT NULL, dimensions INTEGER NOT NULL,
+    last_ingestion REAL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, state TEXT NOT NULL, body TEXT NOT NULL, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRecord:
+    """What the record store knows of one visible document."""
+
+    document_id: str
+    content_hash: str
+    generation: int
+    chunks: int
+    source: str
+    updated_at: float
+
+
+class Records:
+    """One SQLite connection behind a lock; every method is blocking and quick, so async
+    callers run them through the thread bridge."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._db.close()
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _transaction(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    self._db.execute(sql, args)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- documents ---------------------------------------------------------------------
+    def documents(self, collection: str) -> dict[str, DocumentRecord]:
+        """Every visible (switched-in) document of ``collection``."""
+        rows = self._query(
+            "SELECT document_id, content_hash, generation, chunks, source, updated_at "
+            "FROM documents WHERE collection = ?",
+            (collection,),
+        )
+        return {row[0]: DocumentRecord(*row) for row in rows}
+
+    def active(self, collection: str, document_ids: Iterable[str]) -> dict[str, int]:
+        """The visible generation of each of ``document_ids`` that has one."""
+        ids = list(set(document_ids))
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self._query(
+                f"SELECT document_id, generation FROM documents "
+                f"WHERE collection = ? AND document_id IN ({marks})",
+                (collection, *part),
+            )
+            found.update({row[0]: int(row[1]) for row in rows})
+        return found
+
+    def begin_generation(self, collection: str, document_id: str, owner: str) -> int:
+        """Reserve the next generation of a document, in state ``writing``."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                (last,) = self._db.execute(
+                    "SELECT COALESCE(MAX(generation), 0) FROM generations "
+                    "WHERE collection = ? AND document_id = ?",
+                    (collection, document_id),
+                ).fetchone()
+                current = self._db.execute(
+                    "SELECT generation FROM documents WHERE collection = ? AND document_id = ?",
+                    (collection, document_id),
+                ).fetchone()
+                generation = max(int(last), int(current[0]) if current else 0) + 1
+                self._db.execute(
+                    "INSERT INTO generations VALUES (?, ?, ?, 'writing', ?)",
+                    (collection, document_id, generation, owner),
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return generation
+
+    def intend_chunks(self, collection: str, chunks: Sequence[tuple[str, str, int]]) -> None:
+        """Record ``(chunk_id, document_id, generation)`` before the chunks are written."""
+        self._transaction(
+            ("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", (collection, *chunk))
+            for chunk in chunks
+        )
+
+    def switch(
+        self,
+        collection: str,
+        document_id: str,
+        generation: int,
+        *,
+        content_hash: str,
+        chunks: int,
+        source: str,
+    ) -> None:
+        """Make ``generation`` the visible one, in one transaction; the previous one is
+        retired (its chunks are deleted afterwards by :meth:`retired`)."""
+        self._transaction(
+            [
+                (
+                    "UPDATE generations SET state = 'retired' "
+                    "WHERE collection = ? AND document_id = ? AND state = 'active'",
+                    (collection, document_id),
+                ),
+                (
+                    "UPDATE generations SET state = 'active' "
+                    "WHERE collection = ? AND document_id = ? AND generation = ?",
+                    (collection, document_id, generation),
+                ),
+                (
+                    "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (collection, document_id) DO UPDATE SET "
+                    "content_hash = excluded.content_hash, generation = excluded.generation, "
+                    "chunks = excluded.chunks, source = excluded.source, "
+                    "updated_at = excluded.updated_at",
+                    (
+                        collection,
+                        document_id,
+                        content_hash,
+                        generation,
+                        chunks,
+                        source,
+                        time.time(),
+                    ),
+                ),
+            ]
+        )
+
+    def remove(self, collection: str, document_id: str) -> None:
+        """Make a document invisible (pruned); its generations are retired."""
+        self._transaction(
+            [
+                (
+                    "DELETE FROM documents WHERE collection = ? AND document_id = ?",
+                    (collection, document_id),
+                ),
+                (
+                    "UPDATE generations SET state = 'retired' WHERE collection = ? AND "
+                    "document_id = ? AND state = 'active'",
+                    (collection, document_id),
+                ),
+            ]
+        )
+
+    # -- garbage ---------------------------------------------------------------------
+    def garbage(
+        self, collection: str, *, keep_owner: str | None = None
+    ) -> list[tuple[str, int, list[str]]]:
+        """Generations to delete: retired ones, and ones left ``writing`` by another owner
+        (an interrupted run). Each as (document_id, generation, chunk ids)."""
+        rows = self._query(
+            "SELECT document_id, generation FROM generations WHERE collection = ? AND "
+            "(state = 'retired' OR (state = 'writing' AND (owner IS NOT ? OR ? IS NULL)))",
+            (collection, keep_owner, keep_owner),
+        )
+        out = []
+        for document_id, generation in rows:
+            ids = [
+                r[0]
+                for r in self._query(
+                    "SELECT chunk_id FROM chunks WHERE collection = ? AND document_id = ? "
+                    "AND generation = ?",
+                    (collection, document_id, generation),
+                )
+            ]
+            out.append((str(document_id), int(generation), ids))
+        return out
+
+    def forget(self, collection: str, document_id: str, generation: int) -> None:
+        """Drop a generation whose chunks are gone from the vector store."""
+        self._transaction(
+            [
+                (
+                    "DELETE FROM chunks "
+                    "WHERE collection = ? AND document_id = ? AND generation = ?",
+                    (collection, document_id, generation),
+                ),
+                (
+                    "DELETE FROM generations WHERE collection = ? AND document_id = ? AND "
+                    "generation = ? AND state != 'active'",
+                    (collection, document_id, generation),
+                ),
+            ]
+        )
+
+    # -- collections and jobs ---------------------------------------------------------------
+    def touch_collection(self, name: str, model: str, dimensions: int) -> None:
+        """Note that ``name`` was ingested into now, with this embedding model."""
+        self._transaction(
+            [
+                (
+                    "INSERT INTO collections VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                    "SET embedding_model = excluded.embedding_model, "
+                    "dimensions = excluded.dimensions, last_ingestion = excluded.last_ingestion",
+                    (name, model, dimensions, time.time()),
+                )
+            ]
+        )
+
+    def collections(self) -> list[dict[str, Any]]:
+        """Every collection with its documents, chunks, model and last ingestion."""
+        rows = self._query(
+            "SELECT c.name, c.embedding_model, c.dimensions, c.last_ingestion, "
+            "COUNT(d.document_id), COALESCE(SUM(d.chunks), 0) FROM collections c "
+            "LEFT JOIN documents d ON d.collection = c.name GROUP BY c.name ORDER BY c.name"
+        )
+        return [
+            {
+                "name": r[0],
+                "embedding_model": r[1],
+                "dimensions": r[2],
+                "last_ingestion": r[3],
+                "documents": r[4],
+                "chunks": r[5],
+            }
+            for r in rows
+        ]
+
+    def save_job(self, job_id: str, state: str, body: dict[str, Any]) -> None:
+        """Create or update a job's persisted state."""
+        now = time.time()
+        self._transaction(
+            [
+                (
+                    "INSERT INTO jobs VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
+                    "state = excluded.state, body = excluded.body, "
+                    "updated_at = excluded.updated_at",
+                    (job_id, state, json.dumps(body), now, now),
+                )
+            ]
+        )
+
+    def jobs(self, *states: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """Jobs (id, state, body), oldest first, optionally only in ``states``."""
+        sql = "SELECT job_id, state, body FROM jobs"
+        args: tuple[str, ...] = ()
+        if states:
+            sql += f" WHERE state IN ({','.join('?' * len(states))})"
+            args = states
+        rows = self._query(sql + " ORDER BY created_at", args)
+        return [(r[0], r[1], json.loads(r[2])) for r in rows]
