@@ -127,7 +127,10 @@ async def _local(
                     for open_ in hooks.opens:
                         await open_(root)
                     documents, problems = await bridge.run(
-                        root, lambda _t: load_all([Path(p) for p in paths])
+                        root,
+                        lambda _t: load_all(
+                            [Path(p) for p in paths], max_bytes=settings.max_document_bytes
+                        ),
                     )
                     await ingestor.run(
                         documents,

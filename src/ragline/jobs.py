@@ -45,7 +45,9 @@ class JobQueue:
         folder: Path,
         roots: list[Path],
         default_collection: str,
+        max_document_bytes: int = 10 * 1024 * 1024,
     ) -> None:
+        self.max_document_bytes = max_document_bytes
         self.ingestor = ingestor
         self.records = records
         self.bridge = bridge
@@ -85,8 +87,11 @@ class JobQueue:
         folder = self.folder / job_id
         inputs = [str(p) for p in paths]
         if documents or uploads:
-            await self.bridge.run(lifetime, _save_inputs, folder, documents or [], uploads or [])
-            inputs.append(str(folder))
+            # Each saved file is named, not the folder walked: an upload of an unsupported
+            # type is then reported instead of silently skipped.
+            inputs += await self.bridge.run(
+                lifetime, _save_inputs, folder, documents or [], uploads or []
+            )
         body = {
             "collection": collection or self.default_collection,
             "prune": prune,
@@ -151,7 +156,9 @@ class JobQueue:
         await self._save(lifetime, job_id, "running")
         try:
             inputs = [Path(p) for p in body["inputs"]]
-            documents, problems = await self.bridge.run(lifetime, _load, inputs)
+            documents, problems = await self.bridge.run(
+                lifetime, _load, inputs, self.max_document_bytes
+            )
             await self.ingestor.run(
                 documents,
                 lifetime,
@@ -209,8 +216,8 @@ def _call(token: CancelToken, method: Any, *args: Any) -> Any:
     return method(*args)
 
 
-def _load(token: CancelToken, inputs: list[Path]) -> Any:
-    return load_all(inputs)
+def _load(token: CancelToken, inputs: list[Path], max_bytes: int) -> Any:
+    return load_all(inputs, max_bytes=max_bytes)
 
 
 def _save_inputs(
@@ -218,15 +225,19 @@ def _save_inputs(
     folder: Path,
     documents: list[dict[str, Any]],
     uploads: list[tuple[str, bytes]],
-) -> None:
+) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
+    saved: list[str] = []
     if documents:
         with open(folder / "documents.jsonl", "w", encoding="utf-8") as out:
             for document in documents:
                 out.write(json.dumps(document) + "\n")
+        saved.append(str(folder / "documents.jsonl"))
     for name, data in uploads:
-        safe = Path(name).name or "upload"
+        safe = Path(name).name.lstrip(".") or "upload"  # no paths, no hidden names
         (folder / safe).write_bytes(data)
+        saved.append(str(folder / safe))
+    return saved
 
 
 def _cleanup(token: CancelToken, folder: Path) -> None:

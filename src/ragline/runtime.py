@@ -94,6 +94,7 @@ class Runtime:
                 folder=data / "jobs",
                 roots=[Path(r) for r in settings.ingest_roots] or [Path.cwd()],
                 default_collection=settings.collection,
+                max_document_bytes=settings.max_document_bytes,
             )
             # Readers see only switched-in generations.
             store = VisibleStore(

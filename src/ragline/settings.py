@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(254, ge=16, le=4096)  # 256 minus MiniLM's [CLS] and [SEP]
     chunk_overlap: int = Field(32, ge=0)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
+    max_document_bytes: int = Field(10 * 1024 * 1024, ge=1)  # larger files are reported
     seed_docs: str | None = None  # ingested into the default collection while it is empty
 
     # -- pipeline -----------------------------------------------------------------------
