@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,15 +35,45 @@ def server_file(settings: Settings) -> Path:
     return Path(settings.data_dir) / "server.json"
 
 
-def _bar(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[detail]}"),
-        console=console,
-        transient=False,
-    )
+class _Display:
+    """A rich progress bar on a terminal; elsewhere (pipes, CI logs) a plain line at most
+    twice a second, so progress is still visible."""
+
+    def __init__(self, console: Console, title: str) -> None:
+        self.console = console
+        self.title = title
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self._last = 0.0
+
+    def __enter__(self) -> _Display:
+        if self.console.is_terminal:
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[detail]}"),
+                console=self.console,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.title, total=None, detail="starting")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+    def show(self, p: dict[str, Any]) -> None:
+        if self._bar is not None:
+            total = max(p["chunks"]["total"], 1)
+            self._bar.update(
+                self._task, total=total, completed=p["chunks"]["done"], detail=_detail(p)
+            )
+            return
+        now = time.monotonic()
+        if now - self._last >= 0.5:
+            self._last = now
+            self.console.print(f"{self.title}: {_detail(p)}")
 
 
 def _detail(p: dict[str, Any]) -> str:
@@ -66,7 +97,7 @@ async def ingest(
 ) -> int:
     """Run the command; returns the exit code."""
     settings = Settings()
-    console = Console(file=err)
+    console = Console(file=err, soft_wrap=True)  # no hard wraps in logs and pipes
     if url is None:
         url = _running_server(settings)
     if url is not None:
@@ -109,16 +140,10 @@ async def _local(
     stop = Stop()
     progress = IngestProgress()
     name = collection or settings.collection
-    with _bar(console) as bar:
-        task = bar.add_task(f"ingest → {name}", total=None, detail="loading models")
+    with _Display(console, f"ingest → {name}") as display:
 
         def show(p: IngestProgress) -> None:
-            bar.update(
-                task,
-                total=max(p.chunks_total, 1),
-                completed=p.chunks_done,
-                detail=_detail(p.as_dict()),
-            )
+            display.show(p.as_dict())
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(_ctrl_c, stop, root, console)
@@ -211,20 +236,14 @@ async def _remote(
         job_id = answer.json()["job_id"]
         console.print(f"handed to the server at {url} as job {job_id}")
         stop = Stop()
-        with _bar(console) as bar:
-            task = bar.add_task("ingest (server)", total=None, detail="queued")
+        with _Display(console, "ingest (server)") as display:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_ctrl_c_remote, http, job_id, stop, console)
                 while True:
                     status = (await http.get(f"/api/v1/ingest/{job_id}")).json()
                     p = status.get("progress")
                     if p:
-                        bar.update(
-                            task,
-                            total=max(p["chunks"]["total"], 1),
-                            completed=p["chunks"]["done"],
-                            detail=_detail(p),
-                        )
+                        display.show(p)
                     if status["state"] in ("succeeded", "failed", "cancelled"):
                         break
                     await anyio.sleep(0.5)

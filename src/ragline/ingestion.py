@@ -65,7 +65,8 @@ class IngestProgress:
     documents_done: int = 0
     documents_skipped: int = 0
     documents_pruned: int = 0
-    chunks_total: int = 0
+    documents_chunked: int = 0
+    chunks_total: int = 0  # of the documents chunked so far
     chunks_done: int = 0
     batches: int = 0
     embedded_seconds: float = 0.0
@@ -80,9 +81,19 @@ class IngestProgress:
         return self.chunks_done / elapsed if elapsed > 0 else 0.0
 
     @property
+    def chunks_expected(self) -> int:
+        """All chunks of the run: counted for the documents chunked so far, estimated
+        from their average for the rest (documents are chunked as the run goes)."""
+        if not self.documents_chunked:
+            return self.chunks_total
+        per_document = self.chunks_total / self.documents_chunked
+        rest = max(self.documents_total - self.documents_chunked, 0)
+        return self.chunks_total + round(rest * per_document)
+
+    @property
     def eta(self) -> float | None:
         """Seconds left at the current rate, if known."""
-        left = self.chunks_total - self.chunks_done
+        left = self.chunks_expected - self.chunks_done
         return left / self.rate if self.rate > 0 else None
 
     def as_dict(self) -> dict[str, Any]:
@@ -94,7 +105,7 @@ class IngestProgress:
                 "skipped": self.documents_skipped,
                 "pruned": self.documents_pruned,
             },
-            "chunks": {"done": self.chunks_done, "total": self.chunks_total},
+            "chunks": {"done": self.chunks_done, "total": self.chunks_expected},
             "rate": round(self.rate, 2),
             "eta_seconds": None if self.eta is None else round(self.eta, 1),
             "errors": self.errors,
@@ -234,6 +245,7 @@ class Ingestor:
             )
             pending = _Pending(document, generation, content_hash, len(pieces))
             progress.chunks_total += len(pieces)
+            progress.documents_chunked += 1
             for piece in pieces:
                 batch.append(
                     (
