@@ -11,7 +11,7 @@ WHEELS ?= $(HOME)/.cache/ragline/wheels
 LLAMA_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install serve test lint typecheck unit clean
+.PHONY: install serve test lint typecheck unit bench bench-retrieval clean
 
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
@@ -30,8 +30,9 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# First start: the project's own docs/ go into the default collection while it is empty.
 serve: $(STAMP)
-	$(BIN)/ragline serve --host $(HOST) --port $(PORT)
+	RAGLINE_SEED_DOCS=$${RAGLINE_SEED_DOCS-docs} $(BIN)/ragline serve --host $(HOST) --port $(PORT)
 
 # flake8-async covers what ruff lacks: ASYNC102/103/104/120 (cancellation swallowed or
 # awaited in a finally without a shielded timeout).
@@ -47,6 +48,15 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
+
+# Cranfield-1400 from ../shared/data/cranfield: nDCG@10, recall, ingestion vs raw embedding.
+bench-retrieval: $(STAMP)
+	$(BIN)/python bench/retrieval.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/disconnect.py
+	$(BIN)/python bench/local.py
+	$(BIN)/python bench/retrieval.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
