@@ -111,7 +111,7 @@ async def test_the_job_goes_to_the_server_that_owns_the_data_directory(tmp_path:
         )
     finally:
         server.send_signal(signal.SIGTERM)
-        with anyio.fail_after(30):
+        with anyio.fail_after(30, shield=True):
             await server.wait()
     assert handed.returncode == 0, handed.stderr.decode()[-800:]
     assert "handed to the server" in handed.stderr.decode()
