@@ -170,11 +170,6 @@ async def _local(
                     )
             except RagLineError as exc:
                 console.print(f"[red]ragline: {exc.message}[/red]")
-                if "lock" in exc.message.lower():
-                    console.print(
-                        "another process owns the data directory and no server "
-                        "answers for it; stop it or pass --url"
-                    )
                 return 1
             finally:
                 tg.cancel_scope.cancel()

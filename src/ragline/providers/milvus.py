@@ -8,13 +8,14 @@ cosine HNSW index.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, UpstreamError
 from ..lifetime import Lifetime
 from ..models import Chunk, Hit
 from ..threads import CancelToken, ThreadBridge
@@ -59,10 +60,22 @@ class MilvusStore:
 
     def _connect(self, token: CancelToken) -> Any:
         from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
 
         if self.is_lite:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
-        return MilvusClient(uri=self.uri, token=self._token or "")
+            # Milvus Lite logs a traceback when the file is locked; we say it better below.
+            logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
+        try:
+            return MilvusClient(uri=self.uri, token=self._token or "")
+        except MilvusException as exc:
+            if self.is_lite:
+                raise UpstreamError(
+                    f"cannot open Milvus Lite at {self.uri}: another process owns it (one "
+                    "process may own a data directory); stop that process, or send the work "
+                    "to the server that owns it"
+                ) from None
+            raise UpstreamError(f"cannot connect to Milvus at {self.uri}: {exc}") from None
 
     async def aclose(self) -> None:
         """Close the client; for Milvus Lite also stop its server, which otherwise keeps
