@@ -415,3 +415,13 @@ async def test_cancelled_lifetime_never_starts_the_thread() -> None:
     with pytest.raises(LifetimeError):  # checked from outside its scope: a caller bug
         await ThreadBridge().run(request, work)
     assert calls == []
+
+
+@pytest.mark.anyio
+async def test_call_runs_a_tokenless_function_in_a_worker_thread() -> None:
+    """``call`` is ``run`` for a plain blocking function that takes no token."""
+    bridge = ThreadBridge()
+    with Lifetime.root() as root:
+        result = await bridge.call(root, lambda a, b=0: (a + b, threading.get_ident()), 1, b=2)
+    assert result[0] == 3
+    assert result[1] != threading.get_ident()

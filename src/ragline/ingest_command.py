@@ -151,11 +151,11 @@ async def _local(
                 with root:
                     for open_ in hooks.opens:
                         await open_(root)
-                    documents, problems = await bridge.run(
+                    documents, problems = await bridge.call(
                         root,
-                        lambda _t: load_all(
-                            [Path(p) for p in paths], max_bytes=settings.max_document_bytes
-                        ),
+                        load_all,
+                        [Path(p) for p in paths],
+                        max_bytes=settings.max_document_bytes,
                     )
                     await ingestor.run(
                         documents,

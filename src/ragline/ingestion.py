@@ -158,11 +158,13 @@ class Ingestor:
 
     async def collect_garbage(self, collection: str, lifetime: Lifetime) -> int:
         """Delete chunks of retired generations and of ones an interrupted run left."""
-        garbage = await self._records(lifetime, self.records.garbage, collection)
+        garbage = await self.bridge.call(lifetime, self.records.garbage, collection)
         for document_id, generation, ids in garbage:
             for start in range(0, len(ids), 1000):
                 await self.store.delete(ids[start : start + 1000], lifetime, collection=collection)
-            await self._records(lifetime, self.records.forget, collection, document_id, generation)
+            await self.bridge.call(
+                lifetime, self.records.forget, collection, document_id, generation
+            )
         return len(garbage)
 
     async def run(
@@ -187,7 +189,7 @@ class Ingestor:
             {"document_id": p.document_id, "source": p.source, "reason": p.reason} for p in problems
         )
         await self.collect_garbage(collection, lifetime)
-        existing = await self._records(lifetime, self.records.documents, collection)
+        existing = await self.bridge.call(lifetime, self.records.documents, collection)
         changed: list[tuple[Document, str]] = []
         for document in documents:
             content_hash = self._hash(document)
@@ -200,12 +202,12 @@ class Ingestor:
         if prune:
             present = {d.id for d in documents} | {p.document_id for p in problems}
             for document_id in set(existing) - present:
-                await self._records(lifetime, self.records.remove, collection, document_id)
+                await self.bridge.call(lifetime, self.records.remove, collection, document_id)
                 progress.documents_pruned += 1
         await self._write(changed, lifetime, collection, owner, stop, progress, on_progress)
         if progress.stopped is None:
             await self.collect_garbage(collection, lifetime)
-            await self._records(
+            await self.bridge.call(
                 lifetime,
                 self.records.touch_collection,
                 collection,
@@ -240,7 +242,7 @@ class Ingestor:
                     }
                 )
                 continue
-            generation = await self._records(
+            generation = await self.bridge.call(
                 lifetime, self.records.begin_generation, collection, document.id, owner
             )
             pending = _Pending(document, generation, content_hash, len(pieces))
@@ -295,7 +297,7 @@ class Ingestor:
                 await self._store(in_flight, lifetime, collection, progress, on_progress)
             progress.stopped = stop.reason
             return None
-        await self._records(
+        await self.bridge.call(
             lifetime,
             self.records.intend_chunks,
             collection,
@@ -336,7 +338,7 @@ class Ingestor:
             if pending.written == pending.chunks:
                 finished[id(pending)] = pending
         for pending in finished.values():
-            await self._records(
+            await self.bridge.call(
                 lifetime,
                 self.records.switch,
                 collection,
@@ -349,17 +351,6 @@ class Ingestor:
             progress.documents_done += 1
         if on_progress is not None:
             on_progress(progress)
-
-    async def _records(
-        self, lifetime: Lifetime, method: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> Any:
-        return await self.bridge.run(lifetime, _call, method, args, kwargs)
-
-
-def _call(
-    token: CancelToken, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    return method(*args, **kwargs)
 
 
 def _split(token: CancelToken, chunker: Chunker, text: str) -> list[Any]:
@@ -398,7 +389,7 @@ class VisibleStore:
             hits = await self.store.search(vector, fetch, lifetime, collection=name)
             managed = [h.document_id for h in hits if h.generation > 0]
             active = (
-                await self.bridge.run(lifetime, _call, self.records.active, (name, managed), {})
+                await self.bridge.call(lifetime, self.records.active, name, managed)
                 if managed
                 else {}
             )

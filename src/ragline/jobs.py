@@ -101,13 +101,13 @@ class JobQueue:
             "error": None,
             "cause": None,
         }
-        await self.bridge.run(lifetime, _call, self.records.save_job, job_id, "queued", body)
+        await self.bridge.call(lifetime, self.records.save_job, job_id, "queued", body)
         self._wake.set()
         return job_id
 
     async def status(self, lifetime: Lifetime, job_id: str) -> dict[str, Any]:
         """The job's state, counts, rate, ETA and per-document errors."""
-        jobs = await self.bridge.run(lifetime, _call, self.records.jobs)
+        jobs = await self.bridge.call(lifetime, self.records.jobs)
         for found_id, state, body in jobs:
             if found_id == job_id:
                 live = self._live.get(job_id)
@@ -137,12 +137,10 @@ class JobQueue:
     # -- running -----------------------------------------------------------------------
     async def work(self, lifetime: Lifetime) -> None:
         """The worker loop: runs queued jobs one at a time, until the lifetime ends."""
-        for job_id, state, _ in await self.bridge.run(
-            lifetime, _call, self.records.jobs, "running"
-        ):
+        for job_id, state, _ in await self.bridge.call(lifetime, self.records.jobs, "running"):
             log.info("resuming interrupted job", extra={"job_id": job_id, "state": state})
         while True:
-            jobs = await self.bridge.run(lifetime, _call, self.records.jobs, "queued", "running")
+            jobs = await self.bridge.call(lifetime, self.records.jobs, "queued", "running")
             if not jobs:
                 self._wake = anyio.Event()
                 await self._wake.wait()
@@ -204,16 +202,12 @@ class JobQueue:
         error: str | None = None,
         cause: str | None = None,
     ) -> None:
-        jobs = await self.bridge.run(lifetime, _call, self.records.jobs)
+        jobs = await self.bridge.call(lifetime, self.records.jobs)
         body = next(b for j, _, b in jobs if j == job_id)
         if progress is not None:
             body["progress"] = progress.as_dict()
         body["error"], body["cause"] = error, cause
-        await self.bridge.run(lifetime, _call, self.records.save_job, job_id, state, body)
-
-
-def _call(token: CancelToken, method: Any, *args: Any) -> Any:
-    return method(*args)
+        await self.bridge.call(lifetime, self.records.save_job, job_id, state, body)
 
 
 def _load(token: CancelToken, inputs: list[Path], max_bytes: int) -> Any:

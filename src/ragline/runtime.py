@@ -147,12 +147,10 @@ class Runtime:
         if not await folder.exists():
             return
         with self.lifetime.child("seed") as lifetime:
-            documents = await self.threads.run(
-                lifetime, lambda _t: self.records.documents(self.settings.collection)
+            documents = await self.threads.call(
+                lifetime, self.records.documents, self.settings.collection
             )
-            pending = await self.threads.run(
-                lifetime, lambda _t: self.records.jobs("queued", "running")
-            )
+            pending = await self.threads.call(lifetime, self.records.jobs, "queued", "running")
             if not documents and not pending:
                 job_id = await self.jobs.submit(
                     lifetime, collection=None, prune=False, paths=[Path(folder)]

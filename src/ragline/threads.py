@@ -151,6 +151,18 @@ class ThreadBridge:
                 self._watch(name, done, reason)
             raise
 
+    async def call(
+        self, lifetime: Lifetime, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """:meth:`run` for a short blocking call that has no use for a token (SQLite, a
+        client SDK): the caller still returns at once on cancellation."""
+
+        def work(token: CancelToken) -> T:
+            return func(*args, **kwargs)
+
+        work.__qualname__ = getattr(func, "__qualname__", repr(func))
+        return await self.run(lifetime, work)
+
     def _watch(self, name: str, done: threading.Event, reason: CancelReason) -> None:
         # A timer thread, not a task: it must fire even if the loop is shutting down.
         def check() -> None:

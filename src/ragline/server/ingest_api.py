@@ -102,8 +102,8 @@ async def collections(request: Request) -> Response:
     runtime = request_context(request.scope).runtime
     if runtime.jobs is None:
         return JSONResponse({"collections": []})
-    found = await runtime.threads.run(
-        request_context(request.scope).lifetime, lambda _t: runtime.records.collections()
+    found = await runtime.threads.call(
+        request_context(request.scope).lifetime, runtime.records.collections
     )
     return JSONResponse({"collections": found})
 
@@ -114,8 +114,8 @@ async def collection(request: Request) -> Response:
     runtime = request_context(request.scope).runtime
     found: list[dict[str, Any]] = []
     if runtime.jobs is not None:
-        found = await runtime.threads.run(
-            request_context(request.scope).lifetime, lambda _t: runtime.records.collections()
+        found = await runtime.threads.call(
+            request_context(request.scope).lifetime, runtime.records.collections
         )
     for item in found:
         if item["name"] == name:
