@@ -16,7 +16,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,16 +80,24 @@ class Records:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def _transaction(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+    @contextmanager
+    def _atomic(self) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed if the block completes, rolled back otherwise."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            committed = False
             try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                yield self._db
+                self._db.execute("COMMIT")
+                committed = True
+            finally:
+                if not committed:
+                    self._db.execute("ROLLBACK")
+
+    def _transaction(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        with self._atomic() as db:
+            for sql, args in statements:
+                db.execute(sql, args)
 
     # -- documents ---------------------------------------------------------------------
     def documents(self, collection: str) -> dict[str, DocumentRecord]:
@@ -117,27 +126,21 @@ class Records:
 
     def begin_generation(self, collection: str, document_id: str, owner: str) -> int:
         """Reserve the next generation of a document, in state ``writing``."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                (last,) = self._db.execute(
-                    "SELECT COALESCE(MAX(generation), 0) FROM generations "
-                    "WHERE collection = ? AND document_id = ?",
-                    (collection, document_id),
-                ).fetchone()
-                current = self._db.execute(
-                    "SELECT generation FROM documents WHERE collection = ? AND document_id = ?",
-                    (collection, document_id),
-                ).fetchone()
-                generation = max(int(last), int(current[0]) if current else 0) + 1
-                self._db.execute(
-                    "INSERT INTO generations VALUES (?, ?, ?, 'writing', ?)",
-                    (collection, document_id, generation, owner),
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._atomic() as db:
+            (last,) = db.execute(
+                "SELECT COALESCE(MAX(generation), 0) FROM generations "
+                "WHERE collection = ? AND document_id = ?",
+                (collection, document_id),
+            ).fetchone()
+            current = db.execute(
+                "SELECT generation FROM documents WHERE collection = ? AND document_id = ?",
+                (collection, document_id),
+            ).fetchone()
+            generation = max(int(last), int(current[0]) if current else 0) + 1
+            db.execute(
+                "INSERT INTO generations VALUES (?, ?, ?, 'writing', ?)",
+                (collection, document_id, generation, owner),
+            )
         return generation
 
     def intend_chunks(self, collection: str, chunks: Sequence[tuple[str, str, int]]) -> None:
