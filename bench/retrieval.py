@@ -32,9 +32,10 @@ from pathlib import Path
 import anyio
 import torch
 
+from ragline.chat import fuse
 from ragline.chunking import Chunker, minilm_tokenizer
 from ragline.documents import Document
-from ragline.ingestion import Ingestor, IngestProgress, VisibleStore
+from ragline.ingestion import Ingestor, IngestProgress, RecordKeywords, VisibleStore
 from ragline.lifetime import Lifetime
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.minilm import MiniLMEmbedder
@@ -184,6 +185,8 @@ class Results:
     pipeline: Scores
     exact: Scores
     exact_documents: Scores  # exact, ranked over documents (100 distinct documents)
+    hybrid: Scores  # dense + BM25 (SQLite FTS5 over the same chunks), reciprocal rank fusion
+    bm25: Scores  # BM25 alone
     documents_in_top_chunks: float
 
 
@@ -256,6 +259,9 @@ async def run(data: Path, limit_queries: int | None) -> Results:
                 latencies: list[float] = []
                 query_vectors: list[list[float]] = []
                 rankings: list[list[str]] = []
+                hybrid: list[list[str]] = []
+                lexical: list[list[str]] = []
+                keywords = RecordKeywords(records, bridge, default_collection=COLLECTION)
                 for query in queries:
                     started = time.perf_counter()
                     (vector,) = await embedder.embed([query.text], lifetime, kind="query")
@@ -263,6 +269,9 @@ async def run(data: Path, limit_queries: int | None) -> Results:
                     latencies.append(time.perf_counter() - started)
                     query_vectors.append(vector)
                     rankings.append(distinct(hit.document_id for hit in hits))
+                    words = await keywords.search(query.text, TOP_K, lifetime)
+                    lexical.append(distinct(hit.document_id for hit in words))
+                    hybrid.append(distinct(h.document_id for h in fuse([hits, words], TOP_K)))
         finally:
             await store.aclose()
             records.close()
@@ -286,6 +295,8 @@ async def run(data: Path, limit_queries: int | None) -> Results:
             [score(distinct(r), g) for r, g in zip(everything, judged, strict=True)]
         ),
         documents_in_top_chunks=statistics.fmean(len(r) for r in rankings),
+        hybrid=mean([score(r, g) for r, g in zip(hybrid, judged, strict=True)]),
+        bm25=mean([score(r, g) for r, g in zip(lexical, judged, strict=True)]),
     )
 
 
@@ -332,6 +343,8 @@ def report(results: Results, data: Path) -> None:
         ("ragline: MiniLM → Milvus Lite HNSW via VisibleStore, top 100 chunks", results.pipeline),
         ("exact search over the same vectors, top 100 chunks", results.exact),
         ("exact search over the same vectors, top 100 documents", results.exact_documents),
+        ("ragline hybrid: dense + BM25 (SQLite FTS5), rank fusion", results.hybrid),
+        ("ragline BM25 alone (SQLite FTS5, porter)", results.bm25),
     ]
     print(
         f"| retrieval (Cranfield, {results.queries} queries) | nDCG@10 | Recall@10 | Recall@100 |"

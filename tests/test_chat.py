@@ -22,6 +22,7 @@ from ragline import (
     StageTimeout,
     StageTimeouts,
 )
+from ragline.chat import fuse
 from ragline.metrics import Metrics
 from ragline.providers.prompt import ContextPromptComposer
 from ragline.providers.rewrite import LLMRewriter
@@ -186,3 +187,10 @@ async def test_an_llm_rewrite_drives_retrieval_but_not_the_answer() -> None:
     assert rewrite.messages[-1].content == "why"
     assert store.seen[0][0] == [float(len("w0 w1 w2")), 0.0]  # the rewrite was embedded
     assert answer.messages[-1].content.endswith("Question: why")
+
+
+def test_reciprocal_rank_fusion_rewards_agreement() -> None:
+    a, b, c = (Hit(d, 0, d, f"{d}.md", 0.0) for d in "abc")
+    fused = fuse([[a, b, c], [c, a]], 2)
+    assert [h.document_id for h in fused] == ["a", "c"]
+    assert fused[0].score == pytest.approx(1 / 61 + 1 / 62)

@@ -192,3 +192,18 @@ async def test_first_start_ingests_the_seed_docs_into_an_empty_collection(
     assert hits[0]["document_id"] == "intro.md"
     async with serve(settings(tmp_path, seed_docs=str(seed))) as running:
         assert len(running.server.runtime.records.jobs()) == 1  # not empty: no second seed
+
+
+async def test_hybrid_retrieval_finds_an_exact_rare_word(tmp_path: Path) -> None:
+    documents = [{"id": f"d{i}", "text": text(i, 60)} for i in range(8)]
+    documents.append({"id": "code", "text": "The error code is XQ-7731 for a broken heron."})
+    async with (
+        serve(settings(tmp_path, retrieval_mode="hybrid")) as running,
+        client(running) as http,
+    ):
+        job_id = (await http.post("/api/v1/ingest", json={"documents": documents})).json()["job_id"]
+        await wait_for_state(http, job_id, "succeeded")
+        hits = (await http.post("/api/v1/retrieve", json={"query": "xq-7731", "top_k": 3})).json()[
+            "hits"
+        ]
+    assert hits[0]["document_id"] == "code"

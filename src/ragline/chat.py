@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from opentelemetry.trace import Span, SpanKind
 
@@ -18,7 +18,15 @@ from .errors import InvalidRequest, StageTimeout
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
 from .models import ChatRequest, ChatResult, Generation, Hit, Prompt, Source, Usage
-from .providers import Embedder, Generator, OnDelta, PromptComposer, QueryTransformer, VectorStore
+from .providers import (
+    Embedder,
+    Generator,
+    KeywordIndex,
+    OnDelta,
+    PromptComposer,
+    QueryTransformer,
+    VectorStore,
+)
 from .tracing import Tracing, set_attributes
 
 __all__ = ["ChatPipeline", "StageTimeouts"]
@@ -47,6 +55,7 @@ class ChatPipeline:
         metrics: Metrics,
         embedder: Embedder | None = None,
         store: VectorStore | None = None,
+        keywords: KeywordIndex | None = None,
         timeouts: StageTimeouts = StageTimeouts(),
     ) -> None:
         if (embedder is None) != (store is None):
@@ -56,6 +65,7 @@ class ChatPipeline:
         self.generator = generator
         self.embedder = embedder
         self.store = store
+        self.keywords = keywords  # set: hybrid retrieval, dense and BM25 fused by rank
         self.timeouts = timeouts
         self._tracing = tracing
         self._metrics = metrics
@@ -95,7 +105,13 @@ class ChatPipeline:
             raise InvalidRequest("retrieval is not configured on this server", code="no_retrieval")
         with self._stage(lifetime, "retrieve", self.timeouts.retrieve) as (stage, span):
             vectors = await self.embedder.embed([query], stage, kind="query")
-            hits = await self.store.search(vectors[0], top_k, stage, collection=collection)
+            if self.keywords is None:
+                hits = await self.store.search(vectors[0], top_k, stage, collection=collection)
+            else:
+                pool = max(top_k * 4, 20)
+                dense = await self.store.search(vectors[0], pool, stage, collection=collection)
+                lexical = await self.keywords.search(query, pool, stage, collection=collection)
+                hits = fuse([dense, lexical], top_k)
             span.set_attribute("ragline.hits", len(hits))
         return hits
 
@@ -175,6 +191,20 @@ class ChatPipeline:
             except StageTimeout:
                 self._metrics.stage_timeouts.labels(name).inc()
                 raise
+
+
+def fuse(rankings: Sequence[Sequence[Hit]], top_k: int, *, k: int = 60) -> list[Hit]:
+    """Reciprocal rank fusion: each chunk scores the sum of 1 / (k + rank) over the
+    rankings it appears in; the hit's score becomes that sum."""
+    scores: dict[tuple[str, int], float] = {}
+    first: dict[tuple[str, int], Hit] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            key = (hit.document_id, hit.chunk_index)
+            scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
+            first.setdefault(key, hit)
+    best = sorted(scores, key=lambda key: scores[key], reverse=True)[:top_k]
+    return [replace(first[key], score=scores[key]) for key in best]
 
 
 def _source(hit: Hit) -> Source:

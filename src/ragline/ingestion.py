@@ -32,7 +32,7 @@ from .providers import Embedder, VectorStore
 from .records import Records
 from .threads import CancelToken, ThreadBridge
 
-__all__ = ["IngestProgress", "Ingestor", "Stop", "VisibleStore", "chunk_id"]
+__all__ = ["IngestProgress", "Ingestor", "RecordKeywords", "Stop", "VisibleStore", "chunk_id"]
 
 log = logging.getLogger("ragline.ingestion")
 
@@ -301,7 +301,7 @@ class Ingestor:
             lifetime,
             self.records.intend_chunks,
             collection,
-            [(c.id, c.document_id, c.generation) for _, c in batch],
+            [c for _, c in batch],
         )
         vectors: list[list[float]] = []
 
@@ -409,3 +409,21 @@ class VisibleStore:
         self, ids: Sequence[str], lifetime: Lifetime, *, collection: str | None = None
     ) -> None:
         await self.store.delete(ids, lifetime, collection=collection)
+
+
+class RecordKeywords:
+    """BM25 over the record store's copy of the visible chunks' text (SQLite FTS5)."""
+
+    def __init__(
+        self, records: Records, bridge: ThreadBridge, *, default_collection: str = "default"
+    ) -> None:
+        self.records = records
+        self.bridge = bridge
+        self.default_collection = default_collection
+
+    async def search(
+        self, query: str, top_k: int, lifetime: Lifetime, *, collection: str | None = None
+    ) -> list[Hit]:
+        """The best ``top_k`` chunks for the query's words."""
+        name = collection or self.default_collection
+        return await self.bridge.call(lifetime, self.records.keyword_search, name, query, top_k)

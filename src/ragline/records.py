@@ -13,6 +13,7 @@ they are always visible. Ingested generations start at 1.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -21,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .models import Chunk, Hit
 
 __all__ = ["DocumentRecord", "Records"]
 
@@ -38,6 +41,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     collection TEXT NOT NULL, chunk_id TEXT NOT NULL, document_id TEXT NOT NULL,
     generation INTEGER NOT NULL, PRIMARY KEY (collection, chunk_id));
 CREATE INDEX IF NOT EXISTS chunks_by_generation ON chunks (collection, document_id, generation);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunk_text USING fts5(
+    text, collection UNINDEXED, document_id UNINDEXED, generation UNINDEXED,
+    chunk_index UNINDEXED, source UNINDEXED, tokenize = 'porter unicode61');
 CREATE TABLE IF NOT EXISTS collections (
     name TEXT PRIMARY KEY, embedding_model TEXT NOT NULL, dimensions INTEGER NOT NULL,
     last_ingestion REAL);
@@ -143,12 +149,48 @@ class Records:
             )
         return generation
 
-    def intend_chunks(self, collection: str, chunks: Sequence[tuple[str, str, int]]) -> None:
-        """Record ``(chunk_id, document_id, generation)`` before the chunks are written."""
-        self._transaction(
-            ("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", (collection, *chunk))
-            for chunk in chunks
+    def intend_chunks(self, collection: str, chunks: Sequence[Chunk]) -> None:
+        """Record chunks before they are written to the vector store: their ids, for
+        garbage collection, and their text, for keyword (BM25) search."""
+        with self._atomic() as db:
+            for chunk in chunks:
+                new = db.execute(
+                    "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)",
+                    (collection, chunk.id, chunk.document_id, chunk.generation),
+                ).rowcount
+                if new:
+                    db.execute(
+                        "INSERT INTO chunk_text VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            chunk.text,
+                            collection,
+                            chunk.document_id,
+                            chunk.generation,
+                            chunk.chunk_index,
+                            chunk.source,
+                        ),
+                    )
+
+    def keyword_search(self, collection: str, query: str, limit: int) -> list[Hit]:
+        """BM25 over the visible chunks' text (SQLite FTS5), best first. The score is
+        BM25's, higher is better."""
+        words = re.findall(r"\w+", query.lower())
+        if not words:
+            return []
+        match = " OR ".join(f'"{word}"' for word in words)
+        rows = self._query(
+            "SELECT chunk_text.document_id, chunk_text.chunk_index, chunk_text.text, "
+            "chunk_text.source, -bm25(chunk_text) AS score, chunk_text.generation "
+            "FROM chunk_text JOIN documents ON documents.collection = chunk_text.collection "
+            "AND documents.document_id = chunk_text.document_id "
+            "AND documents.generation = chunk_text.generation "
+            "WHERE chunk_text MATCH ? AND chunk_text.collection = ? "
+            "ORDER BY bm25(chunk_text) LIMIT ?",
+            (match, collection, limit),
         )
+        return [
+            Hit(str(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]), int(r[5])) for r in rows
+        ]
 
     def switch(
         self,
@@ -239,6 +281,11 @@ class Records:
             [
                 (
                     "DELETE FROM chunks "
+                    "WHERE collection = ? AND document_id = ? AND generation = ?",
+                    (collection, document_id, generation),
+                ),
+                (
+                    "DELETE FROM chunk_text "
                     "WHERE collection = ? AND document_id = ? AND generation = ?",
                     (collection, document_id, generation),
                 ),

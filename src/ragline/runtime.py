@@ -20,11 +20,18 @@ from .factory import (
     build_store,
     build_transformer,
 )
-from .ingestion import Ingestor, VisibleStore
+from .ingestion import Ingestor, RecordKeywords, VisibleStore
 from .jobs import JobQueue
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
-from .providers import Embedder, Generator, PromptComposer, QueryTransformer, VectorStore
+from .providers import (
+    Embedder,
+    Generator,
+    KeywordIndex,
+    PromptComposer,
+    QueryTransformer,
+    VectorStore,
+)
 from .records import Records
 from .settings import Settings
 from .supervisor import Supervisor
@@ -64,6 +71,7 @@ class Runtime:
         if generator is None:
             generator = build_generator(settings, self.threads, self.hooks)
         self.jobs: JobQueue | None = None
+        keywords: KeywordIndex | None = None
         if settings.retrieval:
             if embedder is None:
                 embedder = build_embedder(settings, self.threads, self.hooks)
@@ -96,6 +104,10 @@ class Runtime:
                 default_collection=settings.collection,
                 max_document_bytes=settings.max_document_bytes,
             )
+            if settings.retrieval_mode == "hybrid":
+                keywords = RecordKeywords(
+                    self.records, self.threads, default_collection=settings.collection
+                )
             # Readers see only switched-in generations.
             store = VisibleStore(
                 store, self.records, self.threads, default_collection=settings.collection
@@ -114,6 +126,7 @@ class Runtime:
             generator=generator,
             embedder=embedder,
             store=store,
+            keywords=keywords,
             tracing=self.tracing,
             metrics=self.metrics,
             timeouts=StageTimeouts(

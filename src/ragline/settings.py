@@ -93,6 +93,7 @@ class Settings(BaseSettings):
 
     # -- pipeline -----------------------------------------------------------------------
     retrieval: bool = True
+    retrieval_mode: Literal["dense", "hybrid"] = "hybrid"  # dense + BM25 (FTS5), rank-fused
     query_rewrite: bool = False
     max_context_chars: int = Field(2000, ge=0)
     transform_timeout: Seconds = None

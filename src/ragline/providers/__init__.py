@@ -16,6 +16,7 @@ __all__ = [
     "EmbedKind",
     "Embedder",
     "Generator",
+    "KeywordIndex",
     "OnDelta",
     "PromptComposer",
     "QueryTransformer",
@@ -73,6 +74,15 @@ class VectorStore(Protocol):
     async def delete(
         self, ids: Sequence[str], lifetime: Lifetime, *, collection: str | None = None
     ) -> None: ...
+
+
+@runtime_checkable
+class KeywordIndex(Protocol):
+    """Lexical (BM25) search over the same chunks, for hybrid retrieval."""
+
+    async def search(
+        self, query: str, top_k: int, lifetime: Lifetime, *, collection: str | None = None
+    ) -> list[Hit]: ...
 
 
 @runtime_checkable
