@@ -25,7 +25,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from conftest import RawClient, serve, settings_for, upstream_running
-from test_serve import behave, drain, free_port, server_process
+from test_serve import behave, drain, free_port, open_streams, server_process, sigterm
 from upstream import Behavior, FakeUpstream
 
 
@@ -72,9 +72,7 @@ async def hang_ups(trials: int) -> dict[str, list[float]]:
     return results
 
 
-async def sigterm(trials: int, streams: int = 20) -> list[float]:
-    import signal
-
+async def shutdowns(trials: int, streams: int = 20) -> list[float]:
     exits: list[float] = []
     for _ in range(trials):
         upstream = FakeUpstream(behave)
@@ -86,17 +84,8 @@ async def sigterm(trials: int, streams: int = 20) -> list[float]:
             anyio.create_task_group() as tg,
         ):
             tg.start_soon(drain, process, stderr)
-            clients = []
-            for i in range(streams):
-                client = await RawClient.connect(port)
-                await client.send("GET", f"/api/v1/inference/stream?query=s{i}")
-                clients.append(client)
-            for client in clients:
-                await client.read_until(b'data: {"delta"')
-            signalled = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            await process.wait()
-            exits.append(time.monotonic() - signalled)
+            clients = await open_streams(port, streams)
+            exits.append(await sigterm(process))
             for client in clients:
                 await client.close()
             tg.cancel_scope.cancel()
@@ -112,7 +101,7 @@ async def main(trials: int) -> None:
         f"upstream tokens after hang-up (10 ms/token): max {max(after):.0f}, "
         f"mean {statistics.mean(after):.2f}"
     )
-    exits = await sigterm(max(3, trials // 10))
+    exits = await shutdowns(max(3, trials // 10))
     print(f"SIGTERM with 20 live streams → exit:         {summary(exits, 's', 1.0)}")
 
 

@@ -87,6 +87,28 @@ async def drain(process: Process, into: list[bytes]) -> None:
         into.append(chunk)
 
 
+async def open_streams(port: int, count: int) -> list[RawClient]:
+    """``count`` SSE streams on the native route, each past its first delta."""
+    streams = []
+    for i in range(count):
+        client = await RawClient.connect(port)
+        await client.send("GET", f"/api/v1/inference/stream?query=s{i}")
+        streams.append(client)
+    with anyio.fail_after(30):
+        for client in streams:
+            await client.read_until(b'data: {"delta"')
+    return streams
+
+
+async def sigterm(process: Process, bound: float = GRACE + 10) -> float:
+    """Send SIGTERM and wait for the exit; the seconds it took."""
+    signalled_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    with anyio.fail_after(bound):
+        await process.wait()
+    return time.monotonic() - signalled_at
+
+
 async def test_sigterm_cancels_every_stream_and_exits_within_the_grace() -> None:
     upstream = FakeUpstream(behave)
     port = free_port()
@@ -97,24 +119,14 @@ async def test_sigterm_cancels_every_stream_and_exits_within_the_grace() -> None
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(drain, process, stderr)
-        streams = []
-        for i in range(STREAMS):
-            client = await RawClient.connect(port)
-            await client.send("GET", f"/api/v1/inference/stream?query=s{i}")
-            streams.append(client)
-        with anyio.fail_after(30):
-            for client in streams:
-                await client.read_until(b'data: {"delta"')
+        streams = await open_streams(port, STREAMS)
         pending = await RawClient.connect(port)
         await pending.send("POST", "/api/v1/inference/chat", json.dumps({"query": "hold"}).encode())
         with anyio.fail_after(30):
             calls = await upstream.wait_for_calls(STREAMS + 1)
 
         signalled_at = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(GRACE + 10):
-            await process.wait()
-        exited_after = time.monotonic() - signalled_at
+        exited_after = await sigterm(process)
 
         bodies = [await client.read_all() for client in streams]
         answer = await pending.read_all()
@@ -184,11 +196,7 @@ async def test_sigterm_stops_the_local_model_and_its_queue(tmp_path: Path) -> No
         with anyio.fail_after(60):
             while b"".join(stderr).count(b"waiting for the local model") < 3:
                 await anyio.sleep(0.05)
-        signalled_at = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(GRACE + 10):
-            await process.wait()
-        exited_after = time.monotonic() - signalled_at
+        exited_after = await sigterm(process)
         bodies = [await client.read_all() for client in streams]
         for client in streams:
             await client.close()
