@@ -190,3 +190,20 @@ class RawClient:
 
     async def close(self) -> None:
         await self.stream.aclose()
+
+
+def bot_settings(upstream: FakeUpstream, teams: Any, **values: Any) -> Settings:
+    """Settings for ragline's Teams channel against the fake upstream and the fake Teams."""
+    values.setdefault("bot_app_id", teams.app_id)
+    values.setdefault("bot_app_password", teams.app_password)
+    values.setdefault("bot_openid_metadata_url", teams.openid_url)
+    values.setdefault("bot_issuer", teams.issuer)
+    values.setdefault("bot_token_url", teams.token_url)
+    return settings_for(upstream, **values)
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until it holds (for state that has no event to wait on)."""
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.02)

@@ -34,7 +34,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .ingest_command import server_file
 
-    server = build_server(create_app(settings), host=host, port=port)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # settings that do not fit together
+        print(f"ragline: {exc}", file=sys.stderr)
+        return 2
+    server = build_server(app, host=host, port=port)
     # Tell `ragline ingest` who owns the data directory (Milvus Lite allows one process).
     marker = server_file(settings)
     marker.parent.mkdir(parents=True, exist_ok=True)

@@ -133,6 +133,17 @@ class Lifetime:
         ignores its end, obeys the root's (shutdown), and has its own ``timeout``."""
         return Lifetime(name, parent=self, timeout=timeout, values=values, detached=True)
 
+    def afterlife(self, name: str, timeout: float) -> Lifetime:
+        """The last words of work that has ended: a short lifetime that keeps this one's
+        values, obeys no cancellation, and is bounded by its own ``timeout``. For a final
+        message to a user after a shutdown or timeout; run it inside
+        ``anyio.move_on_after(timeout, shield=True)``."""
+        if not 0 < timeout <= 10:
+            raise ValueError("an afterlife needs a short timeout (at most 10 s)")
+        last = Lifetime(name, timeout=timeout, values=self._values)
+        last.path = f"{self.path}/{name}"
+        return last
+
     # -- queries ------------------------------------------------------------------
     @property
     def root_lifetime(self) -> Lifetime:

@@ -59,6 +59,30 @@ class Metrics:
             "Worker threads still running after their grace period past cancellation",
             registry=r,
         )
+        self.bot_turns = Counter(
+            "ragline_bot_turns",
+            "Bot turns by activity type and outcome (completed, timeout, cancelled, failed)",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.bot_duplicates = Counter(
+            "ragline_bot_duplicate_activities",
+            "Redelivered activities dropped as duplicates",
+            registry=r,
+        )
+        self.connector_requests = Counter(
+            "ragline_connector_requests",
+            "Bot Connector requests by operation and status (0: no answer)",
+            ["operation", "status"],
+            registry=r,
+        )
+        self.connector_uncertain = Counter(
+            "ragline_connector_uncertain",
+            "Connector requests that may have been applied but got no success answer;"
+            " never repeated blindly",
+            ["operation"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition format."""

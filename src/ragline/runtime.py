@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from opentelemetry.trace import TracerProvider
@@ -37,6 +38,9 @@ from .settings import Settings
 from .supervisor import Supervisor
 from .threads import ThreadBridge
 from .tracing import Tracing, build_tracer_provider
+
+if TYPE_CHECKING:
+    from .teams import TeamsChannel
 
 __all__ = ["Runtime"]
 
@@ -120,7 +124,7 @@ class Runtime:
             from .providers.prompt import ContextPromptComposer
 
             composer = ContextPromptComposer(max_context_chars=settings.max_context_chars)
-        self.pipeline = ChatPipeline(
+        self.pipeline = pipeline = ChatPipeline(
             transformer=transformer,
             composer=composer,
             generator=generator,
@@ -135,6 +139,16 @@ class Runtime:
                 compose=settings.compose_timeout,
             ),
         )
+        self.teams: TeamsChannel | None = None
+        if settings.bot_enabled:
+            from .teams import TeamsChannel
+
+            self.teams = teams = TeamsChannel(settings, pipeline, self.metrics, self.tracing)
+
+            async def close_teams() -> None:
+                await teams.aclose()
+
+            self.hooks.closes.append(close_teams)
 
     def shutdown(self, detail: str = "") -> None:
         """Cancel every piece of in-flight work with cause ``shutdown``. Loop thread only."""
@@ -177,6 +191,8 @@ class Runtime:
             async with Supervisor.running(self.lifetime) as supervisor:
                 self.supervisor = supervisor
                 await self._open()
+                if self.teams is not None:
+                    self.teams.start(supervisor)
                 if self.jobs is not None:
                     supervisor.start(self.lifetime.child("ingest-worker"), self.jobs.work)
                     await self._seed()

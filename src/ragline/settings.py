@@ -100,6 +100,29 @@ class Settings(BaseSettings):
     retrieve_timeout: Seconds = None
     compose_timeout: Seconds = None
 
+    # -- Microsoft Teams channel (POST /api/messages) ---------------------------------------
+    bot_app_id: str | None = None  # the bot's Microsoft app id: the JWT audience
+    bot_app_password: SecretStr | None = None  # client secret for the Connector's token
+    bot_tenant_id: str | None = None  # single-tenant bots; default: botframework.com
+    bot_auth: Literal["on", "off"] = "on"  # "off": no JWT check, loopback binds only
+    bot_openid_metadata_url: str = (
+        "https://login.botframework.com/v1/.well-known/openidconfiguration"
+    )
+    bot_issuer: str = "https://api.botframework.com"
+    bot_token_url: str | None = None  # default: login.microsoftonline.com/{tenant}/...
+    bot_token_scope: str = "https://api.botframework.com/.default"
+    bot_clock_skew: float = Field(300.0, ge=0, le=3600)
+    bot_process_activity_timeout: Seconds = 300.0  # a turn's own limit; 0/infinite: none
+    bot_debug: bool = False  # while debugging, turns have no timeout
+    bot_dedup_window: float = Field(900.0, gt=0)  # seconds a delivered activity is remembered
+    bot_max_concurrent_turns: int = Field(32, ge=1)  # across conversations
+    bot_max_pending_turns: int = Field(1000, ge=1)  # accepted, not yet finished
+    bot_streaming: bool = True  # stream replies in 1:1 chats
+    bot_stream_interval: float = Field(1.0, ge=0)  # between streaming requests
+    bot_stream_limit: float = Field(110.0, gt=0)  # Teams ends a stream after 2 minutes
+    bot_top_k: int = Field(4, ge=1, le=50)
+    bot_connector_timeout: float = Field(15.0, gt=0)
+
     # -- lifecycle and observability ---------------------------------------------------------
     thread_orphan_grace: float = Field(5.0, gt=0)
     otel_exporter: Literal["none", "console", "otlp"] = "none"
@@ -127,14 +150,40 @@ class Settings(BaseSettings):
         "transform_timeout",
         "retrieve_timeout",
         "compose_timeout",
+        "bot_process_activity_timeout",
         mode="before",
     )
     @classmethod
     def _no_limit(cls, value: object) -> object:
         return _seconds_or_none(value)
 
+    @field_validator("bot_auth", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            return {"true": "on", "1": "on", "false": "off", "0": "off"}.get(lowered, lowered)
+        return value
+
+    @property
+    def bot_turn_timeout(self) -> float | None:
+        """A bot turn's own limit: none while debugging."""
+        return None if self.bot_debug else self.bot_process_activity_timeout
+
+    @property
+    def bot_enabled(self) -> bool:
+        """Whether ``POST /api/messages`` serves a bot."""
+        return self.bot_app_id is not None or self.bot_auth == "off"
+
     def require_safe_bind(self, host: str) -> None:
         """Refuse to serve without auth beyond this machine unless told to."""
+        if self.bot_auth == "off" and not is_loopback(host):
+            raise ValueError(
+                f"refusing to bind {host} with RAGLINE_BOT_AUTH=off: unauthenticated bot "
+                "activities are only accepted on a loopback address such as 127.0.0.1"
+            )
         if not self.api_keys and not is_loopback(host) and not self.allow_public_without_auth:
             raise ValueError(
                 f"refusing to bind {host} with no RAGLINE_API_KEYS set; set keys, bind "

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from ..errors import RagLineError
 from ..runtime import Runtime
 from ..settings import Settings
-from . import ingest_api, openai_api, routes
+from . import bot_api, ingest_api, openai_api, routes
 from .boundary import Boundary
 from .errors import error_body, error_for_exception
 
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Starlette:
         async with runtime.running():
             yield
 
-    all_routes = [*routes.routes, *openai_api.routes, *ingest_api.routes]
+    all_routes = [*routes.routes, *openai_api.routes, *ingest_api.routes, *bot_api.routes]
     app = Starlette(
         routes=all_routes,
         middleware=[Middleware(Boundary, runtime=runtime, routes=all_routes)],

@@ -1,0 +1,236 @@
+"""The bot application: middleware, handlers by activity type, and the RAG answer.
+
+A turn runs ``middleware[0] → middleware[1] → … → handler``; a middleware that does not
+call ``next`` ends the turn there. Handlers are registered per activity type with
+:meth:`BotApplication.on`; the defaults answer messages through the chat pipeline
+(streamed in 1:1 chats, one message in group chats and channels) and greet new
+conversations.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+
+from ..chat import ChatPipeline
+from ..lifetime import CancelReason, Cause, Lifetime
+from ..models import ChatRequest, ChatResult
+from ..settings import Settings
+from .activity import Activity, InvokeResponse
+from .connector import ConnectorClient, ConnectorError
+from .streaming import Pacer, StreamingReply, post_reply
+
+__all__ = ["BotApplication", "Handler", "Middleware", "TurnContext"]
+
+log = logging.getLogger("ragline.teams")
+
+Next = Callable[[], Awaitable[None]]
+Handler = Callable[["TurnContext"], Awaitable[InvokeResponse | None]]
+Middleware = Callable[["TurnContext", Next], Awaitable[None]]
+
+WELCOME = "Hi! Ask me anything about the indexed documents."
+EMPTY = "Send me a question and I will answer from the indexed documents."
+INFORMATIVE = "Searching the documents…"
+FAILED = "Sorry, I could not answer that: the model failed."
+
+
+@dataclass(eq=False)
+class TurnContext:
+    """One activity being processed, under its turn's lifetime."""
+
+    activity: Activity
+    lifetime: Lifetime
+    bot: BotApplication
+    pacer: Pacer
+    values: dict[str, Any] = field(default_factory=dict)  # for middleware and handlers
+    invoke_response: InvokeResponse | None = None
+
+    async def send(self, text: str, **fields: Any) -> str | None:
+        """Reply with a message in the activity's conversation (never blindly repeated)."""
+        body = {"type": "message", "text": text, "textFormat": "markdown", **fields}
+        return await self.post(body, self.lifetime)
+
+    async def typing(self) -> None:
+        """Show the typing indicator (best effort)."""
+        try:
+            await self.post({"type": "typing"}, self.lifetime)
+        except ConnectorError as exc:
+            log.info("typing indicator failed", extra={"status": exc.status})
+
+    async def post(self, body: dict[str, Any], lifetime: Lifetime) -> str | None:
+        """Post an activity in reply, paced, under ``lifetime`` (the turn's, or its
+        afterlife for last words)."""
+        await self.pacer.wait()
+        try:
+            return await post_reply(self.bot.connector, self.activity, body, lifetime)
+        finally:
+            self.pacer.done()
+
+
+class BotApplication:
+    """Processes activities. See the module docstring."""
+
+    def __init__(
+        self, settings: Settings, pipeline: ChatPipeline, connector: ConnectorClient
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.connector = connector
+        self.middleware: list[Middleware] = []
+        self.handlers: dict[str, Handler] = {
+            "message": self.answer,
+            "conversationUpdate": self.greet,
+            "installationUpdate": self.installed,
+            "invoke": self.invoke,
+        }
+
+    def use(self, middleware: Middleware) -> Middleware:
+        """Append a middleware (usable as a decorator)."""
+        self.middleware.append(middleware)
+        return middleware
+
+    def on(self, activity_type: str) -> Callable[[Handler], Handler]:
+        """Register the handler of an activity type (a decorator)."""
+
+        def register(handler: Handler) -> Handler:
+            self.handlers[activity_type] = handler
+            return handler
+
+        return register
+
+    async def run_turn(self, ctx: TurnContext) -> InvokeResponse | None:
+        """Run the middleware chain and then the handler of the activity's type."""
+
+        async def step(index: int) -> None:
+            if index < len(self.middleware):
+                await self.middleware[index](ctx, lambda: step(index + 1))
+                return
+            handler = self.handlers.get(ctx.activity.type)
+            if handler is None:
+                log.debug("no handler", extra={"activity_type": ctx.activity.type})
+                return
+            response = await handler(ctx)
+            if response is not None:
+                ctx.invoke_response = response
+
+        await step(0)
+        return ctx.invoke_response
+
+    # -- default handlers -------------------------------------------------------------
+    async def greet(self, ctx: TurnContext) -> InvokeResponse | None:
+        """conversationUpdate: welcome the user when the bot joins a conversation."""
+        if ctx.activity.bot_added():
+            await ctx.send(WELCOME)
+        return None
+
+    async def installed(self, ctx: TurnContext) -> InvokeResponse | None:
+        """installationUpdate: noted in the log; the conversationUpdate greets."""
+        log.info("installation %s", ctx.activity.action or "update")
+        return None
+
+    async def invoke(self, ctx: TurnContext) -> InvokeResponse | None:
+        """invoke: none are handled by default (the Bot Framework's 501)."""
+        name = ctx.activity.name or ""
+        return InvokeResponse(status=501, body={"error": f"invoke {name!r} is not handled"})
+
+    async def answer(self, ctx: TurnContext) -> InvokeResponse | None:
+        """message: answer the question through the chat pipeline."""
+        question = ctx.activity.question()
+        if not question:
+            await ctx.send(EMPTY)
+            return None
+        try:
+            request = ChatRequest(query=question, top_k=self.settings.bot_top_k)
+        except ValidationError:
+            await ctx.send("That message is too long for me to answer.")
+            return None
+        if self.settings.bot_streaming and ctx.activity.kind == "personal":
+            await self._streamed(ctx, request)
+        else:
+            await self._whole(ctx, request)
+        return None
+
+    async def _streamed(self, ctx: TurnContext, request: ChatRequest) -> None:
+        result = ChatResult()
+        answer = ctx.lifetime.child("answer")
+        stream = StreamingReply(
+            self.connector,
+            ctx.activity,
+            ctx.lifetime,
+            ctx.pacer,
+            limit=self.settings.bot_stream_limit,
+            on_user_stop=lambda: answer.cancel(Cause.EXPLICIT, "the user stopped the stream"),
+        )
+        failure: Exception | None = None
+        try:
+            await stream.begin(INFORMATIVE)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stream.pump)
+                try:
+                    with answer:
+                        await self.pipeline.run(request, answer, on_delta=stream.push, into=result)
+                    # The answer's scope took a cancellation from above (shutdown, the
+                    # turn's timeout) for its own: raise it again here.
+                    await ctx.lifetime.checkpoint()
+                except Exception as exc:  # noqa: BLE001 - re-raised once the stream is ended
+                    failure = exc
+                    tg.cancel_scope.cancel()
+                else:
+                    if answer.reason is None:
+                        stream.complete(with_sources(result))
+        except anyio.get_cancelled_exc_class():
+            window = self._last_words
+            with anyio.move_on_after(window, shield=True):
+                last = ctx.lifetime.afterlife("last-words", window)
+                await stream.interrupt(interrupted(ctx.lifetime.reason), last)
+            raise
+        if failure is not None:
+            await stream.interrupt(FAILED, ctx.lifetime)
+            raise failure
+
+    async def _whole(self, ctx: TurnContext, request: ChatRequest) -> None:
+        result = ChatResult()
+        await ctx.typing()
+        try:
+            with ctx.lifetime.child("answer") as answer:
+                await self.pipeline.run(request, answer, into=result)
+            await ctx.lifetime.checkpoint()
+        except anyio.get_cancelled_exc_class():
+            note = interrupted(ctx.lifetime.reason)
+            text = f"{result.text}\n\n_{note}_" if result.text else note
+            window = self._last_words
+            with anyio.move_on_after(window, shield=True):
+                last = ctx.lifetime.afterlife("last-words", window)
+                await ctx.post({"type": "message", "text": text, "textFormat": "markdown"}, last)
+            raise
+        await ctx.send(with_sources(result))
+
+    @property
+    def _last_words(self) -> float:
+        # A short, bounded window to tell the user why the answer stopped.
+        return min(1.5, self.settings.shutdown_grace * 0.75)
+
+
+def interrupted(reason: CancelReason | None) -> str:
+    """The note a user gets when their answer is cut short."""
+    if reason is not None and reason.cause is Cause.DEADLINE:
+        return "Stopped: this answer took longer than the bot's time limit."
+    return "Interrupted: the service is restarting. Please ask again in a moment."
+
+
+def with_sources(result: ChatResult) -> str:
+    """The answer followed by the documents it was grounded on."""
+    seen: list[str] = []
+    for source in result.sources:
+        name = source.source or source.document_id
+        if name not in seen:
+            seen.append(name)
+    if not seen:
+        return result.text
+    lines = "\n".join(f"{i}. {name}" for i, name in enumerate(seen, start=1))
+    return f"{result.text}\n\n**Sources**\n{lines}"

@@ -1,0 +1,125 @@
+"""The Teams channel as one application part: auth, connector, bot and dispatcher."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+from ..chat import ChatPipeline
+from ..errors import Unauthorized
+from ..lifetime import Lifetime
+from ..metrics import Metrics
+from ..settings import Settings
+from ..supervisor import Supervisor
+from ..tracing import Tracing
+from .activity import Activity, InvokeResponse
+from .auth import BotAuthenticator
+from .bot import BotApplication, TurnContext
+from .connector import ConnectorClient, TokenSource
+from .dispatch import Dispatcher
+
+__all__ = ["TeamsChannel"]
+
+log = logging.getLogger("ragline.teams")
+
+
+class TeamsChannel:
+    """Receives activities from ``POST /api/messages`` and runs their turns.
+
+    Build it with the settings; ``start`` it with the application's supervisor.
+    """
+
+    def __init__(
+        self, settings: Settings, pipeline: ChatPipeline, metrics: Metrics, tracing: Tracing
+    ) -> None:
+        self.settings = settings
+        self._metrics = metrics
+        self._tracing = tracing
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.bot_connector_timeout, connect=5.0),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            follow_redirects=False,
+        )
+        self.authenticator: BotAuthenticator | None = None
+        tokens: TokenSource | None = None
+        if settings.bot_auth == "on":
+            if settings.bot_app_id is None:
+                raise ValueError("the Teams channel needs RAGLINE_BOT_APP_ID")
+            if settings.bot_app_password is None:
+                raise ValueError("RAGLINE_BOT_APP_ID is set: set RAGLINE_BOT_APP_PASSWORD too")
+            self.authenticator = BotAuthenticator(
+                self.http,
+                app_id=settings.bot_app_id,
+                metadata_url=settings.bot_openid_metadata_url,
+                issuer=settings.bot_issuer,
+                clock_skew=settings.bot_clock_skew,
+            )
+            tenant = settings.bot_tenant_id or "botframework.com"
+            tokens = TokenSource(
+                self.http,
+                token_url=settings.bot_token_url
+                or f"https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+                app_id=settings.bot_app_id,
+                password=settings.bot_app_password.get_secret_value(),
+                scope=settings.bot_token_scope,
+            )
+        # With auth off (local development) the bot's credentials are never sent: the
+        # serviceUrl of an unauthenticated activity is not to be trusted with them.
+        self.connector = ConnectorClient(self.http, tokens, metrics)
+        self.bot = BotApplication(settings, pipeline, self.connector)
+        self.dispatcher: Dispatcher | None = None
+
+    def start(self, supervisor: Supervisor) -> None:
+        """Begin accepting activities; turns run under ``supervisor``."""
+        s = self.settings
+        self.dispatcher = Dispatcher(
+            self.bot,
+            supervisor,
+            self._metrics,
+            self._tracing,
+            dedup_window=s.bot_dedup_window,
+            max_concurrent=s.bot_max_concurrent_turns,
+            max_pending=s.bot_max_pending_turns,
+            turn_timeout=s.bot_turn_timeout,
+            pace=s.bot_stream_interval,
+        )
+        if s.bot_auth == "off":
+            log.warning("Teams channel without authentication (RAGLINE_BOT_AUTH=off)")
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self.http.aclose()
+
+    async def authenticate(
+        self, authorization: str | None, activity: Activity, lifetime: Lifetime
+    ) -> None:
+        """Raise :class:`Unauthorized` unless the activity's token is valid."""
+        if self.authenticator is None:
+            return
+        try:
+            await self.authenticator.verify(authorization, activity, lifetime)
+        except Unauthorized as exc:
+            log.warning(
+                "bot activity refused: %s",
+                exc.message,
+                extra={"activity_id": activity.id, "reason": exc.message},
+            )
+            raise Unauthorized("invalid or missing bot token") from None
+
+    async def receive(self, activity: Activity, lifetime: Lifetime) -> InvokeResponse | None:
+        """Accept an authenticated activity. Invokes run now and return their response;
+        everything else is queued and ``None`` is returned at once."""
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            raise RuntimeError("the Teams channel has not been started")
+        if activity.type != "invoke":
+            dispatcher.accept(activity, lifetime)
+            return None
+        # An invoke's response is needed now: its turn belongs to the webhook request,
+        # still bounded by the processing timeout.
+        pacer = dispatcher.pacer(activity.conversation.id)
+        with lifetime.child("bot-invoke", timeout=dispatcher.turn_timeout) as turn:
+            ctx = TurnContext(activity, turn, self.bot, pacer)
+            response = await self.bot.run_turn(ctx)
+        return response or InvokeResponse(status=200, body=None)

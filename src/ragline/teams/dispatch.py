@@ -1,0 +1,217 @@
+"""Delivery guarantees for bot turns: at most once, in order per conversation, bounded.
+
+Teams redelivers an activity whose webhook was not answered in time, with the same id:
+an accepted activity is remembered by (conversation id, activity id) for a window and a
+redelivery is dropped. The activities of one conversation run one after another in the
+order they arrived, on a worker that the application's supervisor owns; different
+conversations run side by side, at most ``max_concurrent`` at a time.
+
+Each turn runs in a lifetime detached from its webhook request (created when the
+activity is accepted, so it keeps the request's values and trace context): the request's
+end never cancels it, shutdown does, and its own processing timeout bounds it. A timeout
+is a warning in the log with the activity id and the limit, never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import anyio
+
+from ..errors import Overloaded, StageTimeout
+from ..lifetime import Cause, Lifetime
+from ..metrics import Metrics
+from ..supervisor import Supervisor
+from ..tracing import Tracing, mark_cancelled, mark_failed
+from .activity import Activity
+from .bot import BotApplication, TurnContext
+from .streaming import Pacer
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("ragline.teams")
+
+
+@dataclass(eq=False)
+class _Turn:
+    activity: Activity
+    lifetime: Lifetime
+
+
+@dataclass(eq=False)
+class _Conversation:
+    pacer: Pacer
+    queue: deque[_Turn] = field(default_factory=deque)
+    working: bool = False
+
+
+class Dispatcher:
+    """Accepts activities and runs their turns. See the module docstring."""
+
+    def __init__(
+        self,
+        bot: BotApplication,
+        supervisor: Supervisor,
+        metrics: Metrics,
+        tracing: Tracing,
+        *,
+        dedup_window: float,
+        max_concurrent: int,
+        max_pending: int,
+        turn_timeout: float | None,
+        pace: float,
+        max_conversations: int = 10_000,
+    ) -> None:
+        self.bot = bot
+        self._supervisor = supervisor
+        self._metrics = metrics
+        self._tracing = tracing
+        self._window = dedup_window
+        self._limiter = anyio.CapacityLimiter(max_concurrent)
+        self._max_pending = max_pending
+        self.turn_timeout = turn_timeout
+        self._pace = pace
+        self._max_conversations = max_conversations
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._conversations: OrderedDict[str, _Conversation] = OrderedDict()
+        self.pending = 0
+
+    def accept(self, activity: Activity, request: Lifetime) -> bool:
+        """Queue ``activity``'s turn; ``False`` if it is a redelivery of one accepted
+        within the window. Raises :class:`Overloaded` when too much is pending."""
+        if self._duplicate(activity):
+            self._metrics.bot_duplicates.inc()
+            log.info(
+                "dropped a redelivered activity",
+                extra={"activity_id": activity.id, "conversation_id": activity.conversation.id},
+            )
+            return False
+        if self.pending >= self._max_pending:
+            self._seen.pop(activity.key, None)  # a later redelivery may be served
+            raise Overloaded("too many bot turns pending; retry later")
+        lifetime = request.detach(
+            "bot-turn",
+            timeout=self.turn_timeout,
+            values={"activity_id": activity.id, "conversation_id": activity.conversation.id},
+        )
+        conversation = self._conversation(activity.conversation.id)
+        conversation.queue.append(_Turn(activity, lifetime))
+        self.pending += 1
+        if not conversation.working:
+            conversation.working = True
+            worker = self._supervisor.root.child("bot-conversation")
+            key = activity.conversation.id
+            self._supervisor.start(worker, lambda lt: self._work(key, conversation, lt))
+        return True
+
+    def pacer(self, conversation_id: str) -> Pacer:
+        """The pacer of a conversation's Connector requests."""
+        return self._conversation(conversation_id).pacer
+
+    def _duplicate(self, activity: Activity) -> bool:
+        if not activity.id:
+            return False
+        now = time.monotonic()
+        while self._seen:
+            at = next(iter(self._seen.values()))
+            if now - at <= self._window and len(self._seen) < 100_000:
+                break
+            self._seen.popitem(last=False)
+        if activity.key in self._seen:
+            return True
+        self._seen[activity.key] = now
+        return False
+
+    def _conversation(self, conversation_id: str) -> _Conversation:
+        found = self._conversations.get(conversation_id)
+        if found is None:
+            found = _Conversation(Pacer(self._pace))
+            self._conversations[conversation_id] = found
+            while len(self._conversations) > self._max_conversations:
+                oldest = next(iter(self._conversations))
+                if self._conversations[oldest].working:
+                    break
+                del self._conversations[oldest]
+        self._conversations.move_to_end(conversation_id)
+        return found
+
+    async def _work(self, key: str, conversation: _Conversation, worker: Lifetime) -> None:
+        try:
+            while conversation.queue:
+                turn = conversation.queue[0]
+                try:
+                    async with self._limiter:
+                        await self._turn(turn, conversation.pacer)
+                finally:
+                    conversation.queue.popleft()
+                    self.pending -= 1
+        finally:
+            conversation.working = False
+            for turn in conversation.queue:  # shutdown: what never started is dropped
+                reason = worker.reason
+                log.info(
+                    "bot turn dropped before it started",
+                    extra={
+                        "activity_id": turn.activity.id,
+                        "cause": str(reason.cause) if reason else "unknown",
+                    },
+                )
+            self.pending -= len(conversation.queue)
+            conversation.queue.clear()
+
+    async def _turn(self, turn: _Turn, pacer: Pacer) -> None:
+        activity, lifetime = turn.activity, turn.lifetime
+        extra = {"activity_id": activity.id, "conversation_id": activity.conversation.id}
+        outcome = "completed"
+        try:
+            with lifetime:  # attaches the webhook request's trace context
+                await self._traced(TurnContext(activity, lifetime, self.bot, pacer))
+            reason = lifetime.reason
+            if reason is not None:
+                outcome = "cancelled"
+                self._metrics.cancellations.labels(str(reason.cause), "bot_turn").inc()
+                log.info("bot turn cancelled", extra={**extra, "cause": str(reason.cause)})
+        except StageTimeout:
+            outcome = "timeout"
+            log.warning(
+                "bot turn timed out after %gs",
+                self.turn_timeout,
+                extra={**extra, "timeout": self.turn_timeout, "cause": "timeout"},
+            )
+        except Exception:
+            outcome = "failed"
+            log.exception("bot turn failed", extra=extra)
+        finally:
+            self._metrics.bot_turns.labels(activity.type, outcome).inc()
+
+    async def _traced(self, ctx: TurnContext) -> None:
+        activity, lifetime = ctx.activity, ctx.lifetime
+        attributes = {"ragline.bot.activity_type": activity.type, **_ids(activity)}
+        with self._tracing.tracer.start_as_current_span(
+            f"bot.turn {activity.type}",
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                await self.bot.run_turn(ctx)
+            except anyio.get_cancelled_exc_class():
+                reason = lifetime.reason
+                if reason and reason.cause is Cause.DEADLINE and reason.origin == lifetime.path:
+                    mark_failed(span, StageTimeout("bot-turn", self.turn_timeout))
+                else:
+                    mark_cancelled(span, reason)
+                raise
+            except Exception as exc:
+                mark_failed(span, exc)
+                raise
+
+
+def _ids(activity: Activity) -> dict[str, str]:
+    ids: dict[str, str] = {"ragline.bot.conversation_type": activity.kind}
+    if activity.id:
+        ids["ragline.bot.activity_id"] = activity.id
+    return ids
