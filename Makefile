@@ -11,7 +11,7 @@ WHEELS ?= $(HOME)/.cache/ragline/wheels
 LLAMA_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install serve test lint typecheck unit bench bench-retrieval clean
+.PHONY: install serve playground test lint typecheck unit bench bench-retrieval clean
 
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
@@ -33,6 +33,16 @@ install: $(STAMP)
 # First start: the project's own docs/ go into the default collection while it is empty.
 serve: $(STAMP)
 	RAGLINE_SEED_DOCS=$${RAGLINE_SEED_DOCS-docs} $(BIN)/ragline serve --host $(HOST) --port $(PORT)
+
+# The Microsoft 365 Agents Playground (Teams, locally) against `RAGLINE_BOT_AUTH=off make serve`.
+# It listens on every interface unless told otherwise: the preload binds it to 127.0.0.1.
+PLAYGROUND := @microsoft/m365agentsplayground@0.2.28
+playground:
+	@echo "Agents Playground: http://127.0.0.1:56150 (bot: http://$(HOST):$(PORT)/api/messages)"
+	NODE_OPTIONS="--require $(CURDIR)/tests/playground/bind-loopback.cjs" \
+	APPLICATION_INSIGHTS_NO_STATSBEAT=1 TEAMSAPPTESTER_BROWSER=$${TEAMSAPPTESTER_BROWSER-none} \
+	  npx --yes $(PLAYGROUND) start -e http://$(HOST):$(PORT)/api/messages -c msteams \
+	  --service-url http://127.0.0.1:56150/_connector --disable-telemetry
 
 # flake8-async covers what ruff lacks: ASYNC102/103/104/120 (cancellation swallowed or
 # awaited in a finally without a shielded timeout).

@@ -64,6 +64,7 @@ async def test_the_webhook_is_answered_at_once_while_a_20s_turn_streams_to_the_e
         acked_at = time.monotonic()
         assert delivery.status == 202
         assert delivery.elapsed_seconds < 1.0, delivery.elapsed_seconds
+        print(f"webhook answered in {delivery.elapsed_seconds * 1000:.1f} ms")
         await anyio.sleep(15.0)  # the scenario's clock: Teams' redelivery comes at 15 s
         again = await b.teams.redeliver(b.url, activity)
         assert again.status == 202
@@ -71,6 +72,7 @@ async def test_the_webhook_is_answered_at_once_while_a_20s_turn_streams_to_the_e
             lambda: next((s for s in b.teams.streams.values() if s.finished), None), timeout=60
         )
         finished_after = time.monotonic() - acked_at
+        print(f"turn finished {finished_after:.1f}s after the ack, {len(stream.chunks)} chunks")
 
         assert finished_after > 18.0  # the turn really ran for ~20 s after the ack
         assert len(b.upstream.calls) == 1  # the redelivery was not processed again
@@ -134,6 +136,9 @@ async def test_a_turn_past_its_timeout_is_a_warning_and_no_exception(logs: LogCa
         assert span.status.status_code is StatusCode.ERROR
         assert span.attributes is not None
         assert span.attributes["error.type"] == "timeout"
+        webhook = b.running.span("POST /api/messages")
+        assert span.parent is not None
+        assert span.parent.span_id == webhook.context.span_id  # the turn keeps its trace
         async with httpx.AsyncClient() as http:  # and the app carries on
             assert (await http.get(f"{b.running.url}/healthz")).status_code == 200
 
@@ -391,3 +396,23 @@ async def test_sigterm_mid_turn_tells_the_user_and_exits_within_the_grace() -> N
             assert call.closed.is_set()
             assert call.tokens_after(signalled_at) <= 1
         assert not teams.violations
+
+
+async def test_too_many_pending_turns_get_503_and_a_later_redelivery_is_served() -> None:
+    release = anyio.Event()
+    async with bot(
+        lambda body: Behavior(tokens=2, hold_headers=True, release=release),
+        bot_max_pending_turns=1,
+    ) as b:
+        first = b.teams.activity("first", kind="groupChat")
+        second = b.teams.activity("second", kind="groupChat")
+        assert (await b.teams.deliver(b.url, first)).status == 202
+        refused = await b.teams.deliver(b.url, second)
+        assert refused.status == 503
+        assert refused.body["error"]["code"] == "overloaded"
+        release.set()
+        conversation = first["conversation"]["id"]
+        await b.teams.wait_for(lambda: b.teams.messages(conversation), timeout=30)
+        await eventually(lambda: b.running.metric("ragline_bot_turns_total") == 1)
+        assert (await b.teams.redeliver(b.url, second)).status == 202  # not a duplicate
+        await b.teams.wait_for(lambda: len(b.teams.messages(conversation)) == 2, timeout=30)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from ..errors import Overloaded, StageTimeout
+from ..errors import Overloaded, RagLineError, StageTimeout
 from ..lifetime import Cause, Lifetime
 from ..metrics import Metrics
 from ..supervisor import Supervisor
@@ -180,6 +180,11 @@ class Dispatcher:
                 "bot turn timed out after %gs",
                 self.turn_timeout,
                 extra={**extra, "timeout": self.turn_timeout, "cause": "timeout"},
+            )
+        except RagLineError as exc:  # a known failure (the model, the Connector): no traceback
+            outcome = "failed"
+            log.error(  # noqa: TRY400 - an expected failure: its message says it all
+                "bot turn failed: %s", exc, extra={**extra, "error": exc.code}
             )
         except Exception:
             outcome = "failed"
