@@ -18,7 +18,7 @@ from opentelemetry.trace import StatusCode
 
 from conftest import LogCapture, Running, bot_settings, eventually, serve, upstream_running
 from ragline.teams import InvokeResponse, TurnContext
-from teams_fakes import FakeTeams
+from teams_fakes import FakeTeams, Stream
 from test_serve import GRACE, free_port, server_process, sigterm
 from upstream import Behavior, FakeUpstream
 
@@ -48,6 +48,13 @@ async def bot(
             yield Bot(running, teams, upstream)
 
 
+async def stream_where(b: Bot, holds: Callable[[Stream], bool], timeout: float) -> Stream:
+    """The first stream for which ``holds`` is true, once there is one."""
+    return await b.teams.wait_for(
+        lambda: next((s for s in b.teams.streams.values() if holds(s)), None), timeout=timeout
+    )
+
+
 def tokens(count: int) -> str:
     return "".join(f"t{i} " for i in range(count))
 
@@ -68,9 +75,7 @@ async def test_the_webhook_is_answered_at_once_while_a_20s_turn_streams_to_the_e
         await anyio.sleep(15.0)  # the scenario's clock: Teams' redelivery comes at 15 s
         again = await b.teams.redeliver(b.url, activity)
         assert again.status == 202
-        stream = await b.teams.wait_for(
-            lambda: next((s for s in b.teams.streams.values() if s.finished), None), timeout=60
-        )
+        stream = await stream_where(b, lambda s: bool(s.finished), timeout=60)
         finished_after = time.monotonic() - acked_at
         print(f"turn finished {finished_after:.1f}s after the ack, {len(stream.chunks)} chunks")
 
@@ -125,9 +130,7 @@ async def test_a_turn_past_its_timeout_is_a_warning_and_no_exception(logs: LogCa
         with anyio.fail_after(10):
             await call.closed.wait()  # the model call was stopped with the turn
         # The user hears why: the stream ends with a note.
-        stream = await b.teams.wait_for(
-            lambda: next((s for s in b.teams.streams.values() if s.finished), None), timeout=10
-        )
+        stream = await stream_where(b, lambda s: bool(s.finished), timeout=10)
         assert stream.final_text is not None
         assert "time limit" in stream.final_text
         await eventually(lambda: b.running.metric("ragline_bot_turns_total") == 1)
@@ -151,9 +154,7 @@ async def test_debug_mode_has_no_turn_timeout() -> None:
     ) as b:
         activity = b.teams.activity("take your time")
         await b.teams.deliver(b.url, activity)
-        stream = await b.teams.wait_for(
-            lambda: next((s for s in b.teams.streams.values() if s.finished), None), timeout=30
-        )
+        stream = await stream_where(b, lambda s: bool(s.finished), timeout=30)
         assert stream.final_text is not None
         assert stream.final_text.startswith(tokens(4).strip())
         await eventually(lambda: b.running.metric("ragline_bot_turns_total") == 1)
@@ -201,10 +202,7 @@ async def test_teams_streaming_time_limit_finishes_with_an_update() -> None:
         activity = b.teams.activity("long answer")
         await b.teams.deliver(b.url, activity)
         conversation = activity["conversation"]["id"]
-        stream = await b.teams.wait_for(
-            lambda: next((s for s in b.teams.streams.values() if s.updated_text), None),
-            timeout=30,
-        )
+        stream = await stream_where(b, lambda s: bool(s.updated_text), timeout=30)
         assert stream.expired
         assert stream.updated_text is not None
         assert stream.updated_text.startswith(tokens(8).strip())
@@ -215,10 +213,7 @@ async def test_a_long_stream_is_closed_before_the_limit_and_completed_by_update(
     async with bot(lambda body: Behavior(tokens=8, interval=0.5), bot_stream_limit=1.5) as b:
         activity = b.teams.activity("long answer")
         await b.teams.deliver(b.url, activity)
-        stream = await b.teams.wait_for(
-            lambda: next((s for s in b.teams.streams.values() if s.updated_text), None),
-            timeout=30,
-        )
+        stream = await stream_where(b, lambda s: bool(s.updated_text), timeout=30)
         assert stream.finished
         assert not stream.expired
         assert stream.final_text is not None
@@ -238,10 +233,7 @@ async def test_a_final_message_that_may_have_been_applied_is_not_posted_again() 
         activity = b.teams.activity("hello")
         await b.teams.deliver(b.url, activity)
         conversation = activity["conversation"]["id"]
-        stream = await b.teams.wait_for(
-            lambda: next((s for s in b.teams.streams.values() if s.updated_text), None),
-            timeout=30,
-        )
+        stream = await stream_where(b, lambda s: bool(s.updated_text), timeout=30)
         finals = [c for c in b.teams.calls if (c.streaminfo or {}).get("streamType") == "final"]
         assert len(finals) == 1  # never repeated blindly: the update finished it instead
         assert stream.updated_text is not None
