@@ -22,7 +22,7 @@ from ..errors import StageTimeout, UpstreamError
 from ..lifetime import Lifetime
 from ..models import Generation, Prompt
 from . import EmbedKind, OnDelta
-from ._http import check_vectors, error_message, post_json, unit
+from ._http import ClientShards, check_vectors, error_message, post_json, unit
 
 __all__ = ["OpenAIEmbedder", "OpenAIGenerator"]
 
@@ -61,19 +61,15 @@ class OpenAIGenerator:
         self._max_tokens = max_tokens
         self._temperature = temperature
         # Read and pool waits are bounded by our own first-token and total deadlines.
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            timeout=httpx.Timeout(
-                connect=connect_timeout, read=None, write=connect_timeout, pool=None
-            ),
+        self._clients = ClientShards(
+            max_connections,
+            httpx.Timeout(connect=connect_timeout, read=None, write=connect_timeout, pool=None),
         )
         self._connect_timeout = connect_timeout
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
+        """Close the connection pools."""
+        await self._clients.aclose()
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -121,26 +117,27 @@ class OpenAIGenerator:
                     "upstream request queued",
                     extra={"model": self.model, "request_id": lifetime.get("request_id")},
                 )
-                async with self._client.stream(
-                    "POST", self._url, json=self._body(prompt), headers=self._headers(lifetime)
-                ) as response:
-                    if response.status_code >= 400:
-                        await self._raise_for(response)
-                    async for line in response.aiter_lines():
-                        # One event per data line: OpenAI-compatible servers never
-                        # split a chunk over several data lines.
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == "[DONE]":
-                            break
-                        piece = self._absorb(data, into, lifetime)
-                        if piece:
-                            if not first_seen:
-                                first_seen = True
-                                scope.deadline = total_deadline
-                            if on_delta is not None:
-                                await on_delta(piece)
+                with self._clients.client() as client:
+                    async with client.stream(
+                        "POST", self._url, json=self._body(prompt), headers=self._headers(lifetime)
+                    ) as response:
+                        if response.status_code >= 400:
+                            await self._raise_for(response)
+                        rest = ""
+                        async for text in response.aiter_text():
+                            # Everything that arrived in one read goes on as one piece:
+                            # a fast upstream's tokens cost one write downstream, not one
+                            # each.
+                            *lines, rest = (rest + text).split("\n")
+                            piece, done = self._events(lines, into, lifetime)
+                            if piece:
+                                if not first_seen:
+                                    first_seen = True
+                                    scope.deadline = total_deadline
+                                if on_delta is not None:
+                                    await on_delta(piece)
+                            if done:
+                                break
         except anyio.get_cancelled_exc_class():
             into.upstream_closed_at = time.monotonic()
             raise
@@ -158,6 +155,22 @@ class OpenAIGenerator:
                 "generate", self._first_token_timeout, "no first token from the upstream in time"
             )
         return into
+
+    def _events(self, lines: list[str], into: Generation, lifetime: Lifetime) -> tuple[str, bool]:
+        """The text carried by these stream lines, and whether ``[DONE]`` was among them."""
+        pieces: list[str] = []
+        for line in lines:
+            # One event per data line: OpenAI-compatible servers never split a chunk
+            # over several data lines.
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return "".join(pieces), True
+            piece = self._absorb(data, into, lifetime)
+            if piece:
+                pieces.append(piece)
+        return "".join(pieces), False
 
     def _absorb(self, data: str, into: Generation, lifetime: Lifetime) -> str:
         try:

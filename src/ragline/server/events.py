@@ -66,26 +66,58 @@ class EventStreamResponse(Response):
             if data:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
 
+        # The model's reader and the client's writer meet in ``pending``: whatever arrived
+        # while the last write was in flight goes out as one event, so a fast upstream
+        # costs one write per read from it rather than one per token.
+        pending: list[str] = []
+        wake = anyio.Event()
+        generating = True
+
         async def on_delta(text: str) -> None:
-            await write(self.fmt.delta(text))
+            pending.append(text)
+            wake.set()
+
+        async def flush() -> None:
+            if pending:
+                text = "".join(pending)
+                pending.clear()
+                await write(self.fmt.delta(text))
+
+        async def writer() -> None:
+            nonlocal wake
+            while generating or pending:
+                await wake.wait()
+                wake = anyio.Event()
+                await flush()
 
         result = ChatResult()
+        failure: RagLineError | None = None
         try:
             await write(self.fmt.opening())
-            await ctx.runtime.pipeline.run(
-                self.request, ctx.lifetime, on_delta=on_delta, into=result
-            )
-            final = self.fmt.done(result)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer)
+                try:
+                    await ctx.runtime.pipeline.run(
+                        self.request, ctx.lifetime, on_delta=on_delta, into=result
+                    )
+                except RagLineError as exc:
+                    failure = exc
+                finally:
+                    generating = False
+                    wake.set()
         except anyio.get_cancelled_exc_class():
             reason = ctx.lifetime.reason
             if reason is not None and reason.cause is not Cause.CLIENT_DISCONNECTED:
                 status, body = error_for_cause(reason)
                 with anyio.move_on_after(ctx.runtime.settings.final_event_window, shield=True):
+                    await flush()
                     await write(self.fmt.error(status, body, result))
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
             raise
-        except RagLineError as exc:
-            status, body = error_for_exception(exc)
+        if failure is None:
+            final = self.fmt.done(result)
+        else:
+            status, body = error_for_exception(failure)
             ctx.error_status = status
             final = self.fmt.error(status, body, result)
         await write(final)

@@ -7,6 +7,7 @@ extra body field. Sources come back in an extra ``ragline`` field.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -99,6 +100,8 @@ class CompletionChunks:
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
+        self._delta_head: bytes | None = None
+        self._delta_tail = b""
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return sse(
@@ -118,7 +121,12 @@ class CompletionChunks:
         )
 
     def delta(self, text: str) -> bytes:
-        return self._chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+        # The hot path: one per write while generating. Only the text needs encoding.
+        if self._delta_head is None:
+            marker = "\x1fdelta\x1f"
+            head = self._chunk([{"index": 0, "delta": {"content": marker}, "finish_reason": None}])
+            self._delta_head, _, self._delta_tail = head.partition(json.dumps(marker).encode())
+        return self._delta_head + json.dumps(text).encode() + self._delta_tail
 
     def done(self, result: ChatResult) -> bytes:
         sources = [s.model_dump(mode="json") for s in result.sources]
