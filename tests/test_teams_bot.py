@@ -354,7 +354,7 @@ async def test_without_a_bot_configured_the_webhook_is_404() -> None:
 
 
 async def test_sigterm_mid_turn_tells_the_user_and_exits_within_the_grace() -> None:
-    upstream = FakeUpstream(lambda body: Behavior(tokens=100_000, interval=0.05))
+    upstream = FakeUpstream(lambda body: Behavior(tokens=100_000, interval=0.2))
     async with upstream_running(upstream), FakeTeams.running() as teams:
         port = free_port()
         env = {
