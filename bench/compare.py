@@ -48,8 +48,9 @@ class Target:
 
     def request(self, directive: str, *, stream: bool) -> tuple[str, dict[str, Any]]:
         message = {"role": "user", "content": directive}
-        if self.protocol == "langserve":
-            return ("/chat/stream" if stream else "/chat/invoke", {"input": [message]})
+        if self.protocol == "langserve":  # LangChain messages; the path says whether to stream
+            human = {"type": "human", "content": directive}
+            return ("/chat/stream" if stream else "/chat/invoke", {"input": [human]})
         body = {"model": "fake-model", "messages": [message], "stream": stream}
         return "/v1/chat/completions", body
 
@@ -167,6 +168,13 @@ async def running(target: Target, upstream: Upstream, workdir: Path) -> AsyncIte
         log.close()
 
 
+async def warm_up(target: Target, server: Server) -> None:
+    """A first request or two: some peers import lazily on their first call."""
+    for stream in (True, False):
+        path, body = target.request("[bench tag=warm tokens=5]", stream=stream)
+        await asyncio.wait_for((await Connection.request(server.port, path, body)).wait_end(), 60)
+
+
 # -- 1. disconnects ----------------------------------------------------------------------
 WINDOW = 6.0  # how long to watch the upstream after a hang-up
 
@@ -217,6 +225,7 @@ async def disconnects(
 
 # -- 2. shutdown -------------------------------------------------------------------------
 FINAL = (b'"error"', b"[DONE]", b"event: end", b"event: error")
+SHUTDOWN_TOKENS = 400  # 20 s at 20 tokens/s: a proxy that waits for its streams exits then
 
 
 async def shutdown(
@@ -224,11 +233,12 @@ async def shutdown(
 ) -> dict[str, Any]:
     async with running(target, upstream, workdir) as server:
         assert server.process is not None
+        await warm_up(target, server)
         prefix = f"s{uuid.uuid4().hex[:8]}"
         conns = []
         for i in range(streams):
             path, body = target.request(
-                f"[bench tag={prefix}-{i} tokens=1200 interval=0.05]", stream=True
+                f"[bench tag={prefix}-{i} tokens={SHUTDOWN_TOKENS} interval=0.05]", stream=True
             )
             conns.append(await Connection.request(server.port, path, body))
         await asyncio.wait_for(asyncio.gather(*(c.wait_tokens(3) for c in conns)), 60)
@@ -242,13 +252,15 @@ async def shutdown(
             exit_s = None  # still running a minute later: killed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(c.wait_end() for c in conns)), 2)
-        outcome = {"final event": 0, "cut off": 0, "left open": 0}
+        outcome = {"ran to the end": 0, "final error event": 0, "cut off": 0, "left open": 0}
         for conn, before in zip(conns, seen, strict=True):
             tail = bytes(conn.exchange.body[before:])
             if not conn.exchange.ended:
                 outcome["left open"] += 1
+            elif conn.exchange.tokens >= SHUTDOWN_TOKENS:
+                outcome["ran to the end"] += 1
             elif any(marker in tail for marker in FINAL):
-                outcome["final event"] += 1
+                outcome["final error event"] += 1
             else:
                 outcome["cut off"] += 1
             conn.hang_up()
@@ -290,8 +302,7 @@ async def concurrency(
 ) -> dict[str, Any]:
     async with running(target, upstream, workdir) as server:
         prefix = f"c{uuid.uuid4().hex[:8]}"
-        warm_path, warm_body = target.request(f"[bench tag={prefix}-warm tokens=5]", stream=True)
-        await (await Connection.request(server.port, warm_path, warm_body)).wait_end()
+        await warm_up(target, server)
         await asyncio.sleep(1.0)
         rss_before = rss_bytes(server.pid)
         conns: list[Connection] = []
@@ -324,9 +335,7 @@ async def concurrency(
         calls: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             calls = [
-                c
-                for c in await upstream.calls(prefix=f"{prefix}-", brief="1", after=str(hung_up))
-                if not c["tag"].endswith("warm")
+                c for c in await upstream.calls(prefix=f"{prefix}-", brief="1", after=str(hung_up))
             ]
             if calls and all(c["closed_at"] is not None or c["finished"] for c in calls):
                 break
@@ -389,6 +398,7 @@ async def main(args: argparse.Namespace) -> None:
             print(f"== {target.name}", flush=True)
             result: dict[str, Any] = {}
             async with running(target, upstream, workdir) as server:
+                await warm_up(target, server)
                 if target.launch is not None:  # "direct" has no proxy to leave
                     result["disconnect"] = await disconnects(target, server, upstream, trials)
                     print("   disconnects done", flush=True)

@@ -1,13 +1,15 @@
 """The embedded defaults on this machine: embedding throughput (fp32 vs bf16 autocast),
 the local model's first token, decode rate, and how fast a cancellation stops it.
 
-    .venv/bin/python bench/local.py
+    .venv/bin/python bench/local.py [--out bench/results]   # also writes local.md there
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
+from pathlib import Path
 
 import anyio
 
@@ -15,6 +17,8 @@ from ragline import Cause, Generation, Lifetime, Message, Prompt
 from ragline.providers.llamacpp import LlamaCppGenerator
 from ragline.providers.minilm import MiniLMEmbedder
 from ragline.threads import ThreadBridge
+
+ROWS: list[tuple[str, str]] = []  # (what, result) for the report's table
 
 SENTENCE = "The heron waits in the shallow water of the river for a fish to pass by. "
 
@@ -25,6 +29,7 @@ async def embeddings(bridge: ThreadBridge) -> None:
         started = time.perf_counter()
         await embedder.open(root)
         print(f"MiniLM load: {time.perf_counter() - started:.1f} s")
+        ROWS.append(("all-MiniLM-L6-v2 load", f"{time.perf_counter() - started:.1f} s"))
         chunks = [f"{i} " + SENTENCE * 16 for i in range(128)]  # about 256 tokens each
         results = {}
         for bf16 in (False, True):
@@ -36,11 +41,14 @@ async def embeddings(bridge: ThreadBridge) -> None:
             print(
                 f"MiniLM {'bf16' if bf16 else 'fp32'}: {rate:.1f} chunks/s (256 tokens, batch 64)"
             )
+            kind = "bf16 autocast" if bf16 else "fp32"
+            ROWS.append((f"embeddings, 256-token chunks, batch 64, {kind}", f"{rate:.1f} chunks/s"))
         cosines = [
             sum(a * b for a, b in zip(x, y, strict=True))
             for x, y in zip(results[False], results[True], strict=True)
         ]
         print(f"bf16 vs fp32 cosine: min {min(cosines):.5f}, mean {statistics.mean(cosines):.5f}")
+        ROWS.append(("bf16 vs fp32 cosine, minimum", f"{min(cosines):.5f}"))
 
 
 async def generator(bridge: ThreadBridge) -> None:
@@ -71,6 +79,20 @@ async def generator(bridge: ThreadBridge) -> None:
         print(
             f"local model, {out.prompt_tokens}-token prompt: first token p50 "
             f"{statistics.median(firsts):.2f} s, decode {statistics.median(rates):.0f} tokens/s"
+        )
+        ROWS.append(
+            (
+                f"SmolLM2-135M on llama.cpp: first token, {out.prompt_tokens}-token prompt",
+                f"median {statistics.median(firsts):.2f} s "
+                f"({min(firsts):.2f} to {max(firsts):.2f}, n={len(firsts)})",
+            )
+        )
+        ROWS.append(
+            (
+                "decode rate",
+                f"median {statistics.median(rates):.0f} tokens/s "
+                f"({min(rates):.0f} to {max(rates):.0f})",
+            )
         )
 
     # How fast a cancellation stops decoding and prefill (to the thread's own stop).
@@ -109,6 +131,14 @@ async def generator(bridge: ThreadBridge) -> None:
             f"decoded after stop {counters.decoded_after_stop}, "
             f"prefill aborted {counters.prefill_aborted}"
         )
+        ROWS.append(
+            (
+                f"stop during {phase}: cancel → the model thread stopped",
+                f"median {statistics.median(stops) * 1000:.0f} ms "
+                f"({min(stops) * 1000:.0f} to {max(stops) * 1000:.0f} ms); "
+                f"tokens decoded after the stop: {counters.decoded_after_stop}",
+            )
+        )
 
 
 def _wait_idle(gen: LlamaCppGenerator) -> None:
@@ -116,11 +146,16 @@ def _wait_idle(gen: LlamaCppGenerator) -> None:
         time.sleep(0.001)
 
 
-async def main() -> None:
+async def main(out: Path) -> None:
     bridge = ThreadBridge()
     await embeddings(bridge)
     await generator(bridge)
+    lines = ["| what | result |", "|---|---|", *(f"| {a} | {b} |" for a, b in ROWS)]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "local.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    anyio.run(main, parser.parse_args().out)

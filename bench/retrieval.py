@@ -300,7 +300,8 @@ async def run(data: Path, limit_queries: int | None) -> Results:
     )
 
 
-def report(results: Results, data: Path) -> None:
+def report(results: Results, data: Path) -> str:
+    """Print the results; the markdown tables for docs/BENCHMARKS.md."""
     progress = results.progress
     ingest_rate = progress.chunks_done / results.ingest_seconds
     raw_rate = results.chunks / results.raw_seconds
@@ -340,45 +341,43 @@ def report(results: Results, data: Path) -> None:
 
     reference_ndcg, reference_recall = REFERENCE_MINILM
     rows = [
-        ("ragline: MiniLM → Milvus Lite HNSW via VisibleStore, top 100 chunks", results.pipeline),
+        ("ragline hybrid (the default): dense + BM25 (SQLite FTS5), rank fusion", results.hybrid),
+        ("ragline dense: MiniLM → Milvus Lite HNSW, top 100 chunks", results.pipeline),
+        ("ragline BM25 alone (SQLite FTS5, porter)", results.bm25),
         ("exact search over the same vectors, top 100 chunks", results.exact),
         ("exact search over the same vectors, top 100 documents", results.exact_documents),
-        ("ragline hybrid: dense + BM25 (SQLite FTS5), rank fusion", results.hybrid),
-        ("ragline BM25 alone (SQLite FTS5, porter)", results.bm25),
     ]
-    print(
-        f"| retrieval (Cranfield, {results.queries} queries) | nDCG@10 | Recall@10 | Recall@100 |"
-    )
-    print("|---|---|---|---|")
-    for name, scores in rows:
-        print(f"| {name} | {scores.ndcg10:.3f} | {scores.recall10:.3f} | {scores.recall100:.3f} |")
-    print(
+    lines = [
+        f"| retrieval (Cranfield, {results.queries} queries) | nDCG@10 | Recall@10 | Recall@100 |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {s.ndcg10:.3f} | {s.recall10:.3f} | {s.recall100:.3f} |"
+            for name, s in rows
+        ),
         f"| reference: all-MiniLM-L6-v2, exact (DESIGN.md §7) | {reference_ndcg:.3f} | - "
-        f"| {reference_recall:.3f} |"
-    )
-    print(f"| reference: BM25 (DESIGN.md §7) | {REFERENCE_BM25:.3f} | - | - |")
-    print()
-    print("| ingestion (2 cores, batch 64) | result |")
-    print("|---|---|")
-    print(
+        f"| {reference_recall:.3f} |",
+        f"| reference: BM25 (DESIGN.md §7) | {REFERENCE_BM25:.3f} | - | - |",
+        "",
+        "| ingestion (2 cores, batch 64) | result |",
+        "|---|---|",
         f"| ingestion, {progress.chunks_done} chunks of {progress.documents_done} documents "
-        f"| {results.ingest_seconds:.1f} s, {ingest_rate:.1f} chunks/s |"
-    )
-    print(
+        f"| {results.ingest_seconds:.1f} s, {ingest_rate:.1f} chunks/s |",
         f"| raw embedding of the same chunks | {results.raw_seconds:.1f} s, "
-        f"{raw_rate:.1f} chunks/s |"
-    )
-    print(f"| pipeline overhead (aim ≤ 10%) | {overhead:+.1f}% |")
-    print(
+        f"{raw_rate:.1f} chunks/s |",
+        f"| pipeline overhead (aim ≤ 10%) | {overhead:+.1f}% |",
         f"| query latency, embed + search top {TOP_K} | p50 {latency_p50:.1f} ms, "
-        f"p95 {latency_p95:.1f} ms (n={len(results.latencies)}) |"
-    )
+        f"p95 {latency_p95:.1f} ms (n={len(results.latencies)}) |",
+    ]
+    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
-async def main(data: Path, limit_queries: int | None) -> None:
+async def main(data: Path, limit_queries: int | None, out: Path) -> None:
     started = time.perf_counter()
     results = await run(data, limit_queries)
-    report(results, data)
+    markdown = report(results, data)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "retrieval.md").write_text(markdown)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 
@@ -388,5 +387,6 @@ if __name__ == "__main__":
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Cranfield folder")
     parser.add_argument("--limit-queries", type=int, default=None, metavar="N")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     arguments = parser.parse_args()
-    anyio.run(main, arguments.data, arguments.limit_queries)
+    anyio.run(main, arguments.data, arguments.limit_queries, arguments.out)

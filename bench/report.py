@@ -1,0 +1,328 @@
+"""Writes docs/BENCHMARKS.md (and its plots) from what the benchmarks left in
+bench/results: compare.json (bench/compare.py), local.md (bench/local.py) and
+retrieval.md (bench/retrieval.py).
+
+    .venv/bin/python bench/report.py [--results bench/results] [--out docs/BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+ORDER = ["direct", "ragline", "naive", "litellm", "litellm-cancel", "langserve"]
+LABEL = {
+    "direct": "direct to the upstream",
+    "ragline": "ragline",
+    "naive": "naive FastAPI + openai SDK",
+    "litellm": "LiteLLM proxy (defaults)",
+    "litellm-cancel": "LiteLLM proxy, cancel_on_disconnect",
+    "langserve": "LangServe + langchain-openai",
+}
+WINDOWS = {
+    "mid_stream": "mid-stream",
+    "before_headers": "before the upstream's headers (3 s to first token)",
+    "non_streaming": "non-streaming",
+}
+
+
+def spread(values: list[float], unit: str = "", digits: int = 1) -> str:
+    """``median [min–max]``."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}{unit}"
+    return (
+        f"{statistics.median(values):.{digits}f}{unit} "
+        f"[{min(values):.{digits}f}–{max(values):.{digits}f}]"
+    )
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def versions() -> str:
+    ours = ", ".join(
+        f"{name} {metadata.version(name)}"
+        for name in ("ragline", "uvicorn", "starlette", "httpx", "anyio")
+    )
+    try:
+        from peers import PEERS
+
+        theirs = "; ".join(
+            f"{name}: {', '.join(peer.requirements)}" for name, peer in PEERS.items()
+        )
+    except ImportError:
+        theirs = "(peers not available)"
+    return f"ragline side: {ours}. Peers, each in its own virtual environment: {theirs}."
+
+
+def names(targets: dict[str, Any]) -> list[str]:
+    return [n for n in ORDER if n in targets]
+
+
+def disconnect_table(targets: dict[str, Any]) -> list[str]:
+    lines = [
+        "| | " + " | ".join(WINDOWS.values()) + " |",
+        "|---|" + "---|" * len(WINDOWS),
+    ]
+    for name in names(targets):
+        runs = targets[name].get("disconnect")
+        if not runs:
+            continue
+        cells = []
+        for window in WINDOWS:
+            trials = runs[window]
+            closes = [t["close_ms"] for t in trials if t["close_ms"] is not None]
+            never = len(trials) - len(closes)
+            after = max(t["tokens_after"] for t in trials)
+            text = f"closed in {spread(closes, ' ms')}" if closes else "never closed"
+            if never and closes:
+                text += f"; never closed in {never}/{len(trials)}"
+            cells.append(f"{text}; tokens after: ≤ {after}")
+        lines.append(f"| {LABEL[name]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def shutdown_table(targets: dict[str, Any]) -> list[str]:
+    lines = [
+        "| | exit after SIGTERM | upstream tokens after SIGTERM | what the 20 clients got |",
+        "|---|---|---|---|",
+    ]
+    for name in names(targets):
+        result = targets[name].get("shutdown")
+        if not result:
+            continue
+        exit_s = result["exit_s"]
+        exited = f"{exit_s:.2f} s" if exit_s is not None else "not within 60 s (killed)"
+        clients = ", ".join(f"{k}: {v}" for k, v in result["clients"].items() if v)
+        lines.append(f"| {LABEL[name]} | {exited} | {result['tokens_after']} | {clients} |")
+    return lines
+
+
+def overhead_table(targets: dict[str, Any]) -> list[str]:
+    direct = targets.get("direct", {}).get("overhead", {}).get("runs", [])
+    direct_rate = statistics.median([r["tokens_per_s"] for r in direct]) if direct else None
+    lines = [
+        "| | tokens/s through it | vs direct | proxy CPU per token |",
+        "|---|---|---|---|",
+    ]
+    for name in names(targets):
+        runs = targets[name].get("overhead", {}).get("runs", [])
+        if not runs:
+            continue
+        rates = [r["tokens_per_s"] for r in runs]
+        cpu = [r["cpu_us_per_token"] for r in runs]
+        ratio = f"{statistics.median(rates) / direct_rate:.2f}×" if direct_rate else "–"
+        cpu_text = spread(cpu, " µs") if name != "direct" else "(the upstream itself)"
+        lines.append(f"| {LABEL[name]} | {spread(rates, '', 0)} | {ratio} | {cpu_text} |")
+    return lines
+
+
+def concurrency_table(targets: dict[str, Any]) -> list[str]:
+    lines = [
+        "| | streams | failures | RSS per held stream | CPU while holding | all upstream "
+        "connections closed after a mass hang-up (p50) | upstream tokens after it |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names(targets):
+        for result in targets[name].get("concurrency", []):
+            closed = result["all_closed_s"]
+            close_text = (
+                f"{closed:.2f} s"
+                if closed is not None
+                else (f"{result['not_closed']} never closed")
+            )
+            if result["closed_p50_s"] is not None:
+                close_text += f" ({result['closed_p50_s']:.2f} s)"
+            lines.append(
+                f"| {LABEL[name]} | {result['streams']} | {result['failures']} | "
+                f"{result['rss_per_stream_kib']:.1f} KiB | {result['cpu_percent']:.0f}% | "
+                f"{close_text} | {result['tokens_after']} |"
+            )
+    return lines
+
+
+def plots(targets: dict[str, Any], folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    shown = [n for n in names(targets) if targets[n].get("disconnect")]
+    if shown:
+        fig, ax = plt.subplots(figsize=(9, 4))
+        width = 0.8 / len(WINDOWS)
+        for i, window in enumerate(WINDOWS):
+            values = []
+            for name in shown:
+                trials = targets[name]["disconnect"][window]
+                closes = [t["close_ms"] for t in trials if t["close_ms"] is not None]
+                values.append(statistics.median(closes) if closes else 6000.0)
+            xs = [j + i * width for j in range(len(shown))]
+            ax.bar(xs, values, width, label=WINDOWS[window])
+        ax.set_yscale("log")
+        ax.set_ylabel("hang-up → upstream closed (ms, log)")
+        ax.set_xticks([j + width for j in range(len(shown))], [LABEL[n] for n in shown])
+        ax.tick_params(axis="x", labelrotation=15, labelsize=7)
+        ax.axhline(10, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title("Client hang-up: how soon the upstream stops (6,000 = never)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / "disconnect.png", dpi=110)
+        plt.close(fig)
+        made.append("disconnect.png")
+    shown = [n for n in names(targets) if n != "direct" and targets[n].get("overhead")]
+    if shown:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        cpu = [
+            statistics.median(r["cpu_us_per_token"] for r in targets[n]["overhead"]["runs"])
+            for n in shown
+        ]
+        ax.bar([LABEL[n] for n in shown], cpu, color="tab:orange")
+        ax.axhline(25, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_ylabel("proxy CPU per token (µs)")
+        ax.set_title("Streaming 20,000 tokens from an unthrottled upstream")
+        ax.tick_params(axis="x", labelrotation=15, labelsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / "overhead.png", dpi=110)
+        plt.close(fig)
+        made.append("overhead.png")
+    shown = [n for n in names(targets) if targets[n].get("concurrency")]
+    if shown:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+        sizes = sorted({r["streams"] for n in shown for r in targets[n]["concurrency"]})
+        width = 0.8 / len(sizes)
+        for i, size in enumerate(sizes):
+            rss, cpu = [], []
+            for name in shown:
+                found = [r for r in targets[name]["concurrency"] if r["streams"] == size]
+                rss.append(found[0]["rss_per_stream_kib"] if found else 0)
+                cpu.append(found[0]["cpu_percent"] if found else 0)
+            xs = [j + i * width for j in range(len(shown))]
+            left.bar(xs, rss, width, label=f"{size} streams")
+            right.bar(xs, cpu, width, label=f"{size} streams")
+        for ax, title in ((left, "RSS per held stream (KiB)"), (right, "CPU while holding (%)")):
+            ax.set_xticks([j + width / 2 for j in range(len(shown))], [LABEL[n] for n in shown])
+            ax.tick_params(axis="x", labelrotation=20, labelsize=6)
+            ax.set_title(title)
+            ax.legend(fontsize=7)
+        left.axhline(30, color="grey", linestyle="--", linewidth=0.8)
+        fig.tight_layout()
+        fig.savefig(folder / "concurrency.png", dpi=110)
+        plt.close(fig)
+        made.append("concurrency.png")
+    return made
+
+
+def main(results: Path, out: Path) -> None:
+    compare_file = results / "compare.json"
+    compare = json.loads(compare_file.read_text()) if compare_file.exists() else {"targets": {}}
+    targets = compare["targets"]
+    images = out.parent / "bench"
+    made = plots(targets, images)
+    quick = " (quick smoke mode: not representative)" if compare.get("quick") else ""
+    doc = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` on {datetime.now(UTC):%Y-%m-%d}{quick}; "
+        "every number below comes from that run. Medians with [min–max] over repeated trials.",
+        "",
+        f"- Machine: {machine()}.",
+        f"- Versions: {versions()}",
+        "- Commands: `make bench` runs `bench/compare.py` (ragline and its peers side by "
+        "side), `bench/local.py`, `bench/retrieval.py`, then `bench/report.py`. "
+        "`make bench-quick` is the smoke mode CI runs.",
+        "- Every proxy runs in its own process on 127.0.0.1 in front of the same fake "
+        "OpenAI-compatible upstream (`bench/upstream.py`, its own process), which records "
+        "when every token was produced and when its connection closed, and stops generating "
+        "when its client leaves (as vLLM does). Clients are raw HTTP/1.1 sockets "
+        "(`bench/client.py`). CPU and memory are read from /proc for the proxy's process tree.",
+        "- ragline runs with its defaults except: the fake upstream as its model server, "
+        "retrieval off, `RAGLINE_LLM_MAX_CONNECTIONS=4096` (the default 32 would queue the "
+        "held streams), `RAGLINE_LLM_MAX_TOKENS=100000`. Peers run with their defaults.",
+        "",
+        "## 1. Disconnects",
+        "",
+        "The client hangs up; the upstream records when the proxy closed its connection and "
+        "how many tokens it produced after the hang-up (throttled upstream, 100 tokens/s; "
+        "watched for 6 s). Aim: at most one token, closed within 10 ms.",
+        "",
+        *disconnect_table(targets),
+        "",
+    ]
+    if "disconnect.png" in made:
+        doc += ["![disconnect latency](bench/disconnect.png)", ""]
+    doc += [
+        "## 2. Shutdown",
+        "",
+        "SIGTERM to the proxy while 20 streams are live (20 tokens/s each, 20 s long). Aim: "
+        "exit within 1 s, a final event on every stream.",
+        "",
+        *shutdown_table(targets),
+        "",
+        "## 3. Overhead",
+        "",
+        "One stream of 20,000 tokens from an unthrottled upstream. Aim: at most 25 µs of "
+        "proxy CPU per token.",
+        "",
+        *overhead_table(targets),
+        "",
+    ]
+    if "overhead.png" in made:
+        doc += ["![CPU per token](bench/overhead.png)", ""]
+    doc += [
+        "## 4. Concurrency",
+        "",
+        "Streams held open at one token per second each; memory is the proxy's RSS growth "
+        "over its idle size, divided by the streams; then every client hangs up at once. "
+        "Aims: at most 30 KiB per held stream, 2,000 streams with no failure.",
+        "",
+        *concurrency_table(targets),
+        "",
+    ]
+    if "concurrency.png" in made:
+        doc += ["![held streams](bench/concurrency.png)", ""]
+    for number, (title, name) in enumerate(
+        (("Local model and embeddings", "local.md"), ("Retrieval and ingestion", "retrieval.md")),
+        start=5,
+    ):
+        doc += [f"## {number}. {title}", ""]
+        section = results / name
+        if section.exists():
+            doc += [section.read_text().rstrip(), ""]
+        else:
+            doc += [f"Not part of this run (`{name}` missing).", ""]
+    out.write_text("\n".join(doc) + "\n")
+    print(f"wrote {out} and {len(made)} plots in {images}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "BENCHMARKS.md")
+    arguments = parser.parse_args()
+    main(arguments.results, arguments.out)
