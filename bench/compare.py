@@ -420,7 +420,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--only", default="")
     parser.add_argument("--out", default=str(HERE / "results"))
     asyncio.run(main(parser.parse_args()))
