@@ -391,6 +391,9 @@ async def main(args: argparse.Namespace) -> None:
     workdir = out / "work"
     workdir.mkdir(exist_ok=True)
     report: dict[str, Any] = {"quick": quick, "targets": {}}
+    previous = out / "compare.json"
+    if args.only and previous.exists():  # a partial rerun keeps the other targets' results
+        report["targets"] = json.loads(previous.read_text())["targets"]
     only = set(filter(None, args.only.split(",")))
     chosen = [t for t in targets(quick, only) if not only or t.name in only]
     async with upstream_process() as upstream:

@@ -169,6 +169,85 @@ def concurrency_table(targets: dict[str, Any]) -> list[str]:
     return lines
 
 
+LIMITS = {
+    "close": "a lone hang-up closes the upstream in a few ms; the slowest trials wait behind "
+    "other work on the event loop (2 shared cores)",
+    "cpu": "what is left per token is httpx/httpcore parsing each chunked frame with h11 and "
+    "decoding each upstream event's JSON (py-spy); one upstream read already becomes one "
+    "downstream write",
+    "rss": "each held stream keeps a uvicorn connection, an httpx/httpcore connection with its "
+    "h11 state, a lifetime, spans and two small tasks (the disconnect watcher and the "
+    "writer)",
+}
+
+
+def aims(targets: dict[str, Any]) -> list[str]:
+    """ragline against the issue's aims, with what limits it where they are not met."""
+    ours = targets.get("ragline")
+    if not ours:
+        return []
+    rows: list[tuple[str, str, bool, str]] = []
+    if ours.get("disconnect"):
+        trials = [t for window in ours["disconnect"].values() for t in window]
+        after = max(t["tokens_after"] for t in trials)
+        rows.append(
+            ("≤ 1 upstream token after a disconnect, every window", f"max {after}", after <= 1, "")
+        )
+        closes = sorted(t["close_ms"] if t["close_ms"] is not None else 1e9 for t in trials)
+        worst = closes[min(len(closes) - 1, int(len(closes) * 0.99))]
+        rows.append(
+            (
+                "upstream closed within 10 ms at p99",
+                f"p99 {worst:.1f} ms (n={len(closes)})",
+                worst <= 10,
+                LIMITS["close"],
+            )
+        )
+    if ours.get("shutdown"):
+        result = ours["shutdown"]
+        finals = result["clients"].get("final error event", 0)
+        total = sum(result["clients"].values())
+        exit_s = result["exit_s"] if result["exit_s"] is not None else 1e9
+        rows.append(
+            (
+                "exit within 1 s of SIGTERM, a final event on every stream",
+                f"{exit_s:.2f} s, {finals}/{total} final events",
+                exit_s <= 1 and finals == total,
+                "",
+            )
+        )
+    runs = ours.get("overhead", {}).get("runs", [])
+    if runs:
+        cpu = statistics.median(r["cpu_us_per_token"] for r in runs)
+        rows.append(
+            ("≤ 25 µs proxy CPU per streamed token", f"{cpu:.1f} µs", cpu <= 25, LIMITS["cpu"])
+        )
+    for result in ours.get("concurrency", []):
+        rss = result["rss_per_stream_kib"]
+        rows.append(
+            (
+                f"≤ 30 KiB RSS per held stream ({result['streams']} streams)",
+                f"{rss:.1f} KiB",
+                rss <= 30,
+                LIMITS["rss"],
+            )
+        )
+        if result["streams"] >= 2000:
+            rows.append(
+                (
+                    "2,000 held streams, no failure",
+                    f"{result['failures']} failures",
+                    result["failures"] == 0,
+                    "",
+                )
+            )
+    lines = ["| aim | ragline | met? |", "|---|---|---|"]
+    for aim, value, met, limit in rows:
+        verdict = "yes" if met else f"**no**: {limit}" if limit else "**no**"
+        lines.append(f"| {aim} | {value} | {verdict} |")
+    return lines
+
+
 def plots(targets: dict[str, Any], folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     made = []
@@ -264,6 +343,10 @@ def main(results: Path, out: Path) -> None:
         "- ragline runs with its defaults except: the fake upstream as its model server, "
         "retrieval off, `RAGLINE_LLM_MAX_CONNECTIONS=4096` (the default 32 would queue the "
         "held streams), `RAGLINE_LLM_MAX_TOKENS=100000`. Peers run with their defaults.",
+        "",
+        "## Aims",
+        "",
+        *aims(targets),
         "",
         "## 1. Disconnects",
         "",
