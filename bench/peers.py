@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -85,14 +85,6 @@ PEERS: dict[str, Peer] = {
         ready_path="/health/readiness",
         start_timeout=120.0,
     ),
-    "litellm-cancel": Peer(
-        name="litellm-cancel",
-        requirements=_LITELLM,
-        protocol="openai",
-        ready_path="/health/readiness",
-        start_timeout=120.0,
-        venv="litellm",
-    ),
     "langserve": Peer(
         name="langserve",
         requirements=(
@@ -110,6 +102,10 @@ PEERS: dict[str, Peer] = {
         stream_path="/chat/stream",
     ),
 }
+
+
+# The same install, with LiteLLM's cancel_on_disconnect set in its config.
+PEERS["litellm-cancel"] = replace(PEERS["litellm"], name="litellm-cancel", venv="litellm")
 
 
 def body(peer: Peer, content: str, *, stream: bool) -> dict[str, object]:

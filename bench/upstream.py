@@ -162,11 +162,8 @@ class Upstream:
         head += b'"model":"fake-model","choices":[{"index":0,"delta":{"content":"t'
         tail = b' "},"finish_reason":null}]}\n\n'
         for i in range(directive.tokens):
-            if directive.interval and await _wait(gone, directive.interval):
+            if not await _token(call, directive, gone):
                 return False
-            if gone.done():
-                return False
-            call.token_times.append(time.monotonic())
             _chunk(writer, head + str(i).encode() + tail)
             if writer.transport.get_write_buffer_size() > 65536 or directive.interval:
                 try:
@@ -203,11 +200,8 @@ class Upstream:
         gone: asyncio.Future[None],
     ) -> bool:
         for _ in range(directive.tokens):
-            if directive.interval and await _wait(gone, directive.interval):
+            if not await _token(call, directive, gone):
                 return False
-            if gone.done():
-                return False
-            call.token_times.append(time.monotonic())
         text = "".join(f"t{i} " for i in range(directive.tokens))
         call.headers_at = time.monotonic()
         await _json(
@@ -244,6 +238,16 @@ async def _closed(reader: asyncio.StreamReader, early: list[bytes]) -> None:
     if data:
         early.append(data)
         await asyncio.Event().wait()  # never done: the client is still there
+
+
+async def _token(call: Call, directive: Directive, gone: asyncio.Future[None]) -> bool:
+    """Produce the next token (after the directive's interval); False if the client left."""
+    if directive.interval and await _wait(gone, directive.interval):
+        return False
+    if gone.done():
+        return False
+    call.token_times.append(time.monotonic())
+    return True
 
 
 async def _wait(gone: asyncio.Future[None], seconds: float) -> bool:

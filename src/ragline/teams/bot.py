@@ -23,7 +23,7 @@ from ..models import ChatRequest, ChatResult
 from ..settings import Settings
 from .activity import Activity, InvokeResponse
 from .connector import ConnectorClient, ConnectorError
-from .streaming import Pacer, StreamingReply, post_reply
+from .streaming import Pacer, StreamingReply, post_reply, with_note
 
 __all__ = ["BotApplication", "Handler", "Middleware", "TurnContext"]
 
@@ -201,8 +201,7 @@ class BotApplication:
                 await self.pipeline.run(request, answer, into=result)
             await ctx.lifetime.checkpoint()
         except anyio.get_cancelled_exc_class():
-            note = interrupted(ctx.lifetime.reason)
-            text = f"{result.text}\n\n_{note}_" if result.text else note
+            text = with_note(result.text, interrupted(ctx.lifetime.reason))
             window = self._last_words
             with anyio.move_on_after(window, shield=True):
                 last = ctx.lifetime.afterlife("last-words", window)

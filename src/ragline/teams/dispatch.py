@@ -150,8 +150,8 @@ class Dispatcher:
                     self.pending -= 1
         finally:
             conversation.working = False
+            reason = worker.reason
             for turn in conversation.queue:  # shutdown: what never started is dropped
-                reason = worker.reason
                 log.info(
                     "bot turn dropped before it started",
                     extra={

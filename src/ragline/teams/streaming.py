@@ -27,7 +27,7 @@ from ..lifetime import Lifetime
 from .activity import Activity, reply_to
 from .connector import ConnectorClient, ConnectorError
 
-__all__ = ["Pacer", "StreamingReply", "post_reply"]
+__all__ = ["Pacer", "StreamingReply", "post_reply", "with_note"]
 
 log = logging.getLogger("ragline.teams")
 
@@ -142,7 +142,7 @@ class StreamingReply:
         if self.state in ("stopped", "done"):
             return
         self._lifetime = lifetime
-        text = f"{self._text}\n\n_{note}_" if self._text else note
+        text = with_note(self._text, note)
         await self._pacer.wait()
         await self._finish(text, [])
 
@@ -249,6 +249,11 @@ async def post_reply(
             service, conversation, activity.id, out, lifetime, repeatable=repeatable
         )
     return await connector.send(service, conversation, out, lifetime, repeatable=repeatable)
+
+
+def with_note(text: str, note: str) -> str:
+    """What was said so far, then why it stopped (in italics)."""
+    return f"{text}\n\n_{note}_" if text else note
 
 
 def _why(exc: ConnectorError) -> dict[str, Any]:
