@@ -29,6 +29,10 @@ class Behavior:
     release: anyio.Event | None = None
     status: int = 200
     report_usage: bool = True
+    # Tool calling: after the text tokens, stream these calls ((name, arguments JSON
+    # text), the arguments in fragments) and finish with "tool_calls".
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)
+    prompt_tokens: int = 11
 
 
 @dataclass
@@ -47,6 +51,16 @@ class Call:
     def query(self) -> str:
         """The content of the last message."""
         return str(self.body["messages"][-1]["content"])
+
+    @property
+    def tool_results(self) -> list[dict[str, Any]]:
+        """The ``tool`` messages this request carried."""
+        return [m for m in self.body["messages"] if m.get("role") == "tool"]
+
+    @property
+    def offered(self) -> list[str]:
+        """The names of the tools offered to the model."""
+        return [t["function"]["name"] for t in self.body.get("tools") or ()]
 
     def tokens_after(self, moment: float) -> int:
         """How many tokens were produced after ``moment`` (``time.monotonic()``)."""
@@ -199,13 +213,37 @@ class FakeUpstream:
             call.token_times.append(time.monotonic())
             call.producing.set()
             await self._send(conn, stream, h11.Data(data=_chunk(model, {"content": f"t{i} "})))
-        await self._send(conn, stream, h11.Data(data=_chunk(model, {}, "stop")))
+        fragments = 0
+        for index, (name, arguments) in enumerate(behavior.tool_calls):
+            if call.closed.is_set():
+                return
+            head = {
+                "index": index,
+                "id": f"call_{len(self.calls)}_{index}",
+                "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }
+            pieces = [arguments[i : i + 7] for i in range(0, len(arguments), 7)]
+            for delta in [head, *({"index": index, "function": {"arguments": p}} for p in pieces)]:
+                if behavior.interval:
+                    with anyio.move_on_after(behavior.interval):
+                        await call.closed.wait()
+                if call.closed.is_set():
+                    return
+                call.token_times.append(time.monotonic())
+                fragments += 1
+                await self._send(
+                    conn, stream, h11.Data(data=_chunk(model, {"tool_calls": [delta]}))
+                )
+        finish = "tool_calls" if behavior.tool_calls else "stop"
+        await self._send(conn, stream, h11.Data(data=_chunk(model, {}, finish)))
         include_usage = (call.body.get("stream_options") or {}).get("include_usage")
         if include_usage and behavior.report_usage:
+            completion = behavior.tokens + fragments
             usage = {
-                "prompt_tokens": 11,
-                "completion_tokens": behavior.tokens,
-                "total_tokens": 11 + behavior.tokens,
+                "prompt_tokens": behavior.prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": behavior.prompt_tokens + completion,
             }
             event = {
                 "id": "x",

@@ -29,7 +29,7 @@ from .providers import (
 )
 from .tracing import Tracing, set_attributes
 
-__all__ = ["ChatPipeline", "StageTimeouts"]
+__all__ = ["ChatPipeline", "StageTimeouts", "estimate_tokens"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,16 +81,29 @@ class ChatPipeline:
         """Answer ``request``; stream the text to ``on_delta`` when given."""
         result = into if into is not None else ChatResult()
         with self._tracing.span("ragline.chat", lifetime, {"ragline.top_k": request.top_k}):
-            with self._stage(lifetime, "transform", self.timeouts.transform) as (stage, _):
-                query = await self.transformer.transform(request.query, stage)
-            hits: Sequence[Hit] = ()
-            if self.retrieval:
-                hits = await self.retrieve(query, request.top_k, lifetime, request.collection)
-            result.sources = [_source(hit) for hit in hits]
-            with self._stage(lifetime, "compose", self.timeouts.compose) as (stage, _):
-                prompt = await self.composer.compose(request, hits, stage)
-            await self._generate(prompt, lifetime, result, on_delta)
+            prompt = await self.prepare(request, lifetime, result)
+            await self.generate(prompt, lifetime, result, on_delta)
         return result
+
+    async def prepare(self, request: ChatRequest, lifetime: Lifetime, into: ChatResult) -> Prompt:
+        """The stages before generation: transform, retrieve (the sources go into
+        ``into``) and compose. The request's tools and continuation join the prompt."""
+        with self._stage(lifetime, "transform", self.timeouts.transform) as (stage, _):
+            query = await self.transformer.transform(request.query, stage)
+        hits: Sequence[Hit] = ()
+        if self.retrieval:
+            hits = await self.retrieve(query, request.top_k, lifetime, request.collection)
+        into.sources = [_source(hit) for hit in hits]
+        with self._stage(lifetime, "compose", self.timeouts.compose) as (stage, _):
+            prompt = await self.composer.compose(request, hits, stage)
+        if request.continuation or request.tools:
+            prompt = replace(
+                prompt,
+                messages=prompt.messages + request.continuation,
+                tools=request.tools,
+                tool_choice=request.tool_choice,
+            )
+        return prompt
 
     @property
     def retrieval(self) -> bool:
@@ -115,9 +128,16 @@ class ChatPipeline:
             span.set_attribute("ragline.hits", len(hits))
         return hits
 
-    async def _generate(
-        self, prompt: Prompt, lifetime: Lifetime, result: ChatResult, on_delta: OnDelta | None
-    ) -> None:
+    async def generate(
+        self,
+        prompt: Prompt,
+        lifetime: Lifetime,
+        into: ChatResult,
+        on_delta: OnDelta | None = None,
+    ) -> Generation:
+        """The generate stage: text, tool calls and usage go into ``into`` however the
+        generation ends."""
+        result = into
         gen = self.generator
         generation = Generation()
         attributes: dict[str, str | int] = {
@@ -149,7 +169,9 @@ class ChatPipeline:
                     cause = reason.cause
                 result.text = generation.text
                 result.usage = _usage(generation, prompt, cause)
+                result.tool_calls = list(generation.tool_calls) if completed else []
                 self._account(generation, result.usage, stage, span)
+        return generation
 
     def _account(self, generation: Generation, usage: Usage, stage: Lifetime, span: Span) -> None:
         model = self.generator.model
@@ -217,16 +239,21 @@ def _source(hit: Hit) -> Source:
     )
 
 
-def _estimate_tokens(prompt: Prompt) -> int:
-    # About four characters per token for English text; only used when the upstream
-    # never reported usage (the generation was cut before its last chunk).
-    chars = sum(len(m.content) + 4 for m in prompt.messages)
+def estimate_tokens(prompt: Prompt) -> int:
+    """A rough count of a prompt's tokens, for when the upstream reported none (the
+    generation was cut before its last chunk) and for budgets: about four characters
+    per token of English text."""
+    chars = sum(
+        len(m.content) + 4 + sum(len(c.name) + len(c.arguments) for c in m.tool_calls)
+        for m in prompt.messages
+    )
+    chars += sum(len(t.name) + len(t.description) + len(str(t.parameters)) for t in prompt.tools)
     return max(1, chars // 4)
 
 
 def _usage(generation: Generation, prompt: Prompt, cause: Cause | None) -> Usage:
     prompt_tokens = (
-        generation.prompt_tokens if generation.usage_reported else _estimate_tokens(prompt)
+        generation.prompt_tokens if generation.usage_reported else estimate_tokens(prompt)
     )
     finish = generation.finish_reason
     if cause is not None:

@@ -240,6 +240,12 @@ class Lifetime:
         tb: TracebackType | None,
     ) -> bool:
         assert self._scope is not None
+        reason = self._own_reason()
+        if reason is not None and reason.cause is Cause.DEADLINE and reason.origin == self.path:
+            # Our deadline cancelled our own scope only: descendants running in other
+            # tasks (a tool on the supervisor) learn of it here.
+            for child in list(self._children):
+                child._cancel_from_parent()
         self._exited = True
         if self._context_token is not None:
             otel_context.detach(self._context_token)  # type: ignore[arg-type]

@@ -84,6 +84,25 @@ class Metrics:
             registry=r,
         )
 
+        self.agent_loops = Counter(
+            "ragline_agent_loops",
+            "Agent loops by finish reason (stop, budget_exhausted, max_steps, deadline, ...)",
+            ["finish_reason"],
+            registry=r,
+        )
+        self.tool_calls = Counter(
+            "ragline_tool_calls",
+            "Tool calls by tool and status (ok, error, invalid_arguments, timeout, ...)",
+            ["tool", "status"],
+            registry=r,
+        )
+        self.orphaned_tools = Counter(
+            "ragline_orphaned_tools",
+            "Tool calls still running past their grace period after cancellation",
+            ["tool"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)

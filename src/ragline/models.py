@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -20,10 +20,12 @@ __all__ = [
     "Prompt",
     "RetrieveRequest",
     "Source",
+    "ToolCall",
+    "ToolSpec",
     "Usage",
 ]
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")]
 
 
@@ -37,13 +39,42 @@ class RetrieveRequest(BaseModel):
     collection: CollectionName | None = None
 
 
+class ToolCall(BaseModel):
+    """A function call the model asked for. ``arguments`` is the model's raw JSON text,
+    which may be invalid: it is checked only when the tool runs."""
+
+    id: str
+    name: str
+    arguments: str = ""
+
+
+class ToolSpec(BaseModel):
+    """A function offered to the model: name, description, JSON Schema of its parameters."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    def openai(self) -> dict[str, Any]:
+        """The OpenAI ``tools`` entry."""
+        function: dict[str, Any] = {"name": self.name, "parameters": self.parameters}
+        if self.description:
+            function["description"] = self.description
+        return {"type": "function", "function": function}
+
+
 class Message(BaseModel):
-    """One chat message."""
+    """One chat message. An assistant message may carry ``tool_calls``; a ``tool``
+    message answers the call named by ``tool_call_id``."""
 
     model_config = ConfigDict(frozen=True)
 
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 class ChatRequest(BaseModel):
@@ -58,6 +89,11 @@ class ChatRequest(BaseModel):
     history: tuple[Message, ...] = ()
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
+    # Tool calling: the functions offered, and the exchange that followed the query
+    # (assistant tool calls and tool results), appended after the composed prompt.
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str | dict[str, Any] | None = None
+    continuation: tuple[Message, ...] = ()
 
 
 class Source(BaseModel):
@@ -82,11 +118,13 @@ class Usage(BaseModel):
 
 
 class ChatResult(BaseModel):
-    """The answer, its sources and its usage."""
+    """The answer, its sources and its usage; ``tool_calls`` when the model asked for
+    tools instead of answering (``finish_reason`` ``tool_calls``)."""
 
     text: str = ""
     sources: list[Source] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
+    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +159,8 @@ class Prompt:
     messages: tuple[Message, ...]
     max_tokens: int | None = None
     temperature: float | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str | dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -135,6 +175,7 @@ class Generation:
     finish_reason: str | None = None
     tokens_after_cancel: int = 0
     upstream_closed_at: float | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)  # complete once it ends
 
     @property
     def text(self) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import anyio
 from opentelemetry.trace import TracerProvider
 
+from .agent import Agent, LoopLimits
 from .chat import ChatPipeline, StageTimeouts
 from .factory import (
     Hooks,
@@ -37,6 +38,7 @@ from .records import Records
 from .settings import Settings
 from .supervisor import Supervisor
 from .threads import ThreadBridge
+from .tools import ToolRegistry, search_tool
 from .tracing import Tracing, build_tracer_provider
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ class Runtime:
         transformer: QueryTransformer | None = None,
         composer: PromptComposer | None = None,
         tracer_provider: TracerProvider | None = None,
+        tools: ToolRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.lifetime = Lifetime.root("app")
@@ -139,11 +142,21 @@ class Runtime:
                 compose=settings.compose_timeout,
             ),
         )
+        self.agent = Agent(
+            pipeline,
+            _tools(settings, pipeline, tools),
+            threads=self.threads,
+            tracing=self.tracing,
+            metrics=self.metrics,
+            limits=LoopLimits.from_settings(settings),
+        )
         self.teams: TeamsChannel | None = None
         if settings.bot_enabled:
             from .teams import TeamsChannel
 
-            self.teams = teams = TeamsChannel(settings, pipeline, self.metrics, self.tracing)
+            self.teams = teams = TeamsChannel(
+                settings, pipeline, self.metrics, self.tracing, agent=self.agent
+            )
 
             async def close_teams() -> None:
                 await teams.aclose()
@@ -190,6 +203,7 @@ class Runtime:
         try:
             async with Supervisor.running(self.lifetime) as supervisor:
                 self.supervisor = supervisor
+                self.agent.start(supervisor)
                 await self._open()
                 if self.teams is not None:
                     self.teams.start(supervisor)
@@ -210,3 +224,19 @@ class Runtime:
             shutdown = getattr(self.tracing.provider, "shutdown", None)
             if callable(shutdown):
                 shutdown()
+
+
+BUILTIN_TOOLS = ("search",)
+
+
+def _tools(settings: Settings, pipeline: ChatPipeline, given: ToolRegistry | None) -> ToolRegistry:
+    """The server-side tools: the application's own, plus the enabled built-ins."""
+    registry = given if given is not None else ToolRegistry()
+    for name in settings.tools:
+        if name not in BUILTIN_TOOLS:
+            raise ValueError(
+                f"RAGLINE_TOOLS: no built-in tool {name!r} (built-ins: {', '.join(BUILTIN_TOOLS)})"
+            )
+        if name == "search" and pipeline.retrieval and "search" not in registry:
+            registry.add(search_tool(pipeline))
+    return registry

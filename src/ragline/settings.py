@@ -100,6 +100,20 @@ class Settings(BaseSettings):
     retrieve_timeout: Seconds = None
     compose_timeout: Seconds = None
 
+    # -- tool calling (agent loops) ---------------------------------------------------------
+    tools: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["search"])
+    agent_max_steps: int = Field(8, ge=1, le=100)  # model calls per loop
+    agent_max_tool_calls: int = Field(32, ge=1)  # tool calls per loop
+    agent_tool_timeout: Seconds = 30.0  # per tool call
+    agent_token_budget: int | None = Field(50_000, ge=1)  # prompt + completion, all steps
+    agent_deadline: Seconds = 120.0  # a whole loop, inside its owner's lifetime
+    agent_max_identical_calls: int = Field(2, ge=1)  # the same call again stops the loop
+    agent_tool_cancel_grace: float = Field(0.5, gt=0, le=10)  # then the tool is orphaned
+    agent_max_result_chars: int = Field(8_000, ge=100)  # a tool result, as the model sees it
+    run_timeout: Seconds = 600.0  # a background run's own limit
+    runs_max_active: int = Field(64, ge=1)
+    runs_kept: int = Field(1_000, ge=1)  # finished runs remembered (in memory)
+
     # -- Microsoft Teams channel (POST /api/messages) ---------------------------------------
     bot_app_id: str | None = None  # the bot's Microsoft app id: the JWT audience
     bot_app_password: SecretStr | None = None  # client secret for the Connector's token
@@ -122,6 +136,7 @@ class Settings(BaseSettings):
     bot_stream_limit: float = Field(110.0, gt=0)  # Teams ends a stream after 2 minutes
     bot_top_k: int = Field(4, ge=1, le=50)
     bot_connector_timeout: float = Field(15.0, gt=0)
+    bot_tools: Annotated[list[str], NoDecode] = Field(default_factory=list)  # [] = plain RAG
 
     # -- lifecycle and observability ---------------------------------------------------------
     thread_orphan_grace: float = Field(5.0, gt=0)
@@ -129,7 +144,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
-    @field_validator("api_keys", "ingest_roots", mode="before")
+    @field_validator("api_keys", "ingest_roots", "tools", "bot_tools", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -151,6 +166,10 @@ class Settings(BaseSettings):
         "retrieve_timeout",
         "compose_timeout",
         "bot_process_activity_timeout",
+        "agent_tool_timeout",
+        "agent_deadline",
+        "agent_token_budget",
+        "run_timeout",
         mode="before",
     )
     @classmethod

@@ -163,6 +163,14 @@ class LlamaCppGenerator:
         on_delta: OnDelta | None = None,
     ) -> Generation:
         """Generate into ``into``, streaming pieces to ``on_delta`` when given."""
+        if prompt.tools or any(m.role == "tool" or m.tool_calls for m in prompt.messages):
+            # The small local models cannot call tools reliably; say so rather than
+            # send a tool exchange through a template that does not know it.
+            raise InvalidRequest(
+                "the local model does not support tool calling; use an OpenAI-compatible "
+                "model server (RAGLINE_LLM_PROVIDER=openai)",
+                code="tools_unsupported",
+            )
         await self.open(lifetime)
         if self._waiting >= self._queue_size and self._lock.locked():
             raise Overloaded(f"the local model has {self._waiting} requests waiting; try later")

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from ..errors import StageTimeout, UpstreamError
 from ..lifetime import Lifetime
-from ..models import Generation, Prompt
+from ..models import Generation, Message, Prompt, ToolCall
 from . import EmbedKind, OnDelta
 from ._http import ClientShards, check_vectors, error_message, post_json, unit
 
@@ -74,7 +74,7 @@ class OpenAIGenerator:
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in prompt.messages],
+            "messages": [_message(m) for m in prompt.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -84,6 +84,10 @@ class OpenAIGenerator:
         temperature = prompt.temperature if prompt.temperature is not None else self._temperature
         if temperature is not None:
             body["temperature"] = temperature
+        if prompt.tools:
+            body["tools"] = [tool.openai() for tool in prompt.tools]
+            if prompt.tool_choice is not None:
+                body["tool_choice"] = prompt.tool_choice
         return body
 
     def _headers(self, lifetime: Lifetime) -> dict[str, str]:
@@ -129,13 +133,13 @@ class OpenAIGenerator:
                             # a fast upstream's tokens cost one write downstream, not one
                             # each.
                             *lines, rest = (rest + text).split("\n")
-                            piece, done = self._events(lines, into, lifetime)
-                            if piece:
-                                if not first_seen:
-                                    first_seen = True
-                                    scope.deadline = total_deadline
-                                if on_delta is not None:
-                                    await on_delta(piece)
+                            piece, moved, done = self._events(lines, into, lifetime)
+                            if moved and not first_seen:
+                                # A tool call's first fragment counts as a first token.
+                                first_seen = True
+                                scope.deadline = total_deadline
+                            if piece and on_delta is not None:
+                                await on_delta(piece)
                             if done:
                                 break
         except anyio.get_cancelled_exc_class():
@@ -156,9 +160,14 @@ class OpenAIGenerator:
             )
         return into
 
-    def _events(self, lines: list[str], into: Generation, lifetime: Lifetime) -> tuple[str, bool]:
-        """The text carried by these stream lines, and whether ``[DONE]`` was among them."""
+    def _events(
+        self, lines: list[str], into: Generation, lifetime: Lifetime
+    ) -> tuple[str, bool, bool]:
+        """The text carried by these stream lines, whether they carried any output (text
+        or a tool call fragment), and whether ``[DONE]`` was among them."""
         pieces: list[str] = []
+        calls = len(into.tool_calls)
+        fragments = into.completion_tokens
         for line in lines:
             # One event per data line: OpenAI-compatible servers never split a chunk
             # over several data lines.
@@ -166,11 +175,13 @@ class OpenAIGenerator:
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
-                return "".join(pieces), True
+                return "".join(pieces), True, True
             piece = self._absorb(data, into, lifetime)
             if piece:
                 pieces.append(piece)
-        return "".join(pieces), False
+        text = "".join(pieces)
+        moved = bool(text) or len(into.tool_calls) != calls or into.completion_tokens != fragments
+        return text, moved, False
 
     def _absorb(self, data: str, into: Generation, lifetime: Lifetime) -> str:
         try:
@@ -192,6 +203,13 @@ class OpenAIGenerator:
             content = delta.get("content")
             if isinstance(content, str):
                 piece += content
+            fragments = delta.get("tool_calls")
+            if fragments:
+                _absorb_tool_calls(fragments, into)
+                if lifetime.cancelled:
+                    into.tokens_after_cancel += 1
+                if not into.usage_reported:
+                    into.completion_tokens += 1
             if choice.get("finish_reason"):
                 into.finish_reason = str(choice["finish_reason"])
         if piece:
@@ -215,6 +233,47 @@ class OpenAIGenerator:
         raise UpstreamError(
             f"upstream answered {response.status_code}: {message}", status=response.status_code
         )
+
+
+def _message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+        if not message.content:
+            out["content"] = None
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _absorb_tool_calls(fragments: object, into: Generation) -> None:
+    """Streamed tool calls come in fragments keyed by ``index``: the first carries the id
+    and name, the rest pieces of the arguments' JSON text."""
+    if not isinstance(fragments, list):
+        raise UpstreamError("upstream sent malformed tool calls")
+    for fragment in fragments:
+        if not isinstance(fragment, dict):
+            raise UpstreamError("upstream sent malformed tool calls")
+        index = fragment.get("index", len(into.tool_calls))
+        function = fragment.get("function") or {}
+        if not isinstance(index, int) or index < 0 or not isinstance(function, dict):
+            raise UpstreamError("upstream sent malformed tool calls")
+        while len(into.tool_calls) <= index:
+            into.tool_calls.append(ToolCall(id="", name=""))
+        call = into.tool_calls[index]
+        if fragment.get("id"):
+            call.id = str(fragment["id"])
+        if function.get("name") and not call.name:
+            call.name = str(function["name"])
+        if isinstance(function.get("arguments"), str):
+            call.arguments += function["arguments"]
 
 
 class OpenAIEmbedder:

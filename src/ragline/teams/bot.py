@@ -17,9 +17,11 @@ from typing import Any
 import anyio
 from pydantic import ValidationError
 
+from ..agent import Agent, AgentResult
 from ..chat import ChatPipeline
 from ..lifetime import CancelReason, Cause, Lifetime
 from ..models import ChatRequest, ChatResult
+from ..providers import OnDelta
 from ..settings import Settings
 from .activity import Activity, InvokeResponse
 from .connector import ConnectorClient, ConnectorError
@@ -76,11 +78,21 @@ class BotApplication:
     """Processes activities. See the module docstring."""
 
     def __init__(
-        self, settings: Settings, pipeline: ChatPipeline, connector: ConnectorClient
+        self,
+        settings: Settings,
+        pipeline: ChatPipeline,
+        connector: ConnectorClient,
+        *,
+        agent: Agent | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.connector = connector
+        # With RAGLINE_BOT_TOOLS, messages are answered by an agent loop with those tools.
+        self.agent = agent
+        self.tools = (
+            agent.tools.select(settings.bot_tools) if agent and settings.bot_tools else None
+        )
         self.middleware: list[Middleware] = []
         self.handlers: dict[str, Handler] = {
             "message": self.answer,
@@ -156,7 +168,7 @@ class BotApplication:
         return None
 
     async def _streamed(self, ctx: TurnContext, request: ChatRequest) -> None:
-        result = ChatResult()
+        result = self.new_result()
         answer = ctx.lifetime.child("answer")
         stream = StreamingReply(
             self.connector,
@@ -173,7 +185,7 @@ class BotApplication:
                 tg.start_soon(stream.pump)
                 try:
                     with answer:
-                        await self.pipeline.run(request, answer, on_delta=stream.push, into=result)
+                        await self.respond(request, answer, stream.push, result)
                     # The answer's scope took a cancellation from above (shutdown, the
                     # turn's timeout) for its own: raise it again here.
                     await ctx.lifetime.checkpoint()
@@ -194,11 +206,11 @@ class BotApplication:
             raise failure
 
     async def _whole(self, ctx: TurnContext, request: ChatRequest) -> None:
-        result = ChatResult()
+        result = self.new_result()
         await ctx.typing()
         try:
             with ctx.lifetime.child("answer") as answer:
-                await self.pipeline.run(request, answer, into=result)
+                await self.respond(request, answer, None, result)
             await ctx.lifetime.checkpoint()
         except anyio.get_cancelled_exc_class():
             text = with_note(result.text, interrupted(ctx.lifetime.reason))
@@ -209,10 +221,41 @@ class BotApplication:
             raise
         await ctx.send(with_sources(result))
 
+    async def respond(
+        self,
+        request: ChatRequest,
+        lifetime: Lifetime,
+        on_delta: OnDelta | None,
+        into: ChatResult,
+    ) -> None:
+        """Answer a question into ``into`` (made by :meth:`new_result`): through the
+        chat pipeline, or an agent loop with the bot's tools (``RAGLINE_BOT_TOOLS``). A
+        loop stopped by one of its bounds says so."""
+        if self.agent is None or self.tools is None or not isinstance(into, AgentResult):
+            await self.pipeline.run(request, lifetime, on_delta=on_delta, into=into)
+            return
+        await self.agent.run(request, lifetime, tools=self.tools, on_delta=on_delta, into=into)
+        note = BOUND_NOTES.get(into.finish_reason or "")
+        if note is not None:
+            into.text = with_note(into.text, note)
+
+    def new_result(self) -> ChatResult:
+        """An empty result of the kind :meth:`respond` fills."""
+        return AgentResult() if self.tools is not None else ChatResult()
+
     @property
     def _last_words(self) -> float:
         # A short, bounded window to tell the user why the answer stopped.
         return min(1.5, self.settings.shutdown_grace * 0.75)
+
+
+BOUND_NOTES = {
+    "budget_exhausted": "I stopped here: this answer reached its token budget.",
+    "max_steps": "I stopped here: this answer took too many steps.",
+    "max_tool_calls": "I stopped here: this answer called too many tools.",
+    "repeated_tool_call": "I stopped here: I was repeating the same search.",
+    "deadline": "I stopped here: this answer reached its time limit.",
+}
 
 
 def interrupted(reason: CancelReason | None) -> str:

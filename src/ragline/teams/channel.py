@@ -6,6 +6,7 @@ import logging
 
 import httpx
 
+from ..agent import Agent
 from ..chat import ChatPipeline
 from ..errors import Unauthorized
 from ..lifetime import Lifetime
@@ -31,7 +32,13 @@ class TeamsChannel:
     """
 
     def __init__(
-        self, settings: Settings, pipeline: ChatPipeline, metrics: Metrics, tracing: Tracing
+        self,
+        settings: Settings,
+        pipeline: ChatPipeline,
+        metrics: Metrics,
+        tracing: Tracing,
+        *,
+        agent: Agent | None = None,
     ) -> None:
         self.settings = settings
         self._metrics = metrics
@@ -67,7 +74,7 @@ class TeamsChannel:
         # With auth off (local development) the bot's credentials are never sent: the
         # serviceUrl of an unauthenticated activity is not to be trusted with them.
         self.connector = ConnectorClient(self.http, tokens, metrics)
-        self.bot = BotApplication(settings, pipeline, self.connector)
+        self.bot = BotApplication(settings, pipeline, self.connector, agent=agent)
         self.dispatcher: Dispatcher | None = None
 
     def start(self, supervisor: Supervisor) -> None:

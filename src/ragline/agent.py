@@ -1,0 +1,548 @@
+"""Agent loops: the model calls tools until it answers, or a bound stops it.
+
+Generate → run the requested tool calls (side by side, each in a child lifetime with its
+own timeout) → feed the results back → repeat. Every loop runs inside its owner's
+lifetime (a request, a bot turn, a background run) under an overall deadline, and is
+bounded by steps, tool calls, tokens and repetition. A bound ends the loop normally, with
+a finish reason, the transcript so far and the usage summed over the steps; the owner's
+going away ends it at once with the owner's cause.
+
+Tools run as tasks of the application's :class:`~ragline.Supervisor`, not of the loop: a
+tool that ignores its cancellation is left behind, reported as orphaned, and does not
+hold up the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import anyio
+from pydantic import BaseModel, Field
+
+from .chat import ChatPipeline, estimate_tokens
+from .errors import InvalidRequest, StageTimeout
+from .lifetime import Cause, Lifetime, LifetimeError
+from .metrics import Metrics
+from .models import ChatRequest, ChatResult, Message, Prompt, Source, ToolCall, Usage
+from .providers import OnDelta
+from .settings import Settings
+from .supervisor import Supervisor
+from .threads import CancelToken, ThreadBridge
+from .tools import Tool, ToolArgumentsError, ToolRegistry, render
+from .tracing import Tracing, mark_failed, set_attributes
+
+__all__ = ["Agent", "AgentResult", "LoopLimits", "OnEvent", "Step", "ToolOutcome"]
+
+log = logging.getLogger("ragline.agent")
+
+OnEvent = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""Receives the loop's progress: ``(event, data)``; see :meth:`Agent.run`."""
+
+ToolStatus = Literal[
+    "ok", "error", "invalid_arguments", "unknown_tool", "timeout", "orphaned", "cancelled"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LoopLimits:
+    """The bounds of one loop. ``None`` means no bound of that kind."""
+
+    max_steps: int = 8
+    max_tool_calls: int = 32
+    tool_timeout: float | None = 30.0
+    token_budget: int | None = 50_000
+    deadline: float | None = 120.0
+    max_identical_calls: int = 2
+    tool_cancel_grace: float = 0.5
+    max_result_chars: int = 8_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LoopLimits:
+        return cls(
+            max_steps=settings.agent_max_steps,
+            max_tool_calls=settings.agent_max_tool_calls,
+            tool_timeout=settings.agent_tool_timeout,
+            token_budget=settings.agent_token_budget,
+            deadline=settings.agent_deadline,
+            max_identical_calls=settings.agent_max_identical_calls,
+            tool_cancel_grace=settings.agent_tool_cancel_grace,
+            max_result_chars=settings.agent_max_result_chars,
+        )
+
+
+class ToolOutcome(BaseModel):
+    """One tool call and what came of it; ``output`` is what the model read."""
+
+    id: str
+    name: str
+    arguments: str
+    status: ToolStatus
+    output: str = ""
+    duration_ms: float = 0.0
+
+
+class Step(BaseModel):
+    """One model call and the tool calls it asked for."""
+
+    index: int
+    text: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    results: list[ToolOutcome] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+
+
+class AgentResult(ChatResult):
+    """A loop's answer: the last step's text, every step, the messages that followed the
+    composed prompt, and the usage summed over the steps. ``usage.finish_reason`` says
+    why the loop ended: ``stop``/``length`` (the model answered), ``tool_calls`` (the
+    client's tools were called), ``budget_exhausted``, ``max_steps``, ``max_tool_calls``,
+    ``repeated_tool_call``, ``deadline``, or ``cancelled``/``timeout`` (the owner's)."""
+
+    steps: list[Step] = Field(default_factory=list)
+    transcript: list[Message] = Field(default_factory=list)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.usage.finish_reason
+
+
+@dataclass(eq=False)
+class _Box:
+    """Where a supervised tool task leaves its outcome."""
+
+    value: Any = None
+    ok: bool = False  # the function returned a value
+    error: Exception | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)  # the task has ended
+    returned: threading.Event = field(default_factory=threading.Event)  # the function has
+
+
+class _Stop(Exception):  # control flow inside the loop; never escapes it
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class Agent:
+    """Runs agent loops over a chat pipeline and a registry of server-side tools.
+
+    Tools run on ``supervisor`` (bound later with :meth:`start` when the application
+    starts).
+    """
+
+    def __init__(
+        self,
+        pipeline: ChatPipeline,
+        tools: ToolRegistry,
+        *,
+        threads: ThreadBridge,
+        tracing: Tracing,
+        metrics: Metrics,
+        limits: LoopLimits = LoopLimits(),
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.tools = tools
+        self.limits = limits
+        self._threads = threads
+        self._tracing = tracing
+        self._metrics = metrics
+        self._supervisor = supervisor
+
+    def start(self, supervisor: Supervisor) -> None:
+        """Run tools on the application's supervisor from now on."""
+        self._supervisor = supervisor
+
+    async def run(
+        self,
+        request: ChatRequest,
+        lifetime: Lifetime,
+        *,
+        tools: ToolRegistry | None = None,
+        limits: LoopLimits | None = None,
+        on_delta: OnDelta | None = None,
+        on_event: OnEvent | None = None,
+        into: AgentResult | None = None,
+    ) -> AgentResult:
+        """Answer ``request`` with the server-side ``tools`` (default: all registered)
+        and any client tools in ``request.tools``.
+
+        Text streams to ``on_delta``; progress goes to ``on_event`` as ``step``
+        ``{step}``, ``tool_call`` ``{step, id, name, arguments}``, ``tool_result``
+        ``{step, id, name, status, output, duration_ms}`` and ``step_done`` ``{step,
+        finish_reason, usage}``. A call of a client tool ends the loop with
+        ``tool_calls`` in the result, for the client to run.
+        """
+        result = into if into is not None else AgentResult()
+        server = tools if tools is not None else self.tools
+        limits = limits or self.limits
+        clash = {spec.name for spec in request.tools} & set(server.names)
+        if clash:
+            raise InvalidRequest(
+                f"client tools clash with server-side tools: {', '.join(sorted(clash))}",
+                param="tools",
+                code="tool_name_clash",
+            )
+        request = request.model_copy(update={"tools": request.tools + server.specs()})
+        agent = lifetime.child(
+            "agent", timeout=limits.deadline, values={"collection": request.collection}
+        )
+        attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "ragline"}
+        with self._tracing.span("invoke_agent ragline", lifetime, attributes) as span:
+            finish: str | None = None
+            try:
+                with agent:
+                    base = await self.pipeline.prepare(request, agent, result)
+                    finish = await self._loop(
+                        base, agent, server, limits, result, on_delta, on_event
+                    )
+            except StageTimeout:
+                reason = agent.reason
+                if (
+                    reason is None
+                    or reason.cause is not Cause.DEADLINE
+                    or reason.origin != agent.path
+                ):
+                    finish = "timeout"
+                    raise
+                finish = "deadline"  # the loop's own bound: a normal end
+            except BaseException:
+                reason = lifetime.reason
+                if reason is not None:
+                    result.usage.cause = reason.cause
+                    finish = "timeout" if reason.cause is Cause.DEADLINE else "cancelled"
+                raise
+            finally:
+                result.usage.finish_reason = finish or "failed"
+                self._metrics.agent_loops.labels(result.usage.finish_reason).inc()
+                set_attributes(
+                    span,
+                    {
+                        "ragline.agent.finish_reason": result.usage.finish_reason,
+                        "ragline.agent.steps": len(result.steps),
+                        "gen_ai.usage.input_tokens": result.usage.prompt_tokens,
+                        "gen_ai.usage.output_tokens": result.usage.completion_tokens,
+                    },
+                )
+        return result
+
+    async def _loop(
+        self,
+        base: Prompt,
+        agent: Lifetime,
+        server: ToolRegistry,
+        limits: LoopLimits,
+        result: AgentResult,
+        on_delta: OnDelta | None,
+        on_event: OnEvent | None,
+    ) -> str:
+        seen: Counter[str] = Counter()
+        calls_made = 0
+        for index in range(1, limits.max_steps + 1):
+            prompt = replace(base, messages=base.messages + tuple(result.transcript))
+            try:
+                prompt = self._within_budget(prompt, result.usage, limits)
+            except _Stop as stop:
+                return stop.reason
+            step = Step(index=index)
+            result.steps.append(step)
+            if on_event is not None:
+                await on_event("step", {"step": index})
+            with (
+                self._tracing.span("ragline.agent.step", agent, {"ragline.agent.step": index}),
+                agent.child(f"step-{index}") as life,
+            ):
+                answer = ChatResult()
+                try:
+                    await self.pipeline.generate(prompt, life, answer, on_delta)
+                finally:
+                    step.text = result.text = answer.text
+                    step.tool_calls = answer.tool_calls
+                    step.usage = answer.usage
+                    _add(result.usage, answer.usage)
+                calls = [
+                    c if c.id else c.model_copy(update={"id": _call_id()})
+                    for c in answer.tool_calls
+                ]
+                step.tool_calls = calls
+                result.transcript.append(
+                    Message(role="assistant", content=answer.text, tool_calls=tuple(calls))
+                )
+                if on_event is not None:
+                    await on_event(
+                        "step_done",
+                        {
+                            "step": index,
+                            "finish_reason": answer.usage.finish_reason,
+                            "usage": answer.usage.model_dump(mode="json"),
+                        },
+                    )
+                if not calls:
+                    return answer.usage.finish_reason or "stop"
+                client_names = {t.name for t in base.tools} - set(server.names)
+                client = [c for c in calls if c.name in client_names]
+                if client:
+                    # The client runs its own tools: hand the calls over and stop.
+                    result.tool_calls = client
+                    return "tool_calls"
+                try:
+                    self._check_calls(calls, seen, calls_made, result.usage, index, limits)
+                except _Stop as stop:
+                    return stop.reason
+                calls_made += len(calls)
+                await self._run_calls(calls, server, life, limits, step, result, on_event)
+        return "max_steps"
+
+    def _within_budget(self, prompt: Prompt, used: Usage, limits: LoopLimits) -> Prompt:
+        if limits.token_budget is None:
+            return prompt
+        remaining = limits.token_budget - used.total_tokens - estimate_tokens(prompt)
+        if remaining <= 0:
+            raise _Stop("budget_exhausted")
+        # The step may not spend more than what is left.
+        return replace(prompt, max_tokens=min(prompt.max_tokens or remaining, remaining))
+
+    def _check_calls(
+        self,
+        calls: list[ToolCall],
+        seen: Counter[str],
+        calls_made: int,
+        used: Usage,
+        index: int,
+        limits: LoopLimits,
+    ) -> None:
+        if limits.token_budget is not None and used.total_tokens >= limits.token_budget:
+            raise _Stop("budget_exhausted")  # nothing left to read the results with
+        if index >= limits.max_steps:
+            raise _Stop("max_steps")  # no step left to read the results in
+        if calls_made + len(calls) > limits.max_tool_calls:
+            raise _Stop("max_tool_calls")
+        for call in calls:
+            seen[_identity(call)] += 1
+        if any(seen[_identity(call)] > limits.max_identical_calls for call in calls):
+            raise _Stop("repeated_tool_call")
+
+    async def _run_calls(
+        self,
+        calls: list[ToolCall],
+        server: ToolRegistry,
+        life: Lifetime,
+        limits: LoopLimits,
+        step: Step,
+        result: AgentResult,
+        on_event: OnEvent | None,
+    ) -> None:
+        outcomes: list[ToolOutcome | None] = [None] * len(calls)
+
+        async def one(i: int, call: ToolCall) -> None:
+            if on_event is not None:
+                await on_event(
+                    "tool_call",
+                    {
+                        "step": step.index,
+                        "id": call.id,
+                        "name": call.name,
+                        "arguments": call.arguments,
+                    },
+                )
+            outcome = ToolOutcome(id=call.id, name=call.name, arguments=call.arguments, status="ok")
+            outcomes[i] = outcome  # kept in the step even if the call is cut short
+            await self._call(call, server.get(call.name), life, limits, result, outcome)
+            if on_event is not None:
+                await on_event("tool_result", {"step": step.index, **outcome.model_dump()})
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, call in enumerate(calls):
+                    tg.start_soon(one, i, call)
+        finally:
+            step.results = [o for o in outcomes if o is not None]
+        for call, outcome in zip(calls, outcomes, strict=True):
+            assert outcome is not None
+            result.transcript.append(
+                Message(role="tool", content=outcome.output, tool_call_id=call.id)
+            )
+
+    async def _call(
+        self,
+        call: ToolCall,
+        tool: Tool | None,
+        life: Lifetime,
+        limits: LoopLimits,
+        result: AgentResult,
+        outcome: ToolOutcome,
+    ) -> None:
+        """One tool call in its own span and lifetime, into ``outcome``; raises only
+        the cancellation of its owner."""
+        timeout = limits.tool_timeout
+        if tool is not None and tool.timeout is not None:
+            timeout = tool.timeout
+        tool_life = life.child(f"tool-{call.name}-{call.id}", timeout=timeout)
+        attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": call.name,
+            "gen_ai.tool.call.id": call.id,
+            "gen_ai.tool.type": "function",
+        }
+        began = time.monotonic()
+        with self._tracing.span(f"execute_tool {call.name}", tool_life, attributes) as span:
+            try:
+                if tool is None:
+                    outcome.status = "unknown_tool"
+                    outcome.output = _error("unknown_tool", f"there is no tool {call.name!r}")
+                else:
+                    span.set_attribute("gen_ai.tool.description", tool.description)
+                    await self._execute(tool, call, life, tool_life, limits, outcome, result)
+            except BaseException:
+                outcome.status = "cancelled"
+                raise
+            finally:
+                outcome.duration_ms = round((time.monotonic() - began) * 1000, 3)
+                span.set_attribute("ragline.tool.status", outcome.status)
+                self._metrics.tool_calls.labels(call.name, outcome.status).inc()
+            if outcome.status in ("timeout", "orphaned"):
+                mark_failed(span, StageTimeout(f"tool {call.name}", timeout))
+                span.set_attribute("ragline.tool.orphaned", outcome.status == "orphaned")
+            elif outcome.status != "ok":
+                span.set_attribute("error.type", outcome.status)
+
+    async def _execute(
+        self,
+        tool: Tool,
+        call: ToolCall,
+        life: Lifetime,
+        tool_life: Lifetime,
+        limits: LoopLimits,
+        outcome: ToolOutcome,
+        result: AgentResult,
+    ) -> None:
+        try:
+            args = tool.parse(call.arguments)
+        except ToolArgumentsError as exc:
+            outcome.status = "invalid_arguments"
+            outcome.output = _error("invalid_arguments", exc.message)
+            return
+        supervisor = self._supervisor
+        if supervisor is None:
+            raise LifetimeError("the agent has no supervisor to run tools on: call start()")
+        box = _Box()
+
+        async def body(life: Lifetime) -> None:
+            try:
+                if tool.blocking:
+
+                    def work(token: CancelToken) -> Any:
+                        try:
+                            return tool.func(args, token)
+                        finally:
+                            box.returned.set()
+
+                    box.value = await self._threads.run(life, work)
+                else:
+                    try:
+                        box.value = await tool.func(args, life)
+                    finally:
+                        box.returned.set()
+                box.ok = True
+            except Exception as exc:  # noqa: BLE001 - handed to the model as the result
+                box.error = exc
+            finally:
+                box.done.set()
+
+        supervisor.start(tool_life, body)
+        grace = limits.tool_cancel_grace
+        limit_text = f"{tool_life.timeout:g}s" if tool_life.timeout is not None else "its time"
+        try:
+            limit = tool_life.timeout + grace if tool_life.timeout is not None else None
+            with anyio.move_on_after(limit):
+                await box.done.wait()
+            if box.done.is_set() and not box.returned.is_set() and tool_life.cancelled:
+                await self._threads.call(life, box.returned.wait, grace)  # a blocking tool's thread
+        except anyio.get_cancelled_exc_class():
+            # The owner went away: the tool's lifetime is cancelled with it. Do not wait
+            # for it; look later whether it really stopped.
+            _watch(call.name, box.returned, grace, self._metrics)
+            raise
+        if box.ok:
+            outcome.output = render(box.value, limits.max_result_chars)
+            result.sources.extend(_sources(box.value, result.sources))
+        elif box.error is not None:
+            outcome.status = "error"
+            outcome.output = _error("error", _describe(box.error))
+        elif box.returned.is_set():
+            outcome.status = "timeout"
+            outcome.output = _error("timeout", f"the tool did not finish within {limit_text}")
+        else:
+            outcome.status = "orphaned"
+            outcome.output = _error(
+                "timeout", f"the tool did not finish within {limit_text} and was abandoned"
+            )
+            _orphaned(call.name, grace, self._metrics)
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _identity(call: ToolCall) -> str:
+    try:
+        arguments = json.dumps(json.loads(call.arguments or "{}"), sort_keys=True)
+    except ValueError:
+        arguments = call.arguments.strip()
+    return f"{call.name}\x00{arguments}"
+
+
+def _add(total: Usage, step: Usage) -> None:
+    total.prompt_tokens += step.prompt_tokens
+    total.completion_tokens += step.completion_tokens
+    total.total_tokens += step.total_tokens
+    total.estimated = total.estimated or step.estimated
+
+
+def _error(kind: str, message: str) -> str:
+    return json.dumps({"error": {"type": kind, "message": message}}, ensure_ascii=False)
+
+
+def _describe(exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:500]
+
+
+def _sources(value: Any, have: list[Source]) -> list[Source]:
+    if not isinstance(value, list):
+        return []
+    known = {(s.document_id, s.chunk_index) for s in have}
+    found = []
+    for item in value:
+        if isinstance(item, Source) and (item.document_id, item.chunk_index) not in known:
+            known.add((item.document_id, item.chunk_index))
+            found.append(item)
+    return found
+
+
+def _orphaned(name: str, grace: float, metrics: Metrics) -> None:
+    log.warning(
+        "orphaned tool: %s still running %gs after its cancellation",
+        name,
+        grace,
+        extra={"tool": name},
+    )
+    metrics.orphaned_tools.labels(name).inc()
+
+
+def _watch(name: str, returned: threading.Event, grace: float, metrics: Metrics) -> None:
+    # A timer thread: the loop's task is unwinding and must not wait.
+    def check() -> None:
+        if not returned.is_set():
+            _orphaned(name, grace, metrics)
+
+    timer = threading.Timer(grace, check)
+    timer.daemon = True
+    timer.start()
