@@ -217,7 +217,8 @@ async def test_invalid_arguments_and_tool_errors_reach_the_model_as_tool_results
             "error",
             "unknown_tool",
         ]
-        assert "n:" in errors[0]["message"] and "integer" in errors[0]["message"]
+        assert "n:" in errors[0]["message"]
+        assert "integer" in errors[0]["message"]
         assert "not valid JSON" in errors[1]["message"]
         assert errors[2]["message"] == "ValueError: no luck with 1"
         statuses = [o.status for o in result.steps[0].results]
@@ -247,7 +248,8 @@ async def test_a_tool_that_ignores_cancellation_is_orphaned_and_does_not_block(
         assert outcome.status == "orphaned"
         assert json.loads(outcome.output)["error"]["type"] == "timeout"
         warning = await logs.wait_for(lambda r: "orphaned tool" in r.getMessage())
-        assert warning.levelno == logging.WARNING and warning.tool == tool  # type: ignore[attr-defined]
+        assert warning.levelno == logging.WARNING
+        assert warning.tool == tool
         assert app.metric("ragline_orphaned_tools_total", tool=tool) == 1
         span = app.span(f"execute_tool {tool}")
         assert span.attributes is not None
@@ -287,7 +289,8 @@ async def test_the_loop_deadline_ends_it_with_the_transcript_so_far() -> None:
         # The loop does not wait for its tools to unwind; the tool hears of it at once.
         await eventually(lambda: record.cancelled, timeout=2)
         (reason,) = record.cancelled
-        assert reason.cause == "deadline" and reason.origin.endswith("/agent")
+        assert reason.cause == "deadline"
+        assert reason.origin.endswith("/agent")
 
 
 async def test_spans_show_every_step_and_tool_call() -> None:
@@ -307,17 +310,21 @@ async def test_spans_show_every_step_and_tool_call() -> None:
         step_spans = [s for s in spans if s.name == "ragline.agent.step"]
         tools = [s for s in spans if s.name == "execute_tool probe"]
         chats = [s for s in spans if s.name == "chat fake-model"]
-        assert len(step_spans) == 3 and len(tools) == 2 and len(chats) == 3
+        assert len(step_spans) == 3
+        assert len(tools) == 2
+        assert len(chats) == 3
         assert agent.attributes is not None
         assert agent.attributes["ragline.agent.finish_reason"] == "stop"
         assert agent.attributes["ragline.agent.steps"] == 3
         assert agent.attributes["gen_ai.usage.input_tokens"] == 33
         assert agent.context is not None
         for span in step_spans:
-            assert span.parent is not None and span.parent.span_id == agent.context.span_id
+            assert span.parent is not None
+            assert span.parent.span_id == agent.context.span_id
         step_ids = {s.context.span_id for s in step_spans if s.context is not None}
         for span in [*tools, *chats]:
-            assert span.parent is not None and span.parent.span_id in step_ids
+            assert span.parent is not None
+            assert span.parent.span_id in step_ids
         assert [s.attributes["ragline.agent.step"] for s in step_spans] == [1, 2, 3]  # type: ignore[index]
         for span in tools:
             attributes = span.attributes or {}
