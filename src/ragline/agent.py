@@ -39,7 +39,15 @@ from .threads import CancelToken, ThreadBridge
 from .tools import Tool, ToolArgumentsError, ToolRegistry, render
 from .tracing import Tracing, mark_failed, set_attributes
 
-__all__ = ["Agent", "AgentResult", "LoopLimits", "OnEvent", "Step", "ToolOutcome"]
+__all__ = [
+    "Agent",
+    "AgentResult",
+    "LoopLimits",
+    "OnEvent",
+    "Step",
+    "ToolOutcome",
+    "check_tools",
+]
 
 log = logging.getLogger("ragline.agent")
 
@@ -63,6 +71,16 @@ class LoopLimits:
     max_identical_calls: int = 2
     tool_cancel_grace: float = 0.5
     max_result_chars: int = 8_000
+
+    def tightened(self, **values: float | None) -> LoopLimits:
+        """These limits, with each given value taking over where it is tighter."""
+        changes: dict[str, Any] = {}
+        for name, value in values.items():
+            if value is None:
+                continue
+            mine = getattr(self, name)
+            changes[name] = value if mine is None else min(mine, value)
+        return replace(self, **changes)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LoopLimits:
@@ -183,13 +201,7 @@ class Agent:
         result = into if into is not None else AgentResult()
         server = tools if tools is not None else self.tools
         limits = limits or self.limits
-        clash = {spec.name for spec in request.tools} & set(server.names)
-        if clash:
-            raise InvalidRequest(
-                f"client tools clash with server-side tools: {', '.join(sorted(clash))}",
-                param="tools",
-                code="tool_name_clash",
-            )
+        check_tools(request, server)
         request = request.model_copy(update={"tools": request.tools + server.specs()})
         agent = lifetime.child(
             "agent", timeout=limits.deadline, values={"collection": request.collection}
@@ -485,6 +497,17 @@ class Agent:
                 "timeout", f"the tool did not finish within {limit_text} and was abandoned"
             )
             _orphaned(call.name, grace, self._metrics)
+
+
+def check_tools(request: ChatRequest, server: ToolRegistry) -> None:
+    """A client's tools may not take the names of server-side ones (a 422)."""
+    clash = {spec.name for spec in request.tools} & set(server.names)
+    if clash:
+        raise InvalidRequest(
+            f"client tools clash with server-side tools: {', '.join(sorted(clash))}",
+            param="tools",
+            code="tool_name_clash",
+        )
 
 
 def _call_id() -> str:

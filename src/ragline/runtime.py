@@ -35,6 +35,7 @@ from .providers import (
     VectorStore,
 )
 from .records import Records
+from .runs import Runs
 from .settings import Settings
 from .supervisor import Supervisor
 from .threads import ThreadBridge
@@ -149,6 +150,12 @@ class Runtime:
             tracing=self.tracing,
             metrics=self.metrics,
             limits=LoopLimits.from_settings(settings),
+        )
+        self.runs = Runs(
+            self.agent,
+            timeout=settings.run_timeout,
+            max_active=settings.runs_max_active,
+            kept=settings.runs_kept,
         )
         self.teams: TeamsChannel | None = None
         if settings.bot_enabled:

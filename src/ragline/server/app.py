@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from ..errors import RagLineError
 from ..runtime import Runtime
 from ..settings import Settings
-from . import bot_api, ingest_api, openai_api, routes
+from . import bot_api, ingest_api, openai_api, routes, runs_api
 from .boundary import Boundary
 from .errors import error_body, error_for_exception
 
@@ -46,7 +46,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Starlette:
     """Build the application from ``settings`` (default: from the environment).
 
     ``overrides`` replace providers (``generator``, ``embedder``, ``store``,
-    ``transformer``, ``composer``) or the ``tracer_provider``. The runtime is at
+    ``transformer``, ``composer``) or the ``tracer_provider``, or give the server-side
+    ``tools`` (a :class:`~ragline.tools.ToolRegistry`). The runtime is at
     ``app.state.runtime``.
     """
     runtime = Runtime(settings or Settings(), **overrides)
@@ -56,7 +57,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Starlette:
         async with runtime.running():
             yield
 
-    all_routes = [*routes.routes, *openai_api.routes, *ingest_api.routes, *bot_api.routes]
+    all_routes = [
+        *routes.routes,
+        *openai_api.routes,
+        *ingest_api.routes,
+        *runs_api.routes,
+        *bot_api.routes,
+    ]
     app = Starlette(
         routes=all_routes,
         middleware=[Middleware(Boundary, runtime=runtime, routes=all_routes)],

@@ -1,27 +1,31 @@
 """Server-sent event responses that always end with a final event.
 
-The stream runs the pipeline under the request's lifetime and writes each delta as it
-arrives. However it ends, the client gets a last event: the result, or the error and its
-cause. When the end is a cancellation (shutdown, deadline) that last event is written in a
-short shielded window; a client that has gone gets nothing, since nobody is listening.
+The stream runs its work (the chat pipeline, an agent loop) under the request's lifetime
+and writes each delta and progress event as it arrives. However it ends, the client gets
+a last event: the result, or the error and its cause. When the end is a cancellation
+(shutdown, deadline) that last event is written in a short shielded window; a client
+that has gone gets nothing, since nobody is listening.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from ..agent import OnEvent
 from ..errors import RagLineError
 from ..lifetime import Cause
-from ..models import ChatRequest, ChatResult
+from ..models import ChatResult
+from ..providers import OnDelta
 from .boundary import RequestContext
 from .errors import error_for_cause, error_for_exception
 
-__all__ = ["EventFormat", "EventStreamResponse", "sse"]
+__all__ = ["EventFormat", "EventStreamResponse", "Work", "sse"]
 
 
 def sse(data: Any, event: str | None = None) -> bytes:
@@ -36,8 +40,13 @@ class EventFormat(Protocol):
 
     def opening(self) -> bytes: ...
     def delta(self, text: str) -> bytes: ...
+    def progress(self, event: str, data: dict[str, Any]) -> bytes: ...
     def done(self, result: ChatResult) -> bytes: ...
     def error(self, status: int, body: dict[str, Any], result: ChatResult) -> bytes: ...
+
+
+Work = Callable[[OnDelta, OnEvent], Awaitable[object]]
+"""The streamed work: fills the response's result, streaming text and progress."""
 
 
 class EventStreamResponse(Response):
@@ -45,7 +54,9 @@ class EventStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, ctx: RequestContext, request: ChatRequest, fmt: EventFormat) -> None:
+    def __init__(
+        self, ctx: RequestContext, fmt: EventFormat, work: Work, result: ChatResult
+    ) -> None:
         # No content-length: the body is a stream of events.
         self.status_code = 200
         self.background = None
@@ -55,8 +66,9 @@ class EventStreamResponse(Response):
             (b"x-accel-buffering", b"no"),
         ]
         self.ctx = ctx
-        self.request = request
         self.fmt = fmt
+        self.work = work
+        self.result = result
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self.ctx
@@ -68,8 +80,9 @@ class EventStreamResponse(Response):
 
         # The model's reader and the client's writer meet in ``pending``: whatever arrived
         # while the last write was in flight goes out as one event, so a fast upstream
-        # costs one write per read from it rather than one per token.
-        pending: list[str] = []
+        # costs one write per read from it rather than one per token. Progress events
+        # (bytes) keep their place between the pieces of text.
+        pending: list[str | bytes] = []
         wake = anyio.Event()
         generating = True
 
@@ -77,11 +90,27 @@ class EventStreamResponse(Response):
             pending.append(text)
             wake.set()
 
+        async def on_event(event: str, data: dict[str, Any]) -> None:
+            pending.append(self.fmt.progress(event, data))
+            wake.set()
+
         async def flush() -> None:
-            if pending:
-                text = "".join(pending)
-                pending.clear()
-                await write(self.fmt.delta(text))
+            if not pending:
+                return
+            out: list[bytes] = []
+            texts: list[str] = []
+            for item in pending:
+                if isinstance(item, str):
+                    texts.append(item)
+                    continue
+                if texts:
+                    out.append(self.fmt.delta("".join(texts)))
+                    texts.clear()
+                out.append(item)
+            if texts:
+                out.append(self.fmt.delta("".join(texts)))
+            pending.clear()
+            await write(b"".join(out))
 
         async def writer() -> None:
             nonlocal wake
@@ -90,16 +119,14 @@ class EventStreamResponse(Response):
                 wake = anyio.Event()
                 await flush()
 
-        result = ChatResult()
+        result = self.result
         failure: RagLineError | None = None
         try:
             await write(self.fmt.opening())
             async with anyio.create_task_group() as tg:
                 tg.start_soon(writer)
                 try:
-                    await ctx.runtime.pipeline.run(
-                        self.request, ctx.lifetime, on_delta=on_delta, into=result
-                    )
+                    await self.work(on_delta, on_event)
                 except RagLineError as exc:
                     failure = exc
                 finally:

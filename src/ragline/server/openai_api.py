@@ -3,6 +3,12 @@
 Compatible enough that the official ``openai`` SDK works unchanged. Retrieval augments the
 last user message; earlier messages are kept as history. ``top_k`` may be passed as an
 extra body field. Sources come back in an extra ``ragline`` field.
+
+Tools sent by the client are offered to the model, and its calls come back as
+``tool_calls`` (finish reason ``tool_calls``), as OpenAI does; the client sends the
+results back as ``tool`` messages. With an extra ``ragline`` field (``{"tools": [...],
+"max_steps": ...}``) ragline runs the loop itself with its server-side tools and streams
+its steps as chunks with no choices and a ``ragline`` field.
 """
 
 from __future__ import annotations
@@ -12,15 +18,18 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..agent import AgentResult, OnEvent, check_tools
 from ..errors import InvalidRequest, NotFound
-from ..models import ChatRequest, ChatResult, Message
+from ..models import ChatRequest, ChatResult, Message, ToolCall, ToolSpec
+from ..providers import OnDelta
 from .boundary import request_context
-from .events import EventStreamResponse, sse
+from .events import EventStreamResponse, Work, sse
+from .runs_api import LoopOptions, server_tools
 from .validation import parse_json, validate
 
 __all__ = ["routes"]
@@ -31,9 +40,22 @@ class _TextPart(BaseModel):
     text: str
 
 
+class _InFunctionCall(BaseModel):
+    name: str
+    arguments: str = ""
+
+
+class _InToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: _InFunctionCall
+
+
 class _InMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
+    tool_calls: list[_InToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -41,6 +63,31 @@ class _InMessage(BaseModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def message(self) -> Message:
+        if self.role == "tool" and not self.tool_call_id:
+            raise InvalidRequest(
+                "a tool message needs its tool_call_id", param="messages", code="invalid_request"
+            )
+        calls = tuple(
+            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+            for c in self.tool_calls or ()
+        )
+        role = "system" if self.role == "developer" else self.role
+        return Message(
+            role=role, content=self.text(), tool_calls=calls, tool_call_id=self.tool_call_id
+        )
+
+
+class _InFunction(BaseModel):
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class _InTool(BaseModel):
+    type: Literal["function"]
+    function: _InFunction
 
 
 class _StreamOptions(BaseModel):
@@ -61,26 +108,70 @@ class CompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     n: int = Field(1, ge=1, le=1)
     top_k: int = Field(4, ge=1, le=50)
+    tools: list[_InTool] | None = Field(None, max_length=128)
+    tool_choice: str | dict[str, Any] | None = None
+    ragline: LoopOptions | None = None  # server-side tools: ragline runs the loop itself
 
 
 def _to_chat_request(body: CompletionRequest) -> ChatRequest:
-    last = body.messages[-1]
-    if last.role != "user":
+    # The last user message is the query (retrieval augments it); what follows it is a
+    # tool exchange in progress, sent back to the model as it is.
+    users = [i for i, m in enumerate(body.messages) if m.role == "user"]
+    if not users or any(
+        m.role not in ("assistant", "tool") for m in body.messages[users[-1] :][1:]
+    ):
         raise InvalidRequest(
-            "the last message must come from the user", param="messages", code="invalid_request"
+            "the last message must come from the user, or be followed only by assistant "
+            "tool calls and tool results",
+            param="messages",
+            code="invalid_request",
         )
-    history = tuple(
-        Message(role="system" if m.role == "developer" else m.role, content=m.text())
-        for m in body.messages[:-1]
+    last = users[-1]
+    tools = tuple(
+        _tool_spec(t.function.name, t.function.description, t.function.parameters)
+        for t in body.tools or ()
     )
     data = {
-        "query": last.text(),
+        "query": body.messages[last].text(),
         "top_k": body.top_k,
-        "history": history,
+        "history": tuple(m.message() for m in body.messages[:last]),
+        "continuation": tuple(m.message() for m in body.messages[last + 1 :]),
         "max_tokens": body.max_completion_tokens or body.max_tokens,
         "temperature": body.temperature,
+        "tools": tools,
+        "tool_choice": body.tool_choice if tools else None,
     }
     return validate(ChatRequest, data)
+
+
+def _tool_spec(name: str, description: str, parameters: dict[str, Any]) -> ToolSpec:
+    try:
+        return ToolSpec(name=name, description=description, parameters=parameters)
+    except ValidationError:
+        raise InvalidRequest(
+            f"tool name {name!r} must be 1-64 letters, digits, '_' or '-'",
+            param="tools",
+            code="invalid_request",
+        ) from None
+
+
+def _tool_calls(result: ChatResult) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        for call in result.tool_calls
+    ]
+
+
+def _extra(result: ChatResult) -> dict[str, Any]:
+    extra: dict[str, Any] = {"sources": [s.model_dump(mode="json") for s in result.sources]}
+    if isinstance(result, AgentResult):
+        extra["finish_reason"] = result.finish_reason
+        extra["steps"] = [s.model_dump(mode="json") for s in result.steps]
+    return extra
 
 
 def _usage(result: ChatResult) -> dict[str, int]:
@@ -128,11 +219,22 @@ class CompletionChunks:
             self._delta_head, _, self._delta_tail = head.partition(json.dumps(marker).encode())
         return self._delta_head + json.dumps(text).encode() + self._delta_tail
 
+    def progress(self, event: str, data: dict[str, Any]) -> bytes:
+        # An agent loop's steps, in chunks with no choices: SDKs pass them over.
+        return self._chunk([], ragline={"event": event, **data})
+
     def done(self, result: ChatResult) -> bytes:
-        sources = [s.model_dump(mode="json") for s in result.sources]
-        out = self._chunk(
+        out = b""
+        if result.tool_calls:
+            calls = [{"index": i, **call} for i, call in enumerate(_tool_calls(result))]
+            out += self._chunk(
+                [{"index": 0, "delta": {"tool_calls": calls}, "finish_reason": None}]
+            )
+        extra = _extra(result)
+        extra.pop("steps", None)  # already streamed as progress
+        out += self._chunk(
             [{"index": 0, "delta": {}, "finish_reason": result.usage.finish_reason or "stop"}],
-            ragline={"sources": sources},
+            ragline=extra,
         )
         if self.include_usage:
             out += self._chunk([], usage=_usage(result))
@@ -153,10 +255,42 @@ async def chat_completions(request: Request) -> Response:
             code="model_not_found",
         )
     chat_request = _to_chat_request(body)
+    runtime = ctx.runtime
+    result: ChatResult
+    work: Work
+    if body.ragline is not None:
+        # ragline runs the loop with its own tools; the client's tools, if any, come back
+        # to the client as tool calls.
+        options = body.ragline
+        tools = server_tools(runtime, options.tools)
+        check_tools(chat_request, tools)
+        limits = options.limits(runtime.agent.limits)
+        result = looped = AgentResult()
+
+        async def work(on_delta: OnDelta | None, on_event: OnEvent | None) -> None:
+            await runtime.agent.run(
+                chat_request,
+                ctx.lifetime,
+                tools=tools,
+                limits=limits,
+                on_delta=on_delta,
+                on_event=on_event,
+                into=looped,
+            )
+    else:
+        result = ChatResult()
+
+        async def work(on_delta: OnDelta | None, on_event: OnEvent | None) -> None:
+            await runtime.pipeline.run(chat_request, ctx.lifetime, on_delta=on_delta, into=result)
+
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStreamResponse(ctx, chat_request, CompletionChunks(model, include_usage))
-    result = await ctx.runtime.pipeline.run(chat_request, ctx.lifetime)
+        return EventStreamResponse(ctx, CompletionChunks(model, include_usage), work, result)
+    await work(None, None)
+    message: dict[str, Any] = {"role": "assistant", "content": result.text}
+    if result.tool_calls:
+        message["tool_calls"] = _tool_calls(result)
+        message["content"] = result.text or None
     return JSONResponse(
         {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -166,13 +300,13 @@ async def chat_completions(request: Request) -> Response:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": result.text},
+                    "message": message,
                     "finish_reason": result.usage.finish_reason or "stop",
                     "logprobs": None,
                 }
             ],
             "usage": _usage(result),
-            "ragline": {"sources": [s.model_dump(mode="json") for s in result.sources]},
+            "ragline": _extra(result),
         }
     )
 

@@ -8,8 +8,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..agent import OnEvent
 from ..metrics import CONTENT_TYPE
 from ..models import ChatRequest, ChatResult, RetrieveRequest
+from ..providers import OnDelta
 from .boundary import request_context
 from .events import EventStreamResponse, sse
 from .validation import parse_json, validate
@@ -25,6 +27,9 @@ class NativeEvents:
 
     def delta(self, text: str) -> bytes:
         return sse({"delta": text})
+
+    def progress(self, event: str, data: dict[str, Any]) -> bytes:
+        return sse(data, event=event)
 
     def done(self, result: ChatResult) -> bytes:
         return sse(
@@ -55,7 +60,12 @@ async def stream(request: Request) -> Response:
     ctx = request_context(request.scope)
     params: dict[str, Any] = dict(request.query_params)
     chat_request = validate(ChatRequest, params)
-    return EventStreamResponse(ctx, chat_request, NativeEvents())
+    result = ChatResult()
+
+    async def work(on_delta: OnDelta, on_event: OnEvent) -> None:
+        await ctx.runtime.pipeline.run(chat_request, ctx.lifetime, on_delta=on_delta, into=result)
+
+    return EventStreamResponse(ctx, NativeEvents(), work, result)
 
 
 async def retrieve(request: Request) -> Response:

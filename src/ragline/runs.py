@@ -1,0 +1,183 @@
+"""Background runs: agent loops detached from the request that started them.
+
+A run's lifetime is detached from its request (it keeps the request's values and trace
+context, ignores its end) and obeys shutdown, an explicit cancel and its own timeout.
+Runs are kept in memory: the last ``kept`` finished ones can be read back; a restart
+forgets them (a run in flight at shutdown ends ``cancelled`` with cause ``shutdown``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+
+from .agent import Agent, AgentResult, LoopLimits
+from .errors import NotFound, Overloaded, RagLineError, StageTimeout
+from .lifetime import Cause, Lifetime
+from .models import ChatRequest
+from .supervisor import Supervisor
+from .tools import ToolRegistry
+
+__all__ = ["Run", "RunState", "Runs"]
+
+log = logging.getLogger("ragline.runs")
+
+RunState = Literal["running", "completed", "failed", "cancelled"]
+
+# A run whose loop is stuck past its own deadline (a stage that ignores it) is still
+# ended this long after.
+_BACKSTOP = 5.0
+
+
+@dataclass(eq=False)
+class Run:
+    """One background loop: its state, its result so far and its event log."""
+
+    id: str
+    request: ChatRequest
+    lifetime: Lifetime
+    created_at: float = field(default_factory=time.time)
+    state: RunState = "running"
+    finished_at: float | None = None
+    error: dict[str, Any] | None = None
+    result: AgentResult = field(default_factory=AgentResult)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+    async def emit(self, event: str, data: dict[str, Any]) -> None:
+        """Append to the event log and wake its readers."""
+        self.events.append((event, data))
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def snapshot(self) -> dict[str, Any]:
+        """``GET /api/v1/runs/{id}``."""
+        result = self.result
+        reason = self.lifetime.reason if self.state == "cancelled" else None
+        return {
+            "id": self.id,
+            "state": self.state,
+            "finish_reason": result.usage.finish_reason,
+            "cause": str(reason.cause) if reason else None,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "text": result.text,
+            "tool_calls": [c.model_dump() for c in result.tool_calls],
+            "steps": [s.model_dump(mode="json") for s in result.steps],
+            "usage": result.usage.model_dump(mode="json"),
+            "sources": [s.model_dump(mode="json") for s in result.sources],
+            "error": self.error,
+        }
+
+
+class Runs:
+    """Starts, tracks and cancels background runs."""
+
+    def __init__(self, agent: Agent, *, timeout: float | None, max_active: int, kept: int) -> None:
+        self.agent = agent
+        self.timeout = timeout
+        self.max_active = max_active
+        self.kept = kept
+        self._runs: OrderedDict[str, Run] = OrderedDict()
+        self._active = 0
+
+    def start(
+        self,
+        request: ChatRequest,
+        owner: Lifetime,
+        supervisor: Supervisor,
+        *,
+        tools: ToolRegistry,
+        limits: LoopLimits,
+    ) -> Run:
+        """Start a run detached from ``owner`` (the request) on ``supervisor``."""
+        if self._active >= self.max_active:
+            raise Overloaded(f"{self._active} runs are in flight already; try again later")
+        run_id = f"run_{uuid.uuid4().hex}"
+        timeout = self.timeout
+        if timeout is not None:
+            limits = limits.tightened(deadline=timeout)
+        backstop = limits.deadline + _BACKSTOP if limits.deadline is not None else None
+        lifetime = owner.detach("run", timeout=backstop, values={"run_id": run_id})
+        run = Run(id=run_id, request=request, lifetime=lifetime)
+        self._runs[run_id] = run
+        self._active += 1
+
+        async def work(life: Lifetime) -> None:
+            await self._work(run, life, tools, limits)
+
+        supervisor.start(lifetime, work)
+        log.info("run started", extra={"run_id": run_id})
+        return run
+
+    async def _work(
+        self, run: Run, lifetime: Lifetime, tools: ToolRegistry, limits: LoopLimits
+    ) -> None:
+        try:
+            await self.agent.run(
+                run.request,
+                lifetime,
+                tools=tools,
+                limits=limits,
+                on_event=run.emit,
+                into=run.result,
+            )
+            run.state = "completed"
+        except anyio.get_cancelled_exc_class():
+            reason = lifetime.reason
+            if reason is not None and reason.cause is Cause.DEADLINE:
+                run.state = "failed"  # the run's own backstop limit
+                run.error = {"code": "timeout", "message": "the run ran past its own limit"}
+            else:
+                run.state = "cancelled"
+            raise
+        except StageTimeout as exc:
+            run.state = "failed"
+            run.error = {"code": exc.code, "message": exc.message, "cause": str(Cause.DEADLINE)}
+        except RagLineError as exc:
+            run.state = "failed"
+            run.error = {"code": exc.code, "message": exc.message}
+        except Exception:
+            run.state = "failed"
+            run.error = {"code": "internal_error", "message": "the run failed"}
+            log.exception("run failed", extra={"run_id": run.id})
+        finally:
+            self._active -= 1
+            run.finished_at = time.time()
+            run.events.append(("done", _summary(run)))
+            run.changed.set()
+            self._forget_old()
+
+    def get(self, run_id: str) -> Run:
+        """The run called ``run_id``."""
+        run = self._runs.get(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}", code="run_not_found")
+        return run
+
+    def cancel(self, run_id: str) -> Run:
+        """Cancel a run with cause ``explicit`` (nothing happens to a finished one)."""
+        run = self.get(run_id)
+        if not run.finished:
+            run.lifetime.cancel(Cause.EXPLICIT, "cancelled through the API")
+        return run
+
+    def _forget_old(self) -> None:
+        finished = [r for r in self._runs.values() if r.finished]
+        for run in finished[: max(len(finished) - self.kept, 0)]:
+            del self._runs[run.id]
+
+
+def _summary(run: Run) -> dict[str, Any]:
+    snapshot = run.snapshot()
+    return {k: snapshot[k] for k in ("id", "state", "finish_reason", "cause", "usage", "error")}

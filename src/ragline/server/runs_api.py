@@ -1,0 +1,161 @@
+"""Background agent runs over HTTP: start, read, follow, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ..agent import LoopLimits, check_tools
+from ..errors import InvalidRequest, Overloaded
+from ..models import ChatRequest, CollectionName, Message
+from ..runs import Run
+from ..runtime import Runtime
+from ..tools import ToolRegistry
+from .boundary import request_context
+from .events import sse
+from .validation import parse_json, validate
+
+__all__ = ["LoopOptions", "routes", "server_tools"]
+
+
+class LoopOptions(BaseModel):
+    """A caller's choice of server-side tools and tighter bounds (never looser than the
+    server's own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tools: list[str] | None = None  # None: every server-side tool
+    max_steps: int | None = Field(None, ge=1)
+    max_tool_calls: int | None = Field(None, ge=1)
+    token_budget: int | None = Field(None, ge=1)
+    tool_timeout: float | None = Field(None, gt=0)
+    deadline: float | None = Field(None, gt=0)
+
+    def limits(self, base: LoopLimits) -> LoopLimits:
+        return base.tightened(
+            max_steps=self.max_steps,
+            max_tool_calls=self.max_tool_calls,
+            token_budget=self.token_budget,
+            tool_timeout=self.tool_timeout,
+            deadline=self.deadline,
+        )
+
+
+def server_tools(runtime: Runtime, names: list[str] | None) -> ToolRegistry:
+    """The server-side tools a caller asked for (all of them for ``None``)."""
+    registry = runtime.agent.tools
+    return registry if names is None else registry.select(names)
+
+
+class RunRequest(LoopOptions):
+    """``POST /api/v1/runs``: a question for an agent loop. ``deadline`` is the run's
+    own timeout (at most ``RAGLINE_RUN_TIMEOUT``)."""
+
+    query: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32_000)]
+    top_k: int = Field(4, ge=1, le=50)
+    collection: CollectionName | None = None
+    system_instructions: Annotated[str, StringConstraints(max_length=32_000)] | None = None
+    history: list[Message] = Field(default_factory=list, max_length=200)
+
+
+async def start(request: Request) -> Response:
+    """``POST /api/v1/runs`` → 202 ``{run_id}``; the run outlives this request."""
+    ctx = request_context(request.scope)
+    runtime = ctx.runtime
+    body = validate(RunRequest, parse_json(await request.body()))
+    tools = server_tools(runtime, body.tools)
+    chat = ChatRequest(
+        query=body.query,
+        top_k=body.top_k,
+        collection=body.collection,
+        system_instructions=body.system_instructions,
+        history=tuple(body.history),
+    )
+    check_tools(chat, tools)
+    supervisor = runtime.supervisor
+    if supervisor is None or runtime.lifetime.cancelled:
+        raise Overloaded("the server is not running background work (starting or stopping)")
+    run = runtime.runs.start(
+        chat, ctx.lifetime, supervisor, tools=tools, limits=body.limits(runtime.agent.limits)
+    )
+    headers = {"location": f"/api/v1/runs/{run.id}"}
+    return JSONResponse({"run_id": run.id, "state": run.state}, status_code=202, headers=headers)
+
+
+async def status(request: Request) -> Response:
+    """``GET /api/v1/runs/{run_id}`` → state, steps, usage."""
+    runtime = request_context(request.scope).runtime
+    return JSONResponse(runtime.runs.get(request.path_params["run_id"]).snapshot())
+
+
+async def cancel(request: Request) -> Response:
+    """``DELETE /api/v1/runs/{run_id}``: cancel with cause ``explicit`` → 202."""
+    runtime = request_context(request.scope).runtime
+    run = runtime.runs.cancel(request.path_params["run_id"])
+    return JSONResponse({"run_id": run.id, "state": run.state}, status_code=202)
+
+
+async def events(request: Request) -> Response:
+    """``GET /api/v1/runs/{run_id}/events`` → server-sent events of the run's steps,
+    from the start (or after ``Last-Event-ID``), ending with ``done``."""
+    runtime = request_context(request.scope).runtime
+    run = runtime.runs.get(request.path_params["run_id"])
+    after = request.headers.get("last-event-id")
+    first = 0
+    if after is not None:
+        try:
+            first = int(after) + 1
+        except ValueError:
+            raise InvalidRequest("Last-Event-ID must be an event number") from None
+    return RunEvents(run, max(first, 0))
+
+
+class RunEvents(Response):
+    """Replays a run's event log, then follows it until the run has finished. Leaving
+    stops only the reader, never the run."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, run: Run, first: int) -> None:
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        self.run = run
+        self.first = first
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        run = self.run
+        sent = self.first
+        while True:
+            changed = run.changed
+            if sent < len(run.events):
+                body = b"".join(_event(n, *run.events[n]) for n in range(sent, len(run.events)))
+                sent = len(run.events)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                continue
+            if run.finished:
+                break
+            await changed.wait()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _event(n: int, name: str, data: dict[str, Any]) -> bytes:
+    return f"id: {n}\n".encode() + sse(data, event=name)
+
+
+routes = [
+    Route("/api/v1/runs", start, methods=["POST"]),
+    Route("/api/v1/runs/{run_id}", status, methods=["GET"]),
+    Route("/api/v1/runs/{run_id}", cancel, methods=["DELETE"]),
+    Route("/api/v1/runs/{run_id}/events", events, methods=["GET"]),
+]
