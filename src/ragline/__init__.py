@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .agent import Agent, AgentResult, LoopLimits
 from .chat import ChatPipeline, StageTimeouts
 from .errors import (
     InvalidRequest,
@@ -26,16 +27,21 @@ from .models import (
     Prompt,
     RetrieveRequest,
     Source,
+    ToolCall,
+    ToolSpec,
     Usage,
 )
 from .settings import Settings
 from .supervisor import Supervisor
 from .threads import CancelToken, ThreadBridge, ThreadCancelled
+from .tools import Tool, ToolRegistry
 
 if TYPE_CHECKING:
     from .server import create_app
 
 __all__ = [
+    "Agent",
+    "AgentResult",
     "CancelReason",
     "CancelToken",
     "Cause",
@@ -48,6 +54,7 @@ __all__ = [
     "InvalidRequest",
     "Lifetime",
     "LifetimeError",
+    "LoopLimits",
     "Message",
     "NotFound",
     "Overloaded",
@@ -61,6 +68,10 @@ __all__ = [
     "Supervisor",
     "ThreadBridge",
     "ThreadCancelled",
+    "Tool",
+    "ToolCall",
+    "ToolRegistry",
+    "ToolSpec",
     "Unauthorized",
     "UpstreamError",
     "Usage",
