@@ -261,7 +261,7 @@ async def test_server_side_tools_run_in_ragline_and_stream_their_progress() -> N
             text = "".join(
                 c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
             )
-            assert text == "t0 t0 t1 "
+            assert text == "t0 \n\nt0 t1 "  # each step's text its own paragraph
             final = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
             assert final[-1]["choices"][0]["finish_reason"] == "stop"
             assert final[-1]["ragline"]["finish_reason"] == "stop"

@@ -16,28 +16,27 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any
 
 import anyio
 from pydantic import BaseModel, Field
 
 from .chat import ChatPipeline, estimate_tokens
 from .errors import InvalidRequest, StageTimeout
-from .lifetime import Cause, Lifetime, LifetimeError
+from .executor import ToolExecutor, ToolOutcome
+from .lifetime import Cause, Lifetime
 from .metrics import Metrics
-from .models import ChatRequest, ChatResult, Message, Prompt, Source, ToolCall, Usage
+from .models import ChatRequest, ChatResult, Message, Prompt, ToolCall, Usage
 from .providers import OnDelta
 from .settings import Settings
 from .supervisor import Supervisor
-from .threads import CancelToken, ThreadBridge
-from .tools import Tool, ToolArgumentsError, ToolRegistry, render
-from .tracing import Tracing, mark_failed, set_attributes
+from .threads import ThreadBridge
+from .tools import ToolRegistry
+from .tracing import Tracing, set_attributes
 
 __all__ = [
     "Agent",
@@ -53,10 +52,6 @@ log = logging.getLogger("ragline.agent")
 
 OnEvent = Callable[[str, dict[str, Any]], Awaitable[None]]
 """Receives the loop's progress: ``(event, data)``; see :meth:`Agent.run`."""
-
-ToolStatus = Literal[
-    "ok", "error", "invalid_arguments", "unknown_tool", "timeout", "orphaned", "cancelled"
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +91,6 @@ class LoopLimits:
         )
 
 
-class ToolOutcome(BaseModel):
-    """One tool call and what came of it; ``output`` is what the model read."""
-
-    id: str
-    name: str
-    arguments: str
-    status: ToolStatus
-    output: str = ""
-    duration_ms: float = 0.0
-
-
 class Step(BaseModel):
     """One model call and the tool calls it asked for."""
 
@@ -132,15 +116,27 @@ class AgentResult(ChatResult):
         return self.usage.finish_reason
 
 
-@dataclass(eq=False)
-class _Box:
-    """Where a supervised tool task leaves its outcome."""
+class _Paragraphs:
+    """Streamed text of successive steps, kept apart by a blank line (a step that says
+    "Let me look that up." must not run into the answer of the next)."""
 
-    value: Any = None
-    ok: bool = False  # the function returned a value
-    error: Exception | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)  # the task has ended
-    returned: threading.Event = field(default_factory=threading.Event)  # the function has
+    def __init__(self) -> None:
+        self.said = False
+
+    def step(self, on_delta: OnDelta | None) -> OnDelta | None:
+        if on_delta is None:
+            return None
+        first = True
+
+        async def delta(piece: str) -> None:
+            nonlocal first
+            if first and self.said:
+                piece = "\n\n" + piece
+            first = False
+            self.said = True
+            await on_delta(piece)
+
+        return delta
 
 
 class _Stop(Exception):  # control flow inside the loop; never escapes it
@@ -169,14 +165,15 @@ class Agent:
         self.pipeline = pipeline
         self.tools = tools
         self.limits = limits
-        self._threads = threads
         self._tracing = tracing
         self._metrics = metrics
-        self._supervisor = supervisor
+        self._executor = ToolExecutor(
+            threads=threads, tracing=tracing, metrics=metrics, supervisor=supervisor
+        )
 
     def start(self, supervisor: Supervisor) -> None:
         """Run tools on the application's supervisor from now on."""
-        self._supervisor = supervisor
+        self._executor.start(supervisor)
 
     async def run(
         self,
@@ -257,6 +254,7 @@ class Agent:
     ) -> str:
         seen: Counter[str] = Counter()
         calls_made = 0
+        stream = _Paragraphs()
         for index in range(1, limits.max_steps + 1):
             prompt = replace(base, messages=base.messages + tuple(result.transcript))
             try:
@@ -273,7 +271,7 @@ class Agent:
             ):
                 answer = ChatResult()
                 try:
-                    await self.pipeline.generate(prompt, life, answer, on_delta)
+                    await self.pipeline.generate(prompt, life, answer, stream.step(on_delta))
                 finally:
                     step.text = result.text = answer.text
                     step.tool_calls = answer.tool_calls
@@ -366,7 +364,16 @@ class Agent:
                 )
             outcome = ToolOutcome(id=call.id, name=call.name, arguments=call.arguments, status="ok")
             outcomes[i] = outcome  # kept in the step even if the call is cut short
-            await self._call(call, server.get(call.name), life, limits, result, outcome)
+            await self._executor.call(
+                call,
+                server.get(call.name),
+                life,
+                outcome,
+                result.sources,
+                limit=limits.tool_timeout,
+                grace=limits.tool_cancel_grace,
+                max_chars=limits.max_result_chars,
+            )
             if on_event is not None:
                 await on_event("tool_result", {"step": step.index, **outcome.model_dump()})
 
@@ -381,122 +388,6 @@ class Agent:
             result.transcript.append(
                 Message(role="tool", content=outcome.output, tool_call_id=call.id)
             )
-
-    async def _call(
-        self,
-        call: ToolCall,
-        tool: Tool | None,
-        life: Lifetime,
-        limits: LoopLimits,
-        result: AgentResult,
-        outcome: ToolOutcome,
-    ) -> None:
-        """One tool call in its own span and lifetime, into ``outcome``; raises only
-        the cancellation of its owner."""
-        timeout = limits.tool_timeout
-        if tool is not None and tool.timeout is not None:
-            timeout = tool.timeout
-        tool_life = life.child(f"tool-{call.name}-{call.id}", timeout=timeout)
-        attributes = {
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": call.name,
-            "gen_ai.tool.call.id": call.id,
-            "gen_ai.tool.type": "function",
-        }
-        began = time.monotonic()
-        with self._tracing.span(f"execute_tool {call.name}", tool_life, attributes) as span:
-            try:
-                if tool is None:
-                    outcome.status = "unknown_tool"
-                    outcome.output = _error("unknown_tool", f"there is no tool {call.name!r}")
-                else:
-                    span.set_attribute("gen_ai.tool.description", tool.description)
-                    await self._execute(tool, call, life, tool_life, limits, outcome, result)
-            except BaseException:
-                outcome.status = "cancelled"
-                raise
-            finally:
-                outcome.duration_ms = round((time.monotonic() - began) * 1000, 3)
-                span.set_attribute("ragline.tool.status", outcome.status)
-                self._metrics.tool_calls.labels(call.name, outcome.status).inc()
-            if outcome.status in ("timeout", "orphaned"):
-                mark_failed(span, StageTimeout(f"tool {call.name}", timeout))
-                span.set_attribute("ragline.tool.orphaned", outcome.status == "orphaned")
-            elif outcome.status != "ok":
-                span.set_attribute("error.type", outcome.status)
-
-    async def _execute(
-        self,
-        tool: Tool,
-        call: ToolCall,
-        life: Lifetime,
-        tool_life: Lifetime,
-        limits: LoopLimits,
-        outcome: ToolOutcome,
-        result: AgentResult,
-    ) -> None:
-        try:
-            args = tool.parse(call.arguments)
-        except ToolArgumentsError as exc:
-            outcome.status = "invalid_arguments"
-            outcome.output = _error("invalid_arguments", exc.message)
-            return
-        supervisor = self._supervisor
-        if supervisor is None:
-            raise LifetimeError("the agent has no supervisor to run tools on: call start()")
-        box = _Box()
-
-        async def body(life: Lifetime) -> None:
-            try:
-                if tool.blocking:
-
-                    def work(token: CancelToken) -> Any:
-                        try:
-                            return tool.func(args, token)
-                        finally:
-                            box.returned.set()
-
-                    box.value = await self._threads.run(life, work)
-                else:
-                    try:
-                        box.value = await tool.func(args, life)
-                    finally:
-                        box.returned.set()
-                box.ok = True
-            except Exception as exc:  # noqa: BLE001 - handed to the model as the result
-                box.error = exc
-            finally:
-                box.done.set()
-
-        supervisor.start(tool_life, body)
-        grace = limits.tool_cancel_grace
-        limit_text = f"{tool_life.timeout:g}s" if tool_life.timeout is not None else "its time"
-        try:
-            limit = tool_life.timeout + grace if tool_life.timeout is not None else None
-            with anyio.move_on_after(limit):
-                await box.done.wait()
-            if box.done.is_set() and not box.returned.is_set() and tool_life.cancelled:
-                await self._threads.call(life, box.returned.wait, grace)  # a blocking tool's thread
-        except anyio.get_cancelled_exc_class():
-            # The owner went away: the tool's lifetime is cancelled with it. Do not wait
-            # for it; look later whether it really stopped.
-            _watch(call.name, box.returned, grace, self._metrics)
-            raise
-        if box.ok:
-            outcome.output = render(box.value, limits.max_result_chars)
-            result.sources.extend(_sources(box.value, result.sources))
-        elif box.error is not None:
-            outcome.status = "error"
-            outcome.output = _error("error", _describe(box.error))
-        elif box.returned.is_set():
-            outcome.status = "timeout"
-            outcome.output = _error("timeout", f"the tool did not finish within {limit_text}")
-        else:
-            outcome.status = "orphaned"
-            outcome.output = _error(
-                "timeout", f"the tool did not finish within {limit_text} and was abandoned"
-            )
-            _orphaned(call.name, grace, self._metrics)
 
 
 def check_tools(request: ChatRequest, server: ToolRegistry) -> None:
@@ -527,45 +418,3 @@ def _add(total: Usage, step: Usage) -> None:
     total.completion_tokens += step.completion_tokens
     total.total_tokens += step.total_tokens
     total.estimated = total.estimated or step.estimated
-
-
-def _error(kind: str, message: str) -> str:
-    return json.dumps({"error": {"type": kind, "message": message}}, ensure_ascii=False)
-
-
-def _describe(exc: Exception) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:500]
-
-
-def _sources(value: Any, have: list[Source]) -> list[Source]:
-    if not isinstance(value, list):
-        return []
-    known = {(s.document_id, s.chunk_index) for s in have}
-    found = []
-    for item in value:
-        if isinstance(item, Source) and (item.document_id, item.chunk_index) not in known:
-            known.add((item.document_id, item.chunk_index))
-            found.append(item)
-    return found
-
-
-def _orphaned(name: str, grace: float, metrics: Metrics) -> None:
-    log.warning(
-        "orphaned tool: %s still running %gs after its cancellation",
-        name,
-        grace,
-        extra={"tool": name},
-    )
-    metrics.orphaned_tools.labels(name).inc()
-
-
-def _watch(name: str, returned: threading.Event, grace: float, metrics: Metrics) -> None:
-    # A timer thread: the loop's task is unwinding and must not wait.
-    def check() -> None:
-        if not returned.is_set():
-            _orphaned(name, grace, metrics)
-
-    timer = threading.Timer(grace, check)
-    timer.daemon = True
-    timer.start()

@@ -110,13 +110,13 @@ class Runs:
         backstop = limits.deadline + _BACKSTOP if limits.deadline is not None else None
         lifetime = owner.detach("run", timeout=backstop, values={"run_id": run_id})
         run = Run(id=run_id, request=request, lifetime=lifetime)
-        self._runs[run_id] = run
-        self._active += 1
 
         async def work(life: Lifetime) -> None:
             await self._work(run, life, tools, limits)
 
-        supervisor.start(lifetime, work)
+        supervisor.start(lifetime, work)  # may refuse: then nothing is registered
+        self._runs[run_id] = run
+        self._active += 1
         log.info("run started", extra={"run_id": run_id})
         return run
 

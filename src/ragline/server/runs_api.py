@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,11 +13,12 @@ from starlette.types import Receive, Scope, Send
 
 from ..agent import LoopLimits, check_tools
 from ..errors import InvalidRequest, Overloaded
+from ..lifetime import Cause
 from ..models import ChatRequest, CollectionName, Message
 from ..runs import Run
 from ..runtime import Runtime
 from ..tools import ToolRegistry
-from .boundary import request_context
+from .boundary import RequestContext, request_context
 from .events import sse
 from .validation import parse_json, validate
 
@@ -103,8 +105,8 @@ async def cancel(request: Request) -> Response:
 async def events(request: Request) -> Response:
     """``GET /api/v1/runs/{run_id}/events`` → server-sent events of the run's steps,
     from the start (or after ``Last-Event-ID``), ending with ``done``."""
-    runtime = request_context(request.scope).runtime
-    run = runtime.runs.get(request.path_params["run_id"])
+    ctx = request_context(request.scope)
+    run = ctx.runtime.runs.get(request.path_params["run_id"])
     after = request.headers.get("last-event-id")
     first = 0
     if after is not None:
@@ -112,7 +114,7 @@ async def events(request: Request) -> Response:
             first = int(after) + 1
         except ValueError:
             raise InvalidRequest("Last-Event-ID must be an event number") from None
-    return RunEvents(run, max(first, 0))
+    return RunEvents(ctx, run, max(first, 0))
 
 
 class RunEvents(Response):
@@ -121,7 +123,7 @@ class RunEvents(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, run: Run, first: int) -> None:
+    def __init__(self, ctx: RequestContext, run: Run, first: int) -> None:
         self.status_code = 200
         self.background = None
         self.raw_headers = [
@@ -129,6 +131,7 @@ class RunEvents(Response):
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
         ]
+        self.ctx = ctx
         self.run = run
         self.first = first
 
@@ -136,16 +139,34 @@ class RunEvents(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         run = self.run
         sent = self.first
-        while True:
-            changed = run.changed
-            if sent < len(run.events):
-                body = b"".join(_event(n, *run.events[n]) for n in range(sent, len(run.events)))
-                sent = len(run.events)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                continue
-            if run.finished:
-                break
-            await changed.wait()
+
+        async def write_new(more: bool) -> None:
+            nonlocal sent
+            body = b"".join(_event(n, *run.events[n]) for n in range(sent, len(run.events)))
+            sent = len(run.events)
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+
+        try:
+            while True:
+                changed = run.changed
+                if sent < len(run.events):
+                    await write_new(True)
+                    continue
+                if run.finished:
+                    break
+                await changed.wait()
+        except anyio.get_cancelled_exc_class():
+            reason = self.ctx.lifetime.reason
+            if reason is not None and reason.cause is not Cause.CLIENT_DISCONNECTED:
+                # A shutdown ends the run too: give it a moment to unwind so the reader
+                # gets its `done`; a deadline of this request ends the stream cleanly.
+                window = self.ctx.runtime.settings.final_event_window
+                with anyio.move_on_after(window, shield=True):
+                    while reason.cause is Cause.SHUTDOWN and not run.finished:
+                        changed = run.changed
+                        await changed.wait()
+                    await write_new(False)
+            raise
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
