@@ -20,7 +20,7 @@ from conftest import LogCapture, Running, eventually, serve, settings_for, upstr
 from ragline import CancelToken, ChatRequest, Lifetime
 from ragline.agent import AgentResult
 from ragline.tools import ToolRegistry
-from upstream import Behavior, FakeUpstream
+from upstream import Behavior, FakeUpstream, tool_results
 
 pytestmark = pytest.mark.anyio
 
@@ -111,16 +111,11 @@ def steps(upstream: FakeUpstream) -> int:
     return len(upstream.calls)
 
 
-def call_n(body: dict[str, Any]) -> int:
-    """How many tool results the conversation already holds."""
-    return sum(1 for m in body["messages"] if m.get("role") == "tool")
-
-
 async def test_a_model_that_calls_tools_forever_stops_at_the_budget() -> None:
     record = Record()
 
     def forever(body: dict[str, Any]) -> Behavior:
-        n = call_n(body)
+        n = len(tool_results(body))
         return Behavior(tokens=0, prompt_tokens=1000, tool_calls=[("probe", json.dumps({"n": n}))])
 
     async with running(forever, record) as app:
@@ -153,7 +148,7 @@ async def test_max_steps_and_max_tool_calls_end_the_loop() -> None:
     record = Record()
 
     def forever(body: dict[str, Any]) -> Behavior:
-        n = call_n(body)
+        n = len(tool_results(body))
         return Behavior(tokens=1, tool_calls=[("probe", json.dumps({"n": n}))])
 
     async with running(forever, record) as app:
@@ -174,7 +169,7 @@ async def test_repeated_identical_calls_are_stopped() -> None:
 
     def same(body: dict[str, Any]) -> Behavior:
         # The same call every time; whitespace and key order do not make it new.
-        args = '{"n": 7}' if call_n(body) % 2 else '{ "n" : 7 }'
+        args = '{"n": 7}' if len(tool_results(body)) % 2 else '{ "n" : 7 }'
         return Behavior(tokens=0, tool_calls=[("probe", args)])
 
     async with running(same, record) as app:
@@ -188,7 +183,7 @@ async def test_invalid_arguments_and_tool_errors_reach_the_model_as_tool_results
     record = Record()
 
     def script(body: dict[str, Any]) -> Behavior:
-        if call_n(body) == 0:
+        if len(tool_results(body)) == 0:
             return Behavior(
                 tokens=0,
                 tool_calls=[
@@ -233,7 +228,7 @@ async def test_a_tool_that_ignores_cancellation_is_orphaned_and_does_not_block(
     record = Record()
 
     def script(body: dict[str, Any]) -> Behavior:
-        if call_n(body) == 0:
+        if len(tool_results(body)) == 0:
             return Behavior(tokens=0, tool_calls=[(tool, '{"seconds": 4}')])
         return Behavior(tokens=2)
 
@@ -261,7 +256,7 @@ async def test_a_tool_timeout_is_a_tool_error_and_the_loop_goes_on() -> None:
     record = Record()
 
     def script(body: dict[str, Any]) -> Behavior:
-        if call_n(body) == 0:
+        if len(tool_results(body)) == 0:
             return Behavior(tokens=0, tool_calls=[("wait", '{"seconds": 30}')])
         return Behavior(tokens=2)
 
@@ -297,7 +292,7 @@ async def test_spans_show_every_step_and_tool_call() -> None:
     record = Record()
 
     def script(body: dict[str, Any]) -> Behavior:
-        n = call_n(body)
+        n = len(tool_results(body))
         if n < 2:
             return Behavior(tokens=0, tool_calls=[("probe", json.dumps({"n": n}))])
         return Behavior(tokens=2)

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from conftest import RawClient, Running, eventually, serve, settings_for, upstream_running
 from ragline import Lifetime
 from ragline.tools import ToolRegistry
-from upstream import Behavior, FakeUpstream
+from upstream import Behavior, FakeUpstream, tool_results
 
 pytestmark = pytest.mark.anyio
 
@@ -105,13 +105,9 @@ WEATHER = {
 }
 
 
-def tool_messages(body: dict[str, Any]) -> int:
-    return sum(1 for m in body["messages"] if m.get("role") == "tool")
-
-
 async def test_client_tools_come_back_to_the_client_as_tool_calls() -> None:
     def script(body: dict[str, Any]) -> Behavior:
-        if tool_messages(body) == 0:
+        if len(tool_results(body)) == 0:
             return Behavior(tokens=0, tool_calls=[("weather", '{"city": "Oslo"}')])
         return Behavior(tokens=2)
 
@@ -215,7 +211,7 @@ def serve_tools(upstream: FakeUpstream, seen: Seen) -> AbstractAsyncContextManag
 
 
 def probe_then_answer(body: dict[str, Any]) -> Behavior:
-    if tool_messages(body) == 0:
+    if len(tool_results(body)) == 0:
         return Behavior(tokens=1, tool_calls=[("probe", '{"n": 3}')])
     return Behavior(tokens=2)
 

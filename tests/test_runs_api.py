@@ -30,7 +30,7 @@ from ragline import Lifetime
 from ragline.lifetime import CancelReason
 from ragline.runs import Run
 from ragline.tools import ToolRegistry
-from upstream import Behavior, FakeUpstream
+from upstream import Behavior, FakeUpstream, tool_results
 
 pytestmark = pytest.mark.anyio
 
@@ -86,13 +86,9 @@ def registry(record: Record) -> ToolRegistry:
     return tools
 
 
-def tool_messages(body: dict[str, Any]) -> int:
-    return sum(1 for m in body["messages"] if m.get("role") == "tool")
-
-
 def gate_then_answer(body: dict[str, Any]) -> Behavior:
     """Step 1: one text token and a call of ``gate``; step 2: a three-token answer."""
-    if tool_messages(body) == 0:
+    if len(tool_results(body)) == 0:
         return Behavior(tokens=1, prompt_tokens=PROMPT_TOKENS, tool_calls=[("gate", GATE_ARGS)])
     return Behavior(tokens=3, prompt_tokens=PROMPT_TOKENS)
 

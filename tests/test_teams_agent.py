@@ -19,7 +19,7 @@ from ragline.teams.bot import BOUND_NOTES, INFORMATIVE
 from ragline.tools import ToolRegistry, make_tool
 from teams_fakes import FakeTeams
 from test_teams_bot import Bot, stream_where, tokens
-from upstream import Behavior, FakeUpstream
+from upstream import Behavior, FakeUpstream, tool_results
 
 pytestmark = pytest.mark.anyio
 
@@ -49,14 +49,10 @@ class Lookups:
         return ToolRegistry([make_tool(lookup)])
 
 
-def tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    return [m for m in body["messages"] if m.get("role") == "tool"]
-
-
 def lookup_once(body: dict[str, Any]) -> Behavior:
     """Step 1 (no tool result yet): two tokens, then a call of ``lookup``; then the answer.
     Tokens are paced so that a 1:1 answer really streams chunks before its final message."""
-    if not tool_messages(body):
+    if not tool_results(body):
         arguments = json.dumps({"key": "ragline"})
         return Behavior(tokens=2, interval=TOKEN_INTERVAL, tool_calls=[("lookup", arguments)])
     return Behavior(tokens=4, interval=TOKEN_INTERVAL)
@@ -64,7 +60,7 @@ def lookup_once(body: dict[str, Any]) -> Behavior:
 
 def lookup_forever(body: dict[str, Any]) -> Behavior:
     """Always another ``lookup``, with a new key each time (so never a repeated call)."""
-    key = f"k{len(tool_messages(body))}"
+    key = f"k{len(tool_results(body))}"
     return Behavior(tokens=2, tool_calls=[("lookup", json.dumps({"key": key}))])
 
 

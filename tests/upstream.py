@@ -55,7 +55,7 @@ class Call:
     @property
     def tool_results(self) -> list[dict[str, Any]]:
         """The ``tool`` messages this request carried."""
-        return [m for m in self.body["messages"] if m.get("role") == "tool"]
+        return tool_results(self.body)
 
     @property
     def offered(self) -> list[str]:
@@ -256,6 +256,12 @@ class FakeUpstream:
         await self._send(conn, stream, h11.Data(data=b"data: [DONE]\n\n"))
         await self._send(conn, stream, h11.EndOfMessage())
         call.finished = True
+
+
+def tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``tool`` messages of a chat completions request body: how far a scripted
+    tool exchange has gone."""
+    return [m for m in body["messages"] if m.get("role") == "tool"]
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:

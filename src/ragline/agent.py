@@ -222,7 +222,7 @@ class Agent:
                     finish = "timeout"
                     raise
                 finish = "deadline"  # the loop's own bound: a normal end
-            except BaseException:
+            except anyio.get_cancelled_exc_class():
                 reason = lifetime.reason
                 if reason is not None:
                     result.usage.cause = reason.cause
@@ -255,6 +255,7 @@ class Agent:
         seen: Counter[str] = Counter()
         calls_made = 0
         stream = _Paragraphs()
+        client_names = {t.name for t in base.tools} - set(server.names)
         for index in range(1, limits.max_steps + 1):
             prompt = replace(base, messages=base.messages + tuple(result.transcript))
             try:
@@ -274,7 +275,6 @@ class Agent:
                     await self.pipeline.generate(prompt, life, answer, stream.step(on_delta))
                 finally:
                     step.text = result.text = answer.text
-                    step.tool_calls = answer.tool_calls
                     step.usage = answer.usage
                     _add(result.usage, answer.usage)
                 calls = [
@@ -296,7 +296,6 @@ class Agent:
                     )
                 if not calls:
                     return answer.usage.finish_reason or "stop"
-                client_names = {t.name for t in base.tools} - set(server.names)
                 client = [c for c in calls if c.name in client_names]
                 if client:
                     # The client runs its own tools: hand the calls over and stop.

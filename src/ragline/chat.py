@@ -93,7 +93,7 @@ class ChatPipeline:
         hits: Sequence[Hit] = ()
         if self.retrieval:
             hits = await self.retrieve(query, request.top_k, lifetime, request.collection)
-        into.sources = [_source(hit) for hit in hits]
+        into.sources = [Source.from_hit(hit) for hit in hits]
         with self._stage(lifetime, "compose", self.timeouts.compose) as (stage, _):
             prompt = await self.composer.compose(request, hits, stage)
         if request.continuation or request.tools:
@@ -227,16 +227,6 @@ def fuse(rankings: Sequence[Sequence[Hit]], top_k: int, *, k: int = 60) -> list[
             first.setdefault(key, hit)
     best = sorted(scores, key=lambda key: scores[key], reverse=True)[:top_k]
     return [replace(first[key], score=scores[key]) for key in best]
-
-
-def _source(hit: Hit) -> Source:
-    return Source(
-        document_id=hit.document_id,
-        chunk_index=hit.chunk_index,
-        source=hit.source,
-        score=hit.score,
-        text=hit.text,
-    )
 
 
 def estimate_tokens(prompt: Prompt) -> int:

@@ -111,7 +111,7 @@ class ToolExecutor:
                     await self._execute(
                         tool, call, life, tool_life, outcome, sources, grace, max_chars
                     )
-            except BaseException:
+            except anyio.get_cancelled_exc_class():
                 outcome.status = "cancelled"
                 raise
             finally:

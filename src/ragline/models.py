@@ -105,6 +105,17 @@ class Source(BaseModel):
     score: float
     text: str
 
+    @classmethod
+    def from_hit(cls, hit: Hit) -> Source:
+        """The source a search hit stands for."""
+        return cls(
+            document_id=hit.document_id,
+            chunk_index=hit.chunk_index,
+            source=hit.source,
+            score=hit.score,
+            text=hit.text,
+        )
+
 
 class Usage(BaseModel):
     """Token accounting, kept even when a generation is cut short."""

@@ -60,6 +60,14 @@ class Run:
         self.changed.set()
         self.changed = anyio.Event()
 
+    def close(self) -> None:
+        """Log ``done`` with the outcome. The event stays set: readers see the end."""
+        self.finished_at = time.time()
+        snapshot = self.snapshot()
+        keys = ("id", "state", "finish_reason", "cause", "usage", "error")
+        self.events.append(("done", {k: snapshot[k] for k in keys}))
+        self.changed.set()
+
     def snapshot(self) -> dict[str, Any]:
         """``GET /api/v1/runs/{id}``."""
         result = self.result
@@ -153,9 +161,7 @@ class Runs:
             log.exception("run failed", extra={"run_id": run.id})
         finally:
             self._active -= 1
-            run.finished_at = time.time()
-            run.events.append(("done", _summary(run)))
-            run.changed.set()
+            run.close()
             self._forget_old()
 
     def get(self, run_id: str) -> Run:
@@ -176,8 +182,3 @@ class Runs:
         finished = [r for r in self._runs.values() if r.finished]
         for run in finished[: max(len(finished) - self.kept, 0)]:
             del self._runs[run.id]
-
-
-def _summary(run: Run) -> dict[str, Any]:
-    snapshot = run.snapshot()
-    return {k: snapshot[k] for k in ("id", "state", "finish_reason", "cause", "usage", "error")}

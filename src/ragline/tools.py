@@ -232,16 +232,7 @@ def search_tool(pipeline: ChatPipeline) -> Tool:
     async def search(args: SearchArgs, lifetime: Lifetime) -> list[Source]:
         collection: CollectionName | None = lifetime.get("collection")
         hits = await pipeline.retrieve(args.query, args.top_k, lifetime, collection)
-        return [
-            Source(
-                document_id=h.document_id,
-                chunk_index=h.chunk_index,
-                source=h.source,
-                score=h.score,
-                text=h.text,
-            )
-            for h in hits
-        ]
+        return [Source.from_hit(hit) for hit in hits]
 
     return make_tool(
         search,

@@ -25,7 +25,15 @@ from ..providers import OnDelta
 from .boundary import RequestContext
 from .errors import error_for_cause, error_for_exception
 
-__all__ = ["EventFormat", "EventStreamResponse", "Work", "sse"]
+__all__ = ["SSE_HEADERS", "EventFormat", "EventStreamResponse", "Work", "sse"]
+
+
+SSE_HEADERS = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx: pass each event on at once
+)
+"""The headers of every event stream; no content-length, the body is a stream."""
 
 
 def sse(data: Any, event: str | None = None) -> bytes:
@@ -60,11 +68,7 @@ class EventStreamResponse(Response):
         # No content-length: the body is a stream of events.
         self.status_code = 200
         self.background = None
-        self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-        ]
+        self.raw_headers = list(SSE_HEADERS)
         self.ctx = ctx
         self.fmt = fmt
         self.work = work

@@ -19,7 +19,7 @@ from ..runs import Run
 from ..runtime import Runtime
 from ..tools import ToolRegistry
 from .boundary import RequestContext, request_context
-from .events import sse
+from .events import SSE_HEADERS, sse
 from .validation import parse_json, validate
 
 __all__ = ["LoopOptions", "routes", "server_tools"]
@@ -126,11 +126,7 @@ class RunEvents(Response):
     def __init__(self, ctx: RequestContext, run: Run, first: int) -> None:
         self.status_code = 200
         self.background = None
-        self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-        ]
+        self.raw_headers = list(SSE_HEADERS)
         self.ctx = ctx
         self.run = run
         self.first = first
