@@ -121,7 +121,7 @@ async def test_runs_the_stages_in_order_with_a_span_each() -> None:
     assert store.seen == [([3.0, 0.0], 3)]
     user = gen.prompts[0].messages[-1].content
     # The rewrite drives retrieval; the model still sees the user's own words.
-    assert "[1] (doc.md)" in user
+    assert "[1] doc.md\nragline stops work" in user
     assert user.endswith("Question: why")
     names = [s.name for s in spans.get_finished_spans()]
     assert names == [

@@ -128,7 +128,18 @@ async def test_retrieve_route_ranks_hits(local: Running) -> None:
     assert hits[0]["document_id"] == "milvus"
     assert len(hits) == 3
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
-    assert set(hits[0]) == {"score", "document_id", "chunk_index", "source", "text"}
+    assert set(hits[0]) == {
+        "rank",
+        "score",
+        "similarity",
+        "bm25",
+        "title",
+        "document_id",
+        "chunk_index",
+        "source",
+        "text",
+    }
+    assert [hit["rank"] for hit in hits] == [1, 2, 3]
     assert missing.json() == {"hits": []}
 
 

@@ -339,3 +339,68 @@ async def test_bad_tool_requests_are_422_with_nothing_started(
             assert response.status_code == 422, response.text
             assert response.json()["error"]["code"] == code
         assert upstream.calls == []
+
+
+async def test_sampling_parameters_reach_the_upstream_request_over_settings() -> None:
+    upstream = FakeUpstream()
+    async with (
+        upstream_running(upstream),
+        serve(settings_for(upstream, llm_top_p=0.5, llm_seed=7, llm_stop="END")) as running,
+    ):
+        client = AsyncOpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0)
+        await client.chat.completions.create(
+            model="fake-model",
+            messages=[{"role": "user", "content": "hi"}],
+            temperature=0.3,
+            top_p=0.8,
+            frequency_penalty=0.5,
+            presence_penalty=-0.5,
+            stop=["\n\n", "Q:"],
+            seed=42,
+            max_tokens=9,
+        )
+        await client.close()
+        async with httpx.AsyncClient(base_url=running.url) as http:
+            native = await http.post("/api/v1/inference/chat", json={"query": "hi"})
+        assert native.status_code == 200
+    sent, defaults = (call.body for call in upstream.calls)
+    assert {k: sent[k] for k in ("temperature", "top_p", "stop", "seed", "max_tokens")} == {
+        "temperature": 0.3,
+        "top_p": 0.8,
+        "stop": ["\n\n", "Q:"],
+        "seed": 42,
+        "max_tokens": 9,
+    }
+    assert sent["frequency_penalty"] == 0.5
+    assert sent["presence_penalty"] == -0.5
+    # Unset in the request: the settings'; unset there too: not sent (the server's own).
+    assert {k: defaults.get(k) for k in ("top_p", "seed", "stop", "temperature")} == {
+        "top_p": 0.5,
+        "seed": 7,
+        "stop": ["END"],
+        "temperature": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"top_p": 2},
+        {"frequency_penalty": 3},
+        {"stop": ["a", "b", "c", "d", "e"]},
+        {"stop": [""]},
+        {"seed": -1},
+    ],
+)
+async def test_bad_sampling_parameters_are_rejected_before_the_upstream(
+    extra: dict[str, Any],
+) -> None:
+    upstream = FakeUpstream()
+    async with upstream_running(upstream), serve(settings_for(upstream)) as running:
+        async with httpx.AsyncClient(base_url=running.url) as http:
+            body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+            response = await http.post("/v1/chat/completions", json={**body, **extra})
+            native = await http.post("/api/v1/inference/chat", json={"query": "hi", **extra})
+    assert response.status_code == 422
+    assert native.status_code == 422
+    assert upstream.calls == []

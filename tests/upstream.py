@@ -33,6 +33,11 @@ class Behavior:
     # text), the arguments in fragments) and finish with "tool_calls".
     tool_calls: list[tuple[str, str]] = field(default_factory=list)
     prompt_tokens: int = 11
+    # A model caught in a loop: after the tokens above, these words one token each, again
+    # and again, until the connection closes (or `loop_limit` tokens, then "length").
+    loop: list[str] = field(default_factory=list)
+    loop_limit: int = 10_000
+    texts: list[str] = field(default_factory=list)  # the text tokens, instead of "t{i} "
 
 
 @dataclass
@@ -201,6 +206,9 @@ class FakeUpstream:
             ),
         )
         model = call.body.get("model", "fake")
+        if behavior.texts or behavior.loop:
+            await self._produce_text(conn, stream, call, behavior, model)
+            return
         for i in range(behavior.tokens):
             if behavior.gate_after is not None and i == behavior.gate_after:
                 if not await self._wait(call, behavior.release):
@@ -253,6 +261,48 @@ class FakeUpstream:
                 "usage": usage,
             }
             await self._send(conn, stream, h11.Data(data=f"data: {json.dumps(event)}\n\n".encode()))
+        await self._send(conn, stream, h11.Data(data=b"data: [DONE]\n\n"))
+        await self._send(conn, stream, h11.EndOfMessage())
+        call.finished = True
+
+    async def _produce_text(
+        self,
+        conn: h11.Connection,
+        stream: SocketStream,
+        call: Call,
+        behavior: Behavior,
+        model: str,
+    ) -> None:
+        """The given text tokens, then the loop, then usage and [DONE]."""
+        produced = 0
+        finish = "stop"
+        pieces = iter(behavior.texts)
+        while True:
+            piece = next(pieces, None)
+            if piece is None and behavior.loop:
+                if produced >= behavior.loop_limit:
+                    finish = "length"
+                    break
+                piece = behavior.loop[(produced - len(behavior.texts)) % len(behavior.loop)]
+            if piece is None:
+                break
+            with anyio.move_on_after(behavior.interval):
+                await call.closed.wait()
+            if call.closed.is_set():
+                return
+            call.token_times.append(time.monotonic())
+            call.producing.set()
+            produced += 1
+            await self._send(conn, stream, h11.Data(data=_chunk(model, {"content": piece})))
+        await self._send(conn, stream, h11.Data(data=_chunk(model, {}, finish)))
+        usage = {
+            "prompt_tokens": behavior.prompt_tokens,
+            "completion_tokens": produced,
+            "total_tokens": behavior.prompt_tokens + produced,
+        }
+        event = {"id": "x", "object": "chat.completion.chunk", "model": model, "choices": []}
+        event["usage"] = usage
+        await self._send(conn, stream, h11.Data(data=f"data: {json.dumps(event)}\n\n".encode()))
         await self._send(conn, stream, h11.Data(data=b"data: [DONE]\n\n"))
         await self._send(conn, stream, h11.EndOfMessage())
         call.finished = True

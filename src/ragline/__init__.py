@@ -26,11 +26,13 @@ from .models import (
     Message,
     Prompt,
     RetrieveRequest,
+    Sampling,
     Source,
     ToolCall,
     ToolSpec,
     Usage,
 )
+from .repetition import Loop, RepetitionGuard
 from .settings import Settings
 from .supervisor import Supervisor
 from .threads import CancelToken, ThreadBridge, ThreadCancelled
@@ -54,13 +56,16 @@ __all__ = [
     "InvalidRequest",
     "Lifetime",
     "LifetimeError",
+    "Loop",
     "LoopLimits",
     "Message",
     "NotFound",
     "Overloaded",
     "Prompt",
     "RagLineError",
+    "RepetitionGuard",
     "RetrieveRequest",
+    "Sampling",
     "Settings",
     "Source",
     "StageTimeout",

@@ -15,7 +15,7 @@ import httpx
 
 from .errors import RagLineError
 from .lifetime import CancelReason, Cause, Lifetime
-from .models import ChatRequest, ChatResult
+from .models import ChatRequest, ChatResult, Source
 from .settings import Settings
 
 __all__ = ["AskOutcome", "ask"]
@@ -29,6 +29,7 @@ class AskOutcome:
     sources: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    kept: str | None = None  # the answer, when the degeneration guard cut a loop
 
 
 async def ask(
@@ -63,8 +64,15 @@ async def ask(
         err.write(f"\nragline: {outcome.error}\n")
         return 1
     out.write("\n")
-    for n, source in enumerate(outcome.sources, start=1):
-        out.write(f"[{n}] {source.get('source')} (score {float(source.get('score', 0)):.2f})\n")
+    if outcome.kept is not None:
+        # The guard cut a loop: the streamed repeats are not part of the answer.
+        out.write(f"\n[the model began to repeat itself; the answer is:]\n{outcome.kept}\n")
+    if outcome.sources:
+        out.write("\nSources\n")
+    for n, data in enumerate(outcome.sources, start=1):
+        source = Source.model_validate(data)
+        out.write(f"[{source.rank or n}] {source.title or source.source} ({source.relevance()})\n")
+        out.write(f"    {source.snippet()}\n")
     out.flush()
     return 0
 
@@ -125,6 +133,8 @@ def _on_event(event: str, data: dict[str, Any], outcome: AskOutcome, out: TextIO
     elif event == "done":
         outcome.sources = list(data.get("sources") or [])
         outcome.usage = dict(data.get("usage") or {})
+        if data.get("finish_reason") == "repetition":
+            outcome.kept = str(data.get("text", ""))
     elif event == "error":
         error = data.get("error") or {}
         outcome.error = f"{error.get('message')} (cause: {error.get('cause', 'error')})"
@@ -153,4 +163,6 @@ async def _local(
         outcome.error = exc.message
         return None
     outcome.sources = [s.model_dump() for s in result.sources]
+    if result.usage.finish_reason == "repetition":
+        outcome.kept = result.text
     return reason

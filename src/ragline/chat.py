@@ -27,7 +27,8 @@ from .providers import (
     QueryTransformer,
     VectorStore,
 )
-from .tracing import Tracing, set_attributes
+from .repetition import RepetitionGuard
+from .tracing import Tracing, mark_cancelled, set_attributes
 
 __all__ = ["ChatPipeline", "StageTimeouts", "estimate_tokens"]
 
@@ -57,6 +58,7 @@ class ChatPipeline:
         store: VectorStore | None = None,
         keywords: KeywordIndex | None = None,
         timeouts: StageTimeouts = StageTimeouts(),
+        repetition_guard: bool = True,
     ) -> None:
         if (embedder is None) != (store is None):
             raise ValueError("retrieval needs both an embedder and a vector store")
@@ -67,6 +69,7 @@ class ChatPipeline:
         self.store = store
         self.keywords = keywords  # set: hybrid retrieval, dense and BM25 fused by rank
         self.timeouts = timeouts
+        self.repetition_guard = repetition_guard  # stop generations that loop
         self._tracing = tracing
         self._metrics = metrics
 
@@ -93,9 +96,12 @@ class ChatPipeline:
         hits: Sequence[Hit] = ()
         if self.retrieval:
             hits = await self.retrieve(query, request.top_k, lifetime, request.collection)
-        into.sources = [Source.from_hit(hit) for hit in hits]
         with self._stage(lifetime, "compose", self.timeouts.compose) as (stage, _):
             prompt = await self.composer.compose(request, hits, stage)
+        # The sources are the passages the model saw, numbered as it saw them.
+        shown = hits if prompt.passages is None else hits[: prompt.passages]
+        into.sources = [Source.from_hit(hit, rank) for rank, hit in enumerate(shown, start=1)]
+        prompt = replace(prompt, sampling=request.sampling().over(prompt.sampling))
         if request.continuation or request.tools:
             prompt = replace(
                 prompt,
@@ -147,6 +153,7 @@ class ChatPipeline:
         }
         if prompt.max_tokens is not None:
             attributes["gen_ai.request.max_tokens"] = prompt.max_tokens
+        guard = RepetitionGuard() if self.repetition_guard else None
         with self._stage(
             lifetime,
             "generate",
@@ -158,7 +165,9 @@ class ChatPipeline:
             cause: Cause | None = None
             completed = False
             try:
-                await gen.generate(prompt, stage, generation, on_delta)
+                await gen.generate(prompt, stage, generation, _guarded(guard, stage, on_delta))
+                if guard is not None and guard.finish() is not None:
+                    cause = Cause.REPETITION  # the loop's last word was the last one
                 completed = True
             except StageTimeout:
                 cause = Cause.DEADLINE
@@ -167,10 +176,17 @@ class ChatPipeline:
                 reason = stage.reason
                 if reason is not None and not completed:
                     cause = reason.cause
-                result.text = generation.text
+                loop = guard.loop if guard is not None else None
+                text = generation.text
+                result.text = text[: loop.keep].rstrip() if loop is not None else text
                 result.usage = _usage(generation, prompt, cause)
                 result.tool_calls = list(generation.tool_calls) if completed else []
                 self._account(generation, result.usage, stage, span)
+                if loop is not None:
+                    mark_cancelled(span, stage.reason)
+                    set_attributes(
+                        span, {"ragline.guard.rule": loop.rule, "ragline.guard.kept": loop.keep}
+                    )
         return generation
 
     def _account(self, generation: Generation, usage: Usage, stage: Lifetime, span: Span) -> None:
@@ -178,6 +194,8 @@ class ChatPipeline:
         m = self._metrics
         m.tokens.labels("prompt", model).inc(usage.prompt_tokens)
         m.tokens.labels("completion", model).inc(usage.completion_tokens)
+        if usage.cause is not None:
+            m.generation_stops.labels(_stop_reason(usage.cause)).inc()
         if generation.tokens_after_cancel:
             m.tokens_after_cancel.inc(generation.tokens_after_cancel)
         reason = stage.reason
@@ -217,16 +235,26 @@ class ChatPipeline:
 
 def fuse(rankings: Sequence[Sequence[Hit]], top_k: int, *, k: int = 60) -> list[Hit]:
     """Reciprocal rank fusion: each chunk scores the sum of 1 / (k + rank) over the
-    rankings it appears in; the hit's score becomes that sum."""
+    rankings it appears in; the hit's score becomes that sum, and it keeps the
+    similarity and BM25 score of whichever rankings found it."""
     scores: dict[tuple[str, int], float] = {}
-    first: dict[tuple[str, int], Hit] = {}
+    merged: dict[tuple[str, int], Hit] = {}
     for ranking in rankings:
         for rank, hit in enumerate(ranking, start=1):
             key = (hit.document_id, hit.chunk_index)
             scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
-            first.setdefault(key, hit)
+            seen = merged.get(key)
+            merged[key] = (
+                hit
+                if seen is None
+                else replace(
+                    seen,
+                    similarity=seen.similarity if seen.similarity is not None else hit.similarity,
+                    bm25=seen.bm25 if seen.bm25 is not None else hit.bm25,
+                )
+            )
     best = sorted(scores, key=lambda key: scores[key], reverse=True)[:top_k]
-    return [replace(first[key], score=scores[key]) for key in best]
+    return [replace(merged[key], score=scores[key]) for key in best]
 
 
 def estimate_tokens(prompt: Prompt) -> int:
@@ -247,7 +275,7 @@ def _usage(generation: Generation, prompt: Prompt, cause: Cause | None) -> Usage
     )
     finish = generation.finish_reason
     if cause is not None:
-        finish = "timeout" if cause is Cause.DEADLINE else "cancelled"
+        finish = _stop_reason(cause)
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=generation.completion_tokens,
@@ -256,3 +284,32 @@ def _usage(generation: Generation, prompt: Prompt, cause: Cause | None) -> Usage
         cause=cause,
         estimated=not generation.usage_reported,
     )
+
+
+def _stop_reason(cause: Cause) -> str:
+    """The finish reason of a generation cut short."""
+    if cause is Cause.DEADLINE:
+        return "timeout"
+    return "repetition" if cause is Cause.REPETITION else "cancelled"
+
+
+def _guarded(
+    guard: RepetitionGuard | None, stage: Lifetime, on_delta: OnDelta | None
+) -> OnDelta | None:
+    """``on_delta`` behind the degeneration guard: once the text loops, the stage stops
+    with cause ``repetition`` (an upstream sees its connection close, as on a
+    disconnect) and nothing more is passed on."""
+    if guard is None:
+        return on_delta
+
+    async def watch(piece: str) -> None:
+        if guard.loop is not None:
+            return
+        loop = guard.feed(piece)
+        if loop is not None:
+            stage.cancel(Cause.REPETITION, f"{loop.rule} after {loop.keep} characters")
+            return
+        if on_delta is not None:
+            await on_delta(piece)
+
+    return watch

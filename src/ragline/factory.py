@@ -9,18 +9,24 @@ from typing import Any
 
 from .chunking import Chunker, Tokenizer, minilm_tokenizer
 from .lifetime import Lifetime
-from .providers import Embedder, Generator, QueryTransformer, VectorStore
+from .providers import Embedder, Generator, PromptComposer, QueryTransformer, VectorStore
 from .settings import Settings
 from .threads import ThreadBridge
 
 __all__ = [
+    "LOCAL_CONTEXT",
     "Hooks",
     "build_chunker",
+    "build_composer",
     "build_embedder",
     "build_generator",
     "build_store",
     "build_transformer",
 ]
+
+
+# The local model's context: tokens of passages and how many (chosen by the answer eval).
+LOCAL_CONTEXT = (400, 3)
 
 
 @dataclass
@@ -46,7 +52,7 @@ def build_generator(settings: Settings, bridge: ThreadBridge, hooks: Hooks) -> G
             batch_threads=s.llm_batch_threads,
             max_prompt_tokens=s.llm_max_prompt_tokens,
             max_tokens=s.llm_max_tokens,
-            temperature=s.llm_temperature,
+            sampling=s.sampling,
             queue_size=s.llm_queue_size,
         )
         hooks.opens.append(local.open)
@@ -62,7 +68,7 @@ def build_generator(settings: Settings, bridge: ThreadBridge, hooks: Hooks) -> G
         first_token_timeout=s.llm_first_token_timeout,
         total_timeout=s.llm_total_timeout,
         max_tokens=s.llm_max_tokens,
-        temperature=s.llm_temperature,
+        sampling=s.sampling,
     )
     hooks.closes.append(remote.aclose)
     return remote
@@ -120,6 +126,24 @@ def build_store(
     hooks.opens.append(store.open)
     hooks.closes.append(store.aclose)
     return store
+
+
+def build_composer(settings: Settings, generator: Generator) -> PromptComposer:
+    """The prompt composer, its context sized for the model: the local model reads few,
+    short passages (figures in docs/BENCHMARKS.md), an upstream model many."""
+    from .providers.prompt import ContextPromptComposer, rough_tokens
+
+    s = settings
+    count = getattr(generator, "count_tokens", rough_tokens)
+    if s.llm_provider == "local":
+        tokens, passages = LOCAL_CONTEXT
+    else:
+        tokens, passages = 3_000, None
+    return ContextPromptComposer(
+        context_tokens=s.context_tokens if s.context_tokens is not None else tokens,
+        max_passages=s.context_passages or passages,
+        count_tokens=count,
+    )
 
 
 def build_transformer(settings: Settings, generator: Generator) -> QueryTransformer:

@@ -39,6 +39,7 @@ class Cause(StrEnum):
     SHUTDOWN = "shutdown"
     DEADLINE = "deadline"
     EXPLICIT = "explicit"
+    REPETITION = "repetition"  # the degeneration guard: the generation began to loop
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from .lifetime import Cause
+from .prose import plain, title
 
 __all__ = [
     "ChatRequest",
@@ -19,6 +20,7 @@ __all__ = [
     "Message",
     "Prompt",
     "RetrieveRequest",
+    "Sampling",
     "Source",
     "ToolCall",
     "ToolSpec",
@@ -87,34 +89,86 @@ class ChatRequest(BaseModel):
     system_instructions: Annotated[str, StringConstraints(max_length=32_000)] | None = None
     collection: CollectionName | None = None
     history: tuple[Message, ...] = ()
+    # Sampling, as in the OpenAI API; unset means the server's defaults (for the local
+    # model, the ones chosen by the answer eval: docs/BENCHMARKS.md).
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    stop: tuple[Annotated[str, StringConstraints(min_length=1, max_length=256)], ...] = Field(
+        (), max_length=4
+    )
+    seed: int | None = Field(None, ge=0, lt=2**63)
     # Tool calling: the functions offered, and the exchange that followed the query
     # (assistant tool calls and tool results), appended after the composed prompt.
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str | dict[str, Any] | None = None
     continuation: tuple[Message, ...] = ()
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+    def sampling(self) -> Sampling:
+        """The sampling parameters this request sets."""
+        return Sampling(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty,
+            stop=self.stop or None,
+            seed=self.seed,
+        )
+
 
 class Source(BaseModel):
-    """A retrieved chunk that the answer was grounded on."""
+    """A retrieved chunk that the answer was grounded on. ``rank`` is its number in the
+    prompt, as the answer cites it (``[rank]``); ``similarity`` (cosine, dense search) and
+    ``bm25`` (keyword search) say how relevant it is; ``score`` is the ranking's own
+    (in hybrid retrieval, the fused rank score, which means little to a reader)."""
 
+    rank: int = 0
     document_id: str
     chunk_index: int
     source: str
+    title: str = ""
     score: float
+    similarity: float | None = None
+    bm25: float | None = None
     text: str
 
     @classmethod
-    def from_hit(cls, hit: Hit) -> Source:
+    def from_hit(cls, hit: Hit, rank: int = 0) -> Source:
         """The source a search hit stands for."""
         return cls(
+            rank=rank,
             document_id=hit.document_id,
             chunk_index=hit.chunk_index,
             source=hit.source,
+            title=title(hit.text, hit.source),
             score=hit.score,
+            similarity=hit.similarity,
+            bm25=hit.bm25,
             text=hit.text,
         )
+
+    def relevance(self) -> str:
+        """The relevance as a reader reads it: "similarity 0.62, BM25 7.1"."""
+        parts = []
+        if self.similarity is not None:
+            parts.append(f"similarity {self.similarity:.2f}")
+        if self.bm25 is not None:
+            parts.append(f"BM25 {self.bm25:.1f}")
+        return ", ".join(parts) or f"score {self.score:.2f}"
+
+    def snippet(self, length: int = 160) -> str:
+        """The start of the passage, as prose, cut at a word."""
+        text = " ".join(plain(self.text).split())
+        if len(text) <= length:
+            return text
+        return text[:length].rsplit(" ", 1)[0] + " …"
 
 
 class Usage(BaseModel):
@@ -146,8 +200,10 @@ class Hit:
     chunk_index: int
     text: str
     source: str
-    score: float
+    score: float  # the ranking's own: cosine, BM25, or the fused rank score
     generation: int = 0
+    similarity: float | None = None  # cosine similarity to the query, when searched dense
+    bm25: float | None = None  # BM25 score, when searched by keywords
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,14 +220,57 @@ class Chunk:
 
 
 @dataclass(frozen=True, slots=True)
+class Sampling:
+    """How to pick tokens. ``None`` leaves a parameter to the next level down: the
+    request over the settings, the settings over the generator's own defaults."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None  # llama.cpp's multiplicative penalty
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
+
+    def over(self, defaults: Sampling) -> Sampling:
+        """These parameters, with ``defaults`` where they are unset."""
+        chosen = {}
+        for f in fields(self):
+            mine = getattr(self, f.name)
+            chosen[f.name] = mine if mine is not None else getattr(defaults, f.name)
+        return Sampling(**chosen)
+
+    def openai(self) -> dict[str, Any]:
+        """The parameters that are set, by their OpenAI (and vLLM) names."""
+        names = {"repeat_penalty": "repetition_penalty"}
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[names.get(f.name, f.name)] = list(value) if f.name == "stop" else value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Prompt:
     """What a generator is asked: messages and sampling limits."""
 
     messages: tuple[Message, ...]
     max_tokens: int | None = None
     temperature: float | None = None
+    sampling: Sampling = Sampling()
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str | dict[str, Any] | None = None
+    passages: int | None = None  # how many of the hits the prompt holds; None: all
+
+    def chosen(self, defaults: Sampling) -> Sampling:
+        """The sampling to use: this prompt's ``temperature``, then its ``sampling``,
+        then ``defaults``."""
+        own = self.sampling
+        if self.temperature is not None:
+            own = replace(own, temperature=self.temperature)
+        return own.over(defaults)
 
 
 @dataclass(slots=True)

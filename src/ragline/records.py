@@ -189,7 +189,10 @@ class Records:
             (match, collection, limit),
         )
         return [
-            Hit(str(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]), int(r[5])) for r in rows
+            Hit(
+                str(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]), int(r[5]), bm25=float(r[4])
+            )
+            for r in rows
         ]
 
     def switch(

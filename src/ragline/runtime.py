@@ -17,6 +17,7 @@ from .chat import ChatPipeline, StageTimeouts
 from .factory import (
     Hooks,
     build_chunker,
+    build_composer,
     build_embedder,
     build_generator,
     build_store,
@@ -125,9 +126,7 @@ class Runtime:
         if transformer is None:
             transformer = build_transformer(settings, generator)
         if composer is None:
-            from .providers.prompt import ContextPromptComposer
-
-            composer = ContextPromptComposer(max_context_chars=settings.max_context_chars)
+            composer = build_composer(settings, generator)
         self.pipeline = pipeline = ChatPipeline(
             transformer=transformer,
             composer=composer,
@@ -142,6 +141,7 @@ class Runtime:
                 retrieve=settings.retrieve_timeout,
                 compose=settings.compose_timeout,
             ),
+            repetition_guard=settings.repetition_guard,
         )
         self.agent = Agent(
             pipeline,

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .models import Sampling
+
 __all__ = ["Settings", "is_loopback"]
 
 
@@ -67,7 +69,16 @@ class Settings(BaseSettings):
     llm_first_token_timeout: Seconds = 60.0
     llm_total_timeout: Seconds = 300.0
     llm_max_tokens: int | None = Field(256, ge=1)
+    # Sampling defaults; unset: the local model's eval-chosen ones, or the upstream's own.
     llm_temperature: float | None = Field(None, ge=0, le=2)
+    llm_top_p: float | None = Field(None, gt=0, le=1)
+    llm_min_p: float | None = Field(None, ge=0, le=1)
+    llm_repeat_penalty: float | None = Field(None, gt=0, le=4)  # sent as repetition_penalty
+    llm_frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    llm_presence_penalty: float | None = Field(None, ge=-2, le=2)
+    llm_stop: Annotated[list[str] | None, NoDecode] = None  # comma-separated
+    llm_seed: int | None = Field(None, ge=0)
+    repetition_guard: bool = True  # stop a generation that has started to loop
 
     # -- embeddings and vector store --------------------------------------------------------
     embeddings: Literal["local", "openai", "cohere"] = "local"
@@ -95,7 +106,10 @@ class Settings(BaseSettings):
     retrieval: bool = True
     retrieval_mode: Literal["dense", "hybrid"] = "hybrid"  # dense + BM25 (FTS5), rank-fused
     query_rewrite: bool = False
-    max_context_chars: int = Field(2000, ge=0)
+    # Retrieved passages in the prompt. Unset: sized for the model, few and short for the
+    # small local one (its first token comes in about 2 s), generous for an upstream.
+    context_tokens: int | None = Field(None, ge=0)
+    context_passages: int | None = Field(None, ge=1)
     transform_timeout: Seconds = None
     retrieve_timeout: Seconds = None
     compose_timeout: Seconds = None
@@ -144,7 +158,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
-    @field_validator("api_keys", "ingest_roots", "tools", "bot_tools", mode="before")
+    @field_validator("api_keys", "ingest_roots", "tools", "bot_tools", "llm_stop", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -185,6 +199,20 @@ class Settings(BaseSettings):
             lowered = value.strip().lower()
             return {"true": "on", "1": "on", "false": "off", "0": "off"}.get(lowered, lowered)
         return value
+
+    @property
+    def sampling(self) -> Sampling:
+        """The sampling parameters these settings set."""
+        return Sampling(
+            temperature=self.llm_temperature,
+            top_p=self.llm_top_p,
+            min_p=self.llm_min_p,
+            repeat_penalty=self.llm_repeat_penalty,
+            frequency_penalty=self.llm_frequency_penalty,
+            presence_penalty=self.llm_presence_penalty,
+            stop=tuple(self.llm_stop) if self.llm_stop else None,
+            seed=self.llm_seed,
+        )
 
     @property
     def bot_turn_timeout(self) -> float | None:

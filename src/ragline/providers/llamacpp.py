@@ -26,11 +26,26 @@ import anyio.from_thread
 
 from ..errors import InvalidRequest, Overloaded, UpstreamError
 from ..lifetime import Lifetime
-from ..models import Generation, Prompt
+from ..models import Generation, Prompt, Sampling
 from ..threads import CancelToken, ThreadBridge
 from . import OnDelta
 
-__all__ = ["LlamaCppGenerator", "ModelCounters", "default_model_path"]
+__all__ = ["LOCAL_SAMPLING", "LlamaCppGenerator", "ModelCounters", "default_model_path"]
+
+# The local model's defaults, chosen by the answer eval (`make bench-answers`; the figures
+# are in docs/BENCHMARKS.md). Greedy decoding with no penalty loops on almost every
+# question about the project's own docs; a repetition penalty and light sampling do not.
+LOCAL_SAMPLING = Sampling(
+    temperature=0.2,
+    top_p=0.9,
+    min_p=0.05,
+    repeat_penalty=1.2,
+    frequency_penalty=0.0,
+    presence_penalty=0.0,
+    # The template's own end (<|im_end|>) is the model's end-of-text token; these catch a
+    # model that starts writing the next turn of the prompt instead.
+    stop=("<|im_start|>", "\nQuestion:", "\nContext:"),
+)
 
 log = logging.getLogger("ragline.providers.llamacpp")
 
@@ -86,7 +101,7 @@ class LlamaCppGenerator:
         batch_threads: int | None = None,
         max_prompt_tokens: int = 768,
         max_tokens: int | None = 256,
-        temperature: float | None = None,
+        sampling: Sampling | None = None,
         queue_size: int = 16,
     ) -> None:
         self.model = model
@@ -99,7 +114,9 @@ class LlamaCppGenerator:
         self._batch_threads = batch_threads or min(2, os.cpu_count() or 1)
         self.max_prompt_tokens = max_prompt_tokens
         self._max_tokens = max_tokens
-        self._temperature = temperature
+        self.sampling = (sampling or Sampling()).over(
+            LOCAL_SAMPLING
+        )  # the settings', then the eval's
         self._queue_size = queue_size
         self._waiting = 0
         self._lock = anyio.Lock()
@@ -149,6 +166,12 @@ class LlamaCppGenerator:
         )
         self._format = lambda messages: str(formatter(messages=messages).prompt)  # type: ignore[arg-type]
         self._llm = llm
+
+    def count_tokens(self, text: str) -> int:
+        """``text``'s length in this model's tokens (an estimate until it is loaded)."""
+        if self._llm is None:
+            return (len(text) + 3) // 4
+        return len(self._llm.tokenize(text.encode(), add_bos=False, special=False))
 
     def _should_abort(self, _data: Any) -> bool:
         token = self._token
@@ -291,12 +314,19 @@ class LlamaCppGenerator:
         token.on_cancel(stopped)
         self._token = token
         self.busy.set()
-        temperature = prompt.temperature if prompt.temperature is not None else self._temperature
+        s = prompt.chosen(self.sampling)
         try:
             chunks = llm.create_completion(
                 tokens,
                 max_tokens=prompt.max_tokens or self._max_tokens,
-                temperature=0.0 if temperature is None else temperature,
+                temperature=s.temperature or 0.0,
+                top_p=1.0 if s.top_p is None else s.top_p,
+                min_p=s.min_p or 0.0,
+                repeat_penalty=s.repeat_penalty or 1.0,
+                frequency_penalty=s.frequency_penalty or 0.0,
+                presence_penalty=s.presence_penalty or 0.0,
+                stop=list(s.stop or ()),
+                seed=s.seed,
                 stream=True,
                 stopping_criteria=llama_cpp.StoppingCriteriaList(
                     [lambda ids, logits: token.cancelled]

@@ -41,10 +41,12 @@ class MemoryStore:
                 chunk_index=chunk.chunk_index,
                 text=chunk.text,
                 source=chunk.source,
-                score=_dot(query, unit),
+                score=similarity,
                 generation=chunk.generation,
+                similarity=similarity,
             )
             for chunk, unit in best
+            for similarity in (_dot(query, unit),)
         ]
 
     async def upsert(

@@ -169,6 +169,7 @@ class MilvusStore:
                 source=row["entity"]["source"],
                 score=float(row["distance"]),
                 generation=int(row["entity"]["generation"]),
+                similarity=float(row["distance"]),
             )
             for row in rows
         ]

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from ..errors import StageTimeout, UpstreamError
 from ..lifetime import Lifetime
-from ..models import Generation, Message, Prompt, ToolCall
+from ..models import Generation, Message, Prompt, Sampling, ToolCall
 from . import EmbedKind, OnDelta
 from ._http import ClientShards, check_vectors, error_message, post_json, unit
 
@@ -51,7 +51,7 @@ class OpenAIGenerator:
         first_token_timeout: float | None = 60.0,
         total_timeout: float | None = 300.0,
         max_tokens: int | None = None,
-        temperature: float | None = None,
+        sampling: Sampling | None = None,
     ) -> None:
         self.model = model
         self._url = base_url.rstrip("/") + "/chat/completions"
@@ -59,7 +59,7 @@ class OpenAIGenerator:
         self._first_token_timeout = first_token_timeout
         self._total_timeout = total_timeout
         self._max_tokens = max_tokens
-        self._temperature = temperature
+        self._sampling = sampling or Sampling()  # the settings'; unset parameters are the server's
         # Read and pool waits are bounded by our own first-token and total deadlines.
         self._clients = ClientShards(
             max_connections,
@@ -81,9 +81,7 @@ class OpenAIGenerator:
         max_tokens = prompt.max_tokens or self._max_tokens
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
-        temperature = prompt.temperature if prompt.temperature is not None else self._temperature
-        if temperature is not None:
-            body["temperature"] = temperature
+        body.update(prompt.chosen(self._sampling).openai())
         if prompt.tools:
             body["tools"] = [tool.openai() for tool in prompt.tools]
             if prompt.tool_choice is not None:

@@ -42,6 +42,7 @@ _CAUSE_STATUS = {
     Cause.SHUTDOWN: 503,
     Cause.DEADLINE: 504,
     Cause.EXPLICIT: 503,
+    Cause.REPETITION: 502,  # a generation stage's own stop; never a request's
 }
 
 
@@ -116,6 +117,7 @@ def error_for_cause(reason: CancelReason) -> tuple[int, dict[str, Any]]:
         Cause.DEADLINE: "the request ran past its deadline",
         Cause.EXPLICIT: "the request was cancelled",
         Cause.CLIENT_DISCONNECTED: "the client went away",
+        Cause.REPETITION: "the model began to repeat itself",
     }
     code = "timeout" if reason.cause is Cause.DEADLINE else str(reason.cause)
     return status, error_body(status, code, messages[reason.cause], cause=str(reason.cause))

@@ -106,6 +106,11 @@ class CompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    stop: str | list[str] | None = None
+    seed: int | None = None
     n: int = Field(1, ge=1, le=1)
     top_k: int = Field(4, ge=1, le=50)
     tools: list[_InTool] | None = Field(None, max_length=128)
@@ -138,6 +143,11 @@ def _to_chat_request(body: CompletionRequest) -> ChatRequest:
         "continuation": tuple(m.message() for m in body.messages[last + 1 :]),
         "max_tokens": body.max_completion_tokens or body.max_tokens,
         "temperature": body.temperature,
+        "top_p": body.top_p,
+        "frequency_penalty": body.frequency_penalty,
+        "presence_penalty": body.presence_penalty,
+        "stop": body.stop or (),
+        "seed": body.seed,
         "tools": tools,
         "tool_choice": body.tool_choice if tools else None,
     }
@@ -166,8 +176,20 @@ def _tool_calls(result: ChatResult) -> list[dict[str, Any]]:
     ]
 
 
+_OPENAI_FINISH = frozenset({"stop", "length", "tool_calls", "content_filter"})
+
+
+def _finish(result: ChatResult) -> str:
+    """A finish reason the official SDKs know: ragline's own (``repetition``, when the
+    degeneration guard ended the answer) goes in the ``ragline`` field instead."""
+    reason = result.usage.finish_reason
+    return reason if reason in _OPENAI_FINISH else "stop"
+
+
 def _extra(result: ChatResult) -> dict[str, Any]:
     extra: dict[str, Any] = {"sources": [s.model_dump(mode="json") for s in result.sources]}
+    if result.usage.finish_reason not in _OPENAI_FINISH | {None}:
+        extra["finish_reason"] = result.usage.finish_reason
     if isinstance(result, AgentResult):
         extra["finish_reason"] = result.finish_reason
         extra["steps"] = [s.model_dump(mode="json") for s in result.steps]
@@ -233,7 +255,7 @@ class CompletionChunks:
         extra = _extra(result)
         extra.pop("steps", None)  # already streamed as progress
         out += self._chunk(
-            [{"index": 0, "delta": {}, "finish_reason": result.usage.finish_reason or "stop"}],
+            [{"index": 0, "delta": {}, "finish_reason": _finish(result)}],
             ragline=extra,
         )
         if self.include_usage:
@@ -301,7 +323,7 @@ async def chat_completions(request: Request) -> Response:
                 {
                     "index": 0,
                     "message": message,
-                    "finish_reason": result.usage.finish_reason or "stop",
+                    "finish_reason": _finish(result),
                     "logprobs": None,
                 }
             ],

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from ..agent import OnEvent
 from ..metrics import CONTENT_TYPE
-from ..models import ChatRequest, ChatResult, RetrieveRequest
+from ..models import ChatRequest, ChatResult, RetrieveRequest, Source
 from ..providers import OnDelta
 from .boundary import request_context
 from .events import EventStreamResponse, sse
@@ -32,14 +32,15 @@ class NativeEvents:
         return sse(data, event=event)
 
     def done(self, result: ChatResult) -> bytes:
-        return sse(
-            {
-                "finish_reason": result.usage.finish_reason,
-                "usage": result.usage.model_dump(mode="json"),
-                "sources": [s.model_dump(mode="json") for s in result.sources],
-            },
-            event="done",
-        )
+        done: dict[str, Any] = {
+            "finish_reason": result.usage.finish_reason,
+            "usage": result.usage.model_dump(mode="json"),
+            "sources": [s.model_dump(mode="json") for s in result.sources],
+        }
+        if result.usage.finish_reason == "repetition":
+            # The deltas went out before the loop was known: this is the answer to keep.
+            done["text"] = result.text
+        return sse(done, event="done")
 
     def error(self, status: int, body: dict[str, Any], result: ChatResult) -> bytes:
         return sse(
@@ -78,14 +79,8 @@ async def retrieve(request: Request) -> Response:
     return JSONResponse(
         {
             "hits": [
-                {
-                    "score": hit.score,
-                    "document_id": hit.document_id,
-                    "chunk_index": hit.chunk_index,
-                    "source": hit.source,
-                    "text": hit.text,
-                }
-                for hit in hits
+                Source.from_hit(hit, rank).model_dump(mode="json")
+                for rank, hit in enumerate(hits, start=1)
             ]
         }
     )

@@ -266,13 +266,12 @@ def interrupted(reason: CancelReason | None) -> str:
 
 
 def with_sources(result: ChatResult) -> str:
-    """The answer followed by the documents it was grounded on."""
-    seen: list[str] = []
-    for source in result.sources:
-        name = source.source or source.document_id
-        if name not in seen:
-            seen.append(name)
-    if not seen:
+    """The answer followed by its sources, numbered as the answer cites them ``[n]``."""
+    if not result.sources:
         return result.text
-    lines = "\n".join(f"{i}. {name}" for i, name in enumerate(seen, start=1))
+    lines = "\n".join(
+        f"{source.rank or n}. {source.title or source.source or source.document_id} "
+        f"({source.relevance()})"
+        for n, source in enumerate(result.sources, start=1)
+    )
     return f"{result.text}\n\n**Sources**\n{lines}"
