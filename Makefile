@@ -11,7 +11,7 @@ WHEELS ?= $(HOME)/.cache/ragline/wheels
 LLAMA_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install serve playground test lint typecheck unit bench bench-quick bench-retrieval clean
+.PHONY: install serve playground test lint typecheck unit bench bench-quick bench-retrieval bench-answers clean
 
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
@@ -63,12 +63,18 @@ test: lint typecheck unit
 bench-retrieval: $(STAMP)
 	$(BIN)/python bench/retrieval.py
 
+# The answer eval: a real `ragline serve` over docs/ and a small fact corpus; degenerate
+# answers, grounding, citations, first token, tokens/s (bench/answers.py for the options).
+bench-answers: $(STAMP)
+	$(BIN)/python bench/answers.py
+
 # ragline and its peers (each installed in its own venv under ~/.cache/ragline/bench) side by
 # side, the local model, retrieval and ingestion; then docs/BENCHMARKS.md and its plots.
 bench: $(STAMP)
 	$(BIN)/python bench/compare.py
 	$(BIN)/python bench/local.py
 	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/answers.py
 	$(BIN)/python bench/report.py
 
 # The smoke mode CI runs: ragline and the bare upstream, few trials, a report in a temp dir.

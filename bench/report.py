@@ -1,6 +1,6 @@
 """Writes docs/BENCHMARKS.md (and its plots) from what the benchmarks left in
-bench/results: compare.json (bench/compare.py), local.md (bench/local.py) and
-retrieval.md (bench/retrieval.py).
+bench/results: compare.json (bench/compare.py), local.md (bench/local.py),
+retrieval.md (bench/retrieval.py) and answers-*.md (bench/answers.py).
 
     .venv/bin/python bench/report.py [--results bench/results] [--out docs/BENCHMARKS.md]
 """
@@ -317,6 +317,26 @@ def plots(targets: dict[str, Any], folder: Path) -> list[str]:
     return made
 
 
+def answers(results: Path) -> list[str]:
+    """The answer eval's runs, the embedded default's first."""
+    runs = sorted(results.glob("answers-*.md"), key=lambda p: (p.stem != "answers-default", p))
+    if not runs:
+        return ["Not part of this run (no `answers-*.md`)."]
+    lines = [
+        "`make bench-answers` (`bench/answers.py`): a real `ragline serve` over the "
+        "project's docs/ (12 questions a newcomer asks) and ten short fictional facts (one "
+        "question each), plus three prompts whose answers legitimately repeat their shape "
+        "(a table, a numbered list), where the degeneration guard must not fire. "
+        "Degenerate: the guard cut the answer, a line repeats three times, or under half "
+        "of the word trigrams are distinct. Grounded: the answer contains the expected "
+        "fact. Each run below says its settings.",
+        "",
+    ]
+    for run in runs:
+        lines += [run.read_text().rstrip(), ""]
+    return lines
+
+
 def main(results: Path, out: Path) -> None:
     compare_file = results / "compare.json"
     compare = json.loads(compare_file.read_text()) if compare_file.exists() else {"targets": {}}
@@ -401,6 +421,7 @@ def main(results: Path, out: Path) -> None:
             doc += [section.read_text().rstrip(), ""]
         else:
             doc += [f"Not part of this run (`{name}` missing).", ""]
+    doc += ["## 7. Answers", "", *answers(results), ""]
     out.write_text("\n".join(doc) + "\n")
     print(f"wrote {out} and {len(made)} plots in {images}")
 

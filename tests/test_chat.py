@@ -194,3 +194,30 @@ def test_reciprocal_rank_fusion_rewards_agreement() -> None:
     fused = fuse([[a, b, c], [c, a]], 2)
     assert [h.document_id for h in fused] == ["a", "c"]
     assert fused[0].score == pytest.approx(1 / 61 + 1 / 62)
+
+
+def test_fusion_keeps_each_rankings_own_score() -> None:
+    dense = [Hit("a", 0, "x", "a.md", 0.8, similarity=0.8), Hit("b", 0, "y", "b.md", 0.5)]
+    lexical = [Hit("b", 0, "y", "b.md", 7.5, bm25=7.5), Hit("a", 0, "x", "a.md", 2.0, bm25=2.0)]
+    fused = {hit.document_id: hit for hit in fuse([dense, lexical], 2)}
+    assert (fused["a"].similarity, fused["a"].bm25) == (0.8, 2.0)
+    assert (fused["b"].similarity, fused["b"].bm25) == (None, 7.5)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_sources_are_the_passages_the_model_saw_numbered_as_it_saw_them() -> None:
+    class Three(Store):
+        async def search(self, *args: object, **kwargs: object) -> list[Hit]:
+            return [Hit(d, 0, f"about {d}", f"{d}.md", 0.5, similarity=0.5) for d in "abc"]
+
+    gen = Tokens()
+    chat, _ = pipeline(gen, Three())
+    chat.composer = ContextPromptComposer(max_passages=2)
+    with Lifetime.root() as root:
+        result = await chat.run(ChatRequest(query="why", top_k=3), root)
+    assert [(s.rank, s.document_id, s.title) for s in result.sources] == [
+        (1, "a", "a.md"),
+        (2, "b", "b.md"),
+    ]
+    assert result.sources[0].relevance() == "similarity 0.50"
+    assert "[2] b.md\nabout b" in gen.prompts[0].messages[-1].content

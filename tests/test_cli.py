@@ -7,11 +7,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 import pytest
 
 from conftest import serve, settings_for, upstream_running
+from fake_embeddings import vector_for
+from ragline import Chunk, Lifetime
+from ragline.providers.memory import MemoryStore
 from upstream import Behavior, FakeUpstream
 
 pytestmark = pytest.mark.anyio
@@ -84,3 +89,42 @@ async def test_ask_in_process() -> None:
         )
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().strip() == "t0 t1"
+
+
+class WordEmbedder:
+    """A bag of hashed words: texts that share words are close."""
+
+    model, dimensions = "words", 16
+
+    async def embed(
+        self, texts: Sequence[str], lifetime: Lifetime, *, kind: str = "document"
+    ) -> list[list[float]]:
+        return [vector_for(text, self.dimensions) for text in texts]
+
+
+async def test_ask_prints_the_answer_then_its_sources_with_title_relevance_and_snippet(
+    tmp_path: Path,
+) -> None:
+    upstream = FakeUpstream(lambda body: Behavior(texts=["Pip, a heron ", "[1]."]))
+    text = "# Herons\n\nThe ragline **mascot** is a blue heron named Pip."
+    settings_of = lambda: settings_for(upstream, retrieval=True, data_dir=str(tmp_path))  # noqa: E731
+    async with (
+        upstream_running(upstream),
+        serve(settings_of(), embedder=WordEmbedder(), store=MemoryStore()) as running,
+    ):
+        store = running.server.runtime.pipeline.store
+        assert store is not None
+        with Lifetime.root() as root:
+            (vector,) = await WordEmbedder().embed([text], root)
+            chunk = Chunk("c1", "mascot", 0, text, "notes/mascot.md", vector)
+            await store.upsert([chunk], root)
+        result = await anyio.run_process(
+            [sys.executable, "-m", "ragline", "ask", "--url", running.url, "Who is the mascot?"],
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "Pip, a heron [1]."
+    assert lines[2] == "Sources"
+    assert lines[3].startswith("[1] mascot.md: Herons (similarity ")
+    assert lines[4] == "    The ragline mascot is a blue heron named Pip."

@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .chunking import Chunker, Tokenizer, minilm_tokenizer
 from .lifetime import Lifetime
 from .providers import Embedder, Generator, PromptComposer, QueryTransformer, VectorStore
+from .providers.prompt import DEFAULT_INSTRUCTIONS
 from .settings import Settings
 from .threads import ThreadBridge
 
 __all__ = [
     "LOCAL_CONTEXT",
+    "UPSTREAM_CONTEXT",
+    "ContextShape",
     "Hooks",
     "build_chunker",
     "build_composer",
@@ -25,8 +28,22 @@ __all__ = [
 ]
 
 
-# The local model's context: tokens of passages and how many (chosen by the answer eval).
-LOCAL_CONTEXT = (400, 3)
+@dataclass(frozen=True)
+class ContextShape:
+    """How much retrieved context a model reads, and how it is laid out."""
+
+    tokens: int
+    passages: int | None
+    focus: bool
+    placement: Literal["user", "system"]
+    instructions: str = DEFAULT_INSTRUCTIONS
+
+
+# Chosen by the answer eval (`make bench-answers`, figures in docs/BENCHMARKS.md): the
+# small local model answers from few passages cut to their sentences closest to the
+# question; a large upstream model reads the passages whole.
+LOCAL_CONTEXT = ContextShape(tokens=400, passages=3, focus=True, placement="user")
+UPSTREAM_CONTEXT = ContextShape(tokens=3_000, passages=None, focus=False, placement="user")
 
 
 @dataclass
@@ -135,14 +152,14 @@ def build_composer(settings: Settings, generator: Generator) -> PromptComposer:
 
     s = settings
     count = getattr(generator, "count_tokens", rough_tokens)
-    if s.llm_provider == "local":
-        tokens, passages = LOCAL_CONTEXT
-    else:
-        tokens, passages = 3_000, None
+    shape = LOCAL_CONTEXT if s.llm_provider == "local" else UPSTREAM_CONTEXT
     return ContextPromptComposer(
-        context_tokens=s.context_tokens if s.context_tokens is not None else tokens,
-        max_passages=s.context_passages or passages,
+        context_tokens=s.context_tokens if s.context_tokens is not None else shape.tokens,
+        max_passages=s.context_passages or shape.passages,
         count_tokens=count,
+        focus=shape.focus if s.context_focus is None else s.context_focus,
+        placement=s.context_placement or shape.placement,
+        instructions=s.system_instructions or shape.instructions,
     )
 
 

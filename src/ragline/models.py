@@ -165,7 +165,9 @@ class Source(BaseModel):
 
     def snippet(self, length: int = 160) -> str:
         """The start of the passage, as prose, cut at a word."""
-        text = " ".join(plain(self.text).split())
+        # The headings are in the title already.
+        body = "\n".join(line for line in self.text.split("\n") if not line.startswith("#"))
+        text = " ".join(plain(body).split())
         if len(text) <= length:
             return text
         return text[:length].rsplit(" ", 1)[0] + " …"

@@ -29,6 +29,7 @@ _HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
 _RULE = re.compile(r"^\s*([-*_=])(\s*\1){2,}\s*$")
 _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
+_BLOCK = re.compile(r"^\s*([-*+]\s|\d+[.)]\s)")  # a list item starts its own line
 _CODE_LINES = 4  # a long code block is cut to its first lines: the model reads prose
 
 
@@ -46,7 +47,7 @@ def plain(text: str) -> str:
             if fence is None:
                 fence = []
             else:
-                out.extend(fence[:_CODE_LINES])
+                out.extend([*fence[:_CODE_LINES], ""])
                 fence = None
             continue
         if fence is not None:
@@ -60,7 +61,7 @@ def plain(text: str) -> str:
             if header is None:
                 header = cells
                 continue
-            out.append(_row(header, cells))
+            out.extend([_row(header, cells), ""])
             continue
         header = None
         if _RULE.match(line) or _REFERENCE.match(line):
@@ -69,7 +70,11 @@ def plain(text: str) -> str:
         if heading:
             out.extend(["", _inline(heading.group(1)).rstrip(".:") + ":"])
             continue
-        out.append(_inline(line.lstrip("> ") if line.lstrip().startswith(">") else line))
+        line = _inline(line.lstrip("> ") if line.lstrip().startswith(">") else line)
+        if out and out[-1] and line and not _BLOCK.match(line) and not out[-1].endswith(":"):
+            out[-1] += " " + line.lstrip()  # a hard-wrapped paragraph is one line
+        else:
+            out.append(line)
     if fence:
         out.extend(fence[:_CODE_LINES])
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # small local one (its first token comes in about 2 s), generous for an upstream.
     context_tokens: int | None = Field(None, ge=0)
     context_passages: int | None = Field(None, ge=1)
+    context_focus: bool | None = None  # keep each passage's sentences closest to the query
+    context_placement: Literal["user", "system"] | None = None  # where the passages go
+    system_instructions: str | None = None  # default: the composer's own
     transform_timeout: Seconds = None
     retrieve_timeout: Seconds = None
     compose_timeout: Seconds = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 from ..lifetime import Lifetime
 from ..models import ChatRequest, Hit, Message, Prompt
@@ -16,7 +17,14 @@ DEFAULT_INSTRUCTIONS = (
     "is relevant, cite it as [n], and say so when the context does not contain the answer."
 )
 
-_SENTENCE = re.compile(r"(?<=[.!?:])\s+|\n+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORD = re.compile(r"[a-z0-9_]+")
+# Words that say nothing about what a question is after.
+_STOPWORDS_TEXT = (
+    "a an and are as at be by can do does for from has have how i if in is it its of on "
+    "or the this that to was what when where which who why will with you your"
+)
+_STOPWORDS = frozenset(_STOPWORDS_TEXT.split(" "))
 
 
 def rough_tokens(text: str) -> int:
@@ -41,11 +49,15 @@ class ContextPromptComposer:
         max_passages: int | None = None,
         count_tokens: Callable[[str], int] = rough_tokens,
         instructions: str = DEFAULT_INSTRUCTIONS,
+        focus: bool = False,
+        placement: Literal["user", "system"] = "user",
     ) -> None:
         self.context_tokens = context_tokens
         self.max_passages = max_passages
         self.count_tokens = count_tokens
         self.instructions = instructions
+        self.focus = focus
+        self.placement = placement
 
     async def compose(
         self, request: ChatRequest, hits: Sequence[Hit], lifetime: Lifetime
@@ -57,26 +69,61 @@ class ContextPromptComposer:
             messages = [Message(role="system", content=instructions)]
         elif request.system_instructions:
             messages.append(Message(role="system", content=request.system_instructions))
+        blocks = self.passages(hits, request.query)
+        context = "Context:\n" + "\n\n".join(blocks) if blocks else ""
+        if context and self.placement == "system":
+            # A small model continues a list it sees at the end of the user's message
+            # ("[4] ..."); as part of its instructions it reads the passages as given.
+            last = messages[-1]
+            messages[-1] = last.model_copy(update={"content": f"{last.content}\n\n{context}"})
+            question = request.query
+        else:
+            question = f"{context}\n\nQuestion: {request.query}" if context else request.query
         messages.extend(m for m in request.history if m.role != "system")
-        blocks = self.passages(hits)
-        messages.append(Message(role="user", content=_user_message(request.query, blocks)))
+        messages.append(Message(role="user", content=question))
         return Prompt(
             tuple(messages), request.max_tokens, request.temperature, passages=len(blocks)
         )
 
-    def passages(self, hits: Sequence[Hit]) -> list[str]:
-        """The numbered passages that fit the budget, best first."""
+    def passages(self, hits: Sequence[Hit], query: str = "") -> list[str]:
+        """The numbered passages that fit the budget, best first. With ``focus``, each
+        passage is cut down to its sentences that share most words with ``query``, so
+        that several passages fit, each with its point."""
         blocks: list[str] = []
         budget = self.context_tokens
-        for n, hit in enumerate(hits[: self.max_passages], start=1):
+        hits = hits[: self.max_passages]
+        share = budget // max(len(hits), 1)
+        for n, hit in enumerate(hits, start=1):
             head = f"[{n}] {title(hit.text, hit.source)}"
-            text = self._fit(plain(hit.text), budget - self.count_tokens(head) - 2)
+            text = plain(hit.text)
+            if self.focus:
+                text = self._focus(text, query, share - self.count_tokens(head) - 2)
+            text = self._fit(text, budget - self.count_tokens(head) - 2)
             if not text:
                 break
             block = f"{head}\n{text}"
             blocks.append(block)
             budget -= self.count_tokens(block) + 2
         return blocks
+
+    def _focus(self, text: str, query: str, budget: int) -> str:
+        """The sentences of ``text`` that share most words with ``query``, in their own
+        order, within ``budget`` tokens; the first sentences when none shares a word."""
+        wanted = _stems(query)
+        sentences = [s.strip() for s in _SENTENCE.split(text) if s.strip()]
+        scored = sorted(
+            range(len(sentences)),
+            key=lambda i: (-len(wanted & _stems(sentences[i])), i),
+        )
+        chosen: set[int] = set()
+        used = 0
+        for i in scored:
+            cost = self.count_tokens(sentences[i]) + 1
+            if used + cost > budget:
+                continue
+            chosen.add(i)
+            used += cost
+        return "\n".join(sentences[i] for i in sorted(chosen))
 
     def _fit(self, text: str, budget: int) -> str:
         """``text``, or as many of its first sentences as fit in ``budget`` tokens."""
@@ -93,8 +140,6 @@ class ContextPromptComposer:
         return kept
 
 
-def _user_message(query: str, blocks: Sequence[str]) -> str:
-    if not blocks:
-        return query
-    context = "\n\n".join(blocks)
-    return f"Context:\n{context}\n\nQuestion: {query}"
+def _stems(text: str) -> set[str]:
+    # Five letters are stem enough to match "cancelled" with "cancellation".
+    return {w[:5] for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and len(w) > 2}
