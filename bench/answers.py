@@ -185,6 +185,7 @@ def summary(answers: list[Answer]) -> dict[str, Any]:
         "questions": len(answers),
         "degenerate": sum(a.degenerate is not None for a in answers),
         "degenerate_rules": sorted({a.degenerate for a in answers if a.degenerate}),
+        "guard_stops": sum(a.finish_reason == "repetition" for a in answers),
         "grounded": sum(a.grounded for a in answers),
         "cites_right": sum(a.cites_right for a in answers),
         "retrieved": sum(a.retrieved for a in answers),
@@ -202,9 +203,9 @@ def markdown(label: str, results: dict[str, Any]) -> str:
         + (f", {' '.join(results['env'])}" if results["env"] else "")
         + f"), {time.strftime('%Y-%m-%d')}; `{results['command']}`.",
         "",
-        "| question set | questions | degenerate | grounded | cites the right source "
-        "| source retrieved | first token p50 / p90 | tokens/s p50 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| question set | questions | degenerate | guard stops | grounded "
+        "| cites the right source | source retrieved | first token p50 / p90 | tokens/s p50 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in results["sets"].items():
         ttft = (
@@ -215,7 +216,8 @@ def markdown(label: str, results: dict[str, Any]) -> str:
         rate = f"{s['tokens_per_second_p50']:.0f}" if s["tokens_per_second_p50"] else "–"
         rules = f" ({', '.join(s['degenerate_rules'])})" if s["degenerate_rules"] else ""
         rows.append(
-            f"| {name} | {s['questions']} | {s['degenerate']}{rules} | {s['grounded']} "
+            f"| {name} | {s['questions']} | {s['degenerate']}{rules} | {s.get('guard_stops', 0)} "
+            f"| {s['grounded']} "
             f"| {s['cites_right']} | {s['retrieved']} | {ttft} | {rate} |"
         )
     return "\n".join(rows)

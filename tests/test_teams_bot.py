@@ -408,3 +408,22 @@ async def test_too_many_pending_turns_get_503_and_a_later_redelivery_is_served()
         await eventually(lambda: b.running.metric("ragline_bot_turns_total") == 1)
         assert (await b.teams.redeliver(b.url, second)).status == 202  # not a duplicate
         await b.teams.wait_for(lambda: len(b.teams.messages(conversation)) == 2, timeout=30)
+
+
+def test_the_final_message_numbers_its_sources_as_the_answer_cites_them() -> None:
+    from ragline import ChatResult, Hit, Source
+    from ragline.teams.bot import with_sources
+
+    hits = [
+        Hit("guide", 0, "## Jobs\nDELETE stops a job.", "docs/GUIDE.md", 0.03, similarity=0.62),
+        Hit("guide", 1, "More on jobs.", "docs/GUIDE.md", 0.02, bm25=7.14),
+    ]
+    result = ChatResult(
+        text="Send DELETE [1].",
+        sources=[Source.from_hit(hit, rank) for rank, hit in enumerate(hits, start=1)],
+    )
+    assert with_sources(result) == (
+        "Send DELETE [1].\n\n**Sources**\n"
+        "1. GUIDE.md: Jobs (similarity 0.62)\n"
+        "2. GUIDE.md (BM25 7.1)"
+    )

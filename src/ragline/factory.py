@@ -42,7 +42,20 @@ class ContextShape:
 # Chosen by the answer eval (`make bench-answers`, figures in docs/BENCHMARKS.md): the
 # small local model answers from few passages cut to their sentences closest to the
 # question; a large upstream model reads the passages whole.
-LOCAL_CONTEXT = ContextShape(tokens=400, passages=3, focus=True, placement="user")
+LOCAL_CONTEXT = ContextShape(
+    tokens=400,
+    passages=3,
+    focus=True,
+    # As part of its instructions, a small model reads the passages as given; after them
+    # in the user's message, it tends to continue their list ("[4] ...").
+    placement="system",
+    instructions=(
+        "Answer the question in one or two sentences, using only the numbered context. "
+        "Cite the passage you used as [n]. If the context does not contain the answer, "
+        "say you do not know."
+    ),
+)
+UPSTREAM_MAX_TOKENS = 256
 UPSTREAM_CONTEXT = ContextShape(tokens=3_000, passages=None, focus=False, placement="user")
 
 
@@ -58,7 +71,7 @@ def build_generator(settings: Settings, bridge: ThreadBridge, hooks: Hooks) -> G
     """``RAGLINE_LLM_PROVIDER``: ``local`` (llama.cpp) or ``openai`` (any compatible server)."""
     s = settings
     if s.llm_provider == "local":
-        from .providers.llamacpp import LlamaCppGenerator
+        from .providers.llamacpp import LOCAL_MAX_TOKENS, LlamaCppGenerator
 
         local = LlamaCppGenerator(
             bridge,
@@ -68,7 +81,7 @@ def build_generator(settings: Settings, bridge: ThreadBridge, hooks: Hooks) -> G
             threads=s.llm_threads,
             batch_threads=s.llm_batch_threads,
             max_prompt_tokens=s.llm_max_prompt_tokens,
-            max_tokens=s.llm_max_tokens,
+            max_tokens=s.llm_max_tokens or LOCAL_MAX_TOKENS,
             sampling=s.sampling,
             queue_size=s.llm_queue_size,
         )
@@ -84,7 +97,7 @@ def build_generator(settings: Settings, bridge: ThreadBridge, hooks: Hooks) -> G
         connect_timeout=s.llm_connect_timeout,
         first_token_timeout=s.llm_first_token_timeout,
         total_timeout=s.llm_total_timeout,
-        max_tokens=s.llm_max_tokens,
+        max_tokens=s.llm_max_tokens or UPSTREAM_MAX_TOKENS,
         sampling=s.sampling,
     )
     hooks.closes.append(remote.aclose)

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     llm_connect_timeout: float = Field(5.0, gt=0)
     llm_first_token_timeout: Seconds = 60.0
     llm_total_timeout: Seconds = 300.0
-    llm_max_tokens: int | None = Field(256, ge=1)
+    llm_max_tokens: int | None = Field(None, ge=1)  # unset: 160 local (the eval), 256 upstream
     # Sampling defaults; unset: the local model's eval-chosen ones, or the upstream's own.
     llm_temperature: float | None = Field(None, ge=0, le=2)
     llm_top_p: float | None = Field(None, gt=0, le=1)
