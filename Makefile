@@ -67,6 +67,7 @@ bench-retrieval: $(STAMP)
 # answers, grounding, citations, first token, tokens/s (bench/answers.py for the options).
 bench-answers: $(STAMP)
 	$(BIN)/python bench/answers.py
+	$(BIN)/python bench/report.py --answers-only
 
 # ragline and its peers (each installed in its own venv under ~/.cache/ragline/bench) side by
 # side, the local model, retrieval and ingestion; then docs/BENCHMARKS.md and its plots.

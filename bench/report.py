@@ -317,6 +317,9 @@ def plots(targets: dict[str, Any], folder: Path) -> list[str]:
     return made
 
 
+ANSWERS_HEADING = "## 7. Answers"
+
+
 def answers(results: Path) -> list[str]:
     """The answer eval's runs, the embedded default's first."""
     runs = sorted(results.glob("answers-*.md"), key=lambda p: (p.stem != "answers-default", p))
@@ -330,6 +333,13 @@ def answers(results: Path) -> list[str]:
         "Degenerate: the guard cut the answer, a line repeats three times, or under half "
         "of the word trigrams are distinct. Grounded: the answer contains the expected "
         "fact. Each run below says its settings.",
+        "",
+        "The first run is the embedded default. The local model's defaults (greedy decoding "
+        "with a repetition penalty of 1.2, at most 160 tokens, three passages cut to their "
+        "sentences closest to the question within 400 tokens, placed with the instructions) "
+        "are the ones these runs chose: each other local run changes one of them. A run "
+        "against an OpenAI-compatible server reads the passages whole, up to 3,000 tokens, "
+        "and samples as that server does.",
         "",
     ]
     for run in runs:
@@ -355,7 +365,8 @@ def main(results: Path, out: Path) -> None:
         f"- Machine: {machine()}.",
         f"- Versions: {versions()}",
         "- Commands: `make bench` runs `bench/compare.py` (ragline and its peers side by "
-        "side), `bench/local.py`, `bench/retrieval.py`, then `bench/report.py`. "
+        "side), `bench/local.py`, `bench/retrieval.py`, `bench/answers.py`, then "
+        "`bench/report.py`. "
         "`make bench-quick` is the smoke mode CI runs.",
         "- Every proxy runs in its own process on 127.0.0.1 in front of the same fake "
         "OpenAI-compatible upstream (`bench/upstream.py`, its own process), which records "
@@ -426,9 +437,25 @@ def main(results: Path, out: Path) -> None:
     print(f"wrote {out} and {len(made)} plots in {images}")
 
 
+def update_answers(results: Path, out: Path) -> None:
+    """Rewrite only the answers section of an existing report (`make bench-answers`)."""
+    text = out.read_text()
+    head, found, _ = text.partition(ANSWERS_HEADING)
+    if not found:
+        head = text.rstrip() + "\n\n"
+    out.write_text(head + "\n".join([ANSWERS_HEADING, "", *answers(results)]).rstrip() + "\n")
+    print(f"updated the answers section of {out}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "BENCHMARKS.md")
+    parser.add_argument(
+        "--answers-only", action="store_true", help="rewrite only the answers section"
+    )
     arguments = parser.parse_args()
-    main(arguments.results, arguments.out)
+    if arguments.answers_only:
+        update_answers(arguments.results, arguments.out)
+    else:
+        main(arguments.results, arguments.out)
