@@ -218,37 +218,44 @@ def check_recorded(running: Running, completion_tokens: int, call: Call) -> None
     assert span.status.status_code.name == "UNSET"
 
 
-async def test_a_looping_upstream_is_closed_whole() -> None:
+async def ask_looping(
+    method: str, path: str, **kwargs: Any
+) -> tuple[httpx.Response, Running, Call]:
+    """Ask ragline in front of a looping upstream; the upstream closed soon after."""
     upstream = FakeUpstream(looping)
     async with upstream_running(upstream), serve(settings_for(upstream)) as running:
         async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
-            response = await http.post("/api/v1/inference/chat", json={"query": "why?"})
+            response = await http.request(method, path, **kwargs)
         (call,) = upstream.calls
         await closed_soon(call)
-        assert response.status_code == 200
-        body = response.json()
-        assert body["text"] == FIRST_COPY
-        assert body["usage"]["finish_reason"] == "repetition"
-        assert body["usage"]["cause"] == "repetition"
-        check_recorded(running, body["usage"]["completion_tokens"], call)
+    return response, running, call
+
+
+async def test_a_looping_upstream_is_closed_whole() -> None:
+    response, running, call = await ask_looping(
+        "POST", "/api/v1/inference/chat", json={"query": "?"}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["text"] == FIRST_COPY
+    assert body["usage"]["finish_reason"] == "repetition"
+    assert body["usage"]["cause"] == "repetition"
+    check_recorded(running, body["usage"]["completion_tokens"], call)
 
 
 async def test_a_looping_upstream_is_closed_streamed() -> None:
-    upstream = FakeUpstream(looping)
-    async with upstream_running(upstream), serve(settings_for(upstream)) as running:
-        async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
-            response = await http.get("/api/v1/inference/stream", params={"query": "why?"})
-        (call,) = upstream.calls
-        await closed_soon(call)
-        lines = response.text.split("\n")
-        done = json.loads(lines[lines.index("event: done") + 1][6:])
-        streamed = "".join(
-            json.loads(line[6:]).get("delta", "") for line in lines if line.startswith("data: ")
-        )
-        assert streamed.startswith(FIRST_COPY)
-        assert done["finish_reason"] == "repetition"
-        assert done["text"] == FIRST_COPY
-        check_recorded(running, done["usage"]["completion_tokens"], call)
+    response, running, call = await ask_looping(
+        "GET", "/api/v1/inference/stream", params={"query": "?"}
+    )
+    lines = response.text.split("\n")
+    done = json.loads(lines[lines.index("event: done") + 1][6:])
+    streamed = "".join(
+        json.loads(line[6:]).get("delta", "") for line in lines if line.startswith("data: ")
+    )
+    assert streamed.startswith(FIRST_COPY)
+    assert done["finish_reason"] == "repetition"
+    assert done["text"] == FIRST_COPY
+    check_recorded(running, done["usage"]["completion_tokens"], call)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])

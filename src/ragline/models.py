@@ -113,14 +113,7 @@ class ChatRequest(BaseModel):
 
     def sampling(self) -> Sampling:
         """The sampling parameters this request sets."""
-        return Sampling(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            frequency_penalty=self.frequency_penalty,
-            presence_penalty=self.presence_penalty,
-            stop=self.stop or None,
-            seed=self.seed,
-        )
+        return Sampling.read(self)
 
 
 class Source(BaseModel):
@@ -234,6 +227,18 @@ class Sampling:
     presence_penalty: float | None = None
     stop: tuple[str, ...] | None = None
     seed: int | None = None
+
+    @classmethod
+    def read(cls, source: object, prefix: str = "") -> Sampling:
+        """The parameters ``source`` sets, as attributes named ``prefix`` + the field's
+        name (an empty ``stop`` is no stop)."""
+        found: dict[str, Any] = {}
+        for f in fields(cls):
+            value = getattr(source, prefix + f.name, None)
+            if f.name == "stop":
+                value = tuple(value) if value else None
+            found[f.name] = value
+        return cls(**found)
 
     def over(self, defaults: Sampling) -> Sampling:
         """These parameters, with ``defaults`` where they are unset."""

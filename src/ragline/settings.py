@@ -205,17 +205,8 @@ class Settings(BaseSettings):
 
     @property
     def sampling(self) -> Sampling:
-        """The sampling parameters these settings set."""
-        return Sampling(
-            temperature=self.llm_temperature,
-            top_p=self.llm_top_p,
-            min_p=self.llm_min_p,
-            repeat_penalty=self.llm_repeat_penalty,
-            frequency_penalty=self.llm_frequency_penalty,
-            presence_penalty=self.llm_presence_penalty,
-            stop=tuple(self.llm_stop) if self.llm_stop else None,
-            seed=self.llm_seed,
-        )
+        """The sampling parameters these settings set (``RAGLINE_LLM_TEMPERATURE``, …)."""
+        return Sampling.read(self, prefix="llm_")
 
     @property
     def bot_turn_timeout(self) -> float | None:
