@@ -147,33 +147,26 @@ class _Stop(Exception):  # control flow inside the loop; never escapes it
 class Agent:
     """Runs agent loops over a chat pipeline and a registry of server-side tools.
 
-    Tools run on ``supervisor`` (bound later with :meth:`start` when the application
-    starts).
+    Tools run as tasks of ``supervisor``, the application's.
     """
 
     def __init__(
         self,
         pipeline: ChatPipeline,
         tools: ToolRegistry,
+        supervisor: Supervisor,
         *,
         threads: ThreadBridge,
         tracing: Tracing,
         metrics: Metrics,
         limits: LoopLimits = LoopLimits(),
-        supervisor: Supervisor | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.tools = tools
         self.limits = limits
         self._tracing = tracing
         self._metrics = metrics
-        self._executor = ToolExecutor(
-            threads=threads, tracing=tracing, metrics=metrics, supervisor=supervisor
-        )
-
-    def start(self, supervisor: Supervisor) -> None:
-        """Run tools on the application's supervisor from now on."""
-        self._executor.start(supervisor)
+        self._executor = ToolExecutor(supervisor, threads=threads, tracing=tracing, metrics=metrics)
 
     async def run(
         self,

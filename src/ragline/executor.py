@@ -15,7 +15,7 @@ import anyio
 from pydantic import BaseModel
 
 from .errors import StageTimeout
-from .lifetime import Lifetime, LifetimeError
+from .lifetime import Lifetime
 from .metrics import Metrics
 from .models import Source, ToolCall
 from .supervisor import Supervisor
@@ -55,24 +55,20 @@ class _Box:
 
 
 class ToolExecutor:
-    """Runs tool calls on a supervisor (bound with :meth:`start`)."""
+    """Runs tool calls as tasks of the application's supervisor."""
 
     def __init__(
         self,
+        supervisor: Supervisor,
         *,
         threads: ThreadBridge,
         tracing: Tracing,
         metrics: Metrics,
-        supervisor: Supervisor | None = None,
     ) -> None:
+        self._supervisor = supervisor
         self._threads = threads
         self._tracing = tracing
         self._metrics = metrics
-        self._supervisor = supervisor
-
-    def start(self, supervisor: Supervisor) -> None:
-        """Run tools as tasks of ``supervisor`` from now on."""
-        self._supervisor = supervisor
 
     async def call(
         self,
@@ -142,8 +138,6 @@ class ToolExecutor:
             outcome.output = tool_error("invalid_arguments", exc.message)
             return
         supervisor = self._supervisor
-        if supervisor is None:
-            raise LifetimeError("no supervisor to run tools on: call start()")
         box = _Box()
 
         async def body(life: Lifetime) -> None:

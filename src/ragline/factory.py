@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, Protocol, runtime_checkable
+
+import anyio
 
 from .chunking import Chunker, Tokenizer, minilm_tokenizer
+from .ingestion import Ingestor
 from .lifetime import Lifetime
 from .providers import Embedder, Generator, PromptComposer, QueryTransformer, VectorStore
 from .providers.prompt import DEFAULT_INSTRUCTIONS
+from .records import Records
 from .settings import Settings
 from .threads import ThreadBridge
 
@@ -18,13 +23,15 @@ __all__ = [
     "LOCAL_CONTEXT",
     "UPSTREAM_CONTEXT",
     "ContextShape",
-    "Hooks",
+    "Ingestion",
     "build_chunker",
     "build_composer",
     "build_embedder",
     "build_generator",
+    "build_ingestion",
     "build_store",
     "build_transformer",
+    "open_parts",
 ]
 
 
@@ -59,15 +66,7 @@ UPSTREAM_MAX_TOKENS = 256
 UPSTREAM_CONTEXT = ContextShape(tokens=3_000, passages=None, focus=False, placement="user")
 
 
-@dataclass
-class Hooks:
-    """What the application must do for its providers at start and at stop."""
-
-    opens: list[Callable[[Lifetime], Coroutine[Any, Any, None]]] = field(default_factory=list)
-    closes: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-
-
-def build_generator(settings: Settings, bridge: ThreadBridge, hooks: Hooks) -> Generator:
+def build_generator(settings: Settings, bridge: ThreadBridge) -> Generator:
     """``RAGLINE_LLM_PROVIDER``: ``local`` (llama.cpp) or ``openai`` (any compatible server)."""
     s = settings
     if s.llm_provider == "local":
@@ -85,7 +84,6 @@ def build_generator(settings: Settings, bridge: ThreadBridge, hooks: Hooks) -> G
             sampling=s.sampling,
             queue_size=s.llm_queue_size,
         )
-        hooks.opens.append(local.open)
         return local
     from .providers.openai import OpenAIGenerator
 
@@ -100,62 +98,50 @@ def build_generator(settings: Settings, bridge: ThreadBridge, hooks: Hooks) -> G
         max_tokens=s.llm_max_tokens or UPSTREAM_MAX_TOKENS,
         sampling=s.sampling,
     )
-    hooks.closes.append(remote.aclose)
     return remote
 
 
-def build_embedder(settings: Settings, bridge: ThreadBridge, hooks: Hooks) -> Embedder:
+def build_embedder(settings: Settings, bridge: ThreadBridge) -> Embedder:
     """``RAGLINE_EMBEDDINGS``: ``local`` (MiniLM), ``openai`` or ``cohere``."""
     s = settings
     if s.embeddings == "local":
         from .providers.minilm import MiniLMEmbedder
 
-        local = MiniLMEmbedder(bridge, batch_size=s.embeddings_batch_size, bf16=s.embeddings_bf16)
-        hooks.opens.append(local.open)
-        return local
+        return MiniLMEmbedder(bridge, batch_size=s.embeddings_batch_size, bf16=s.embeddings_bf16)
     if s.embeddings == "openai":
         from .providers.openai import OpenAIEmbedder
 
-        openai = OpenAIEmbedder(
+        return OpenAIEmbedder(
             base_url=s.embeddings_base_url or s.llm_base_url,
             model=s.embeddings_model or "text-embedding-3-small",
             dimensions=s.embeddings_dimensions or 1536,
             api_key=s.embeddings_api_key or s.llm_api_key,
             batch_size=s.embeddings_batch_size,
         )
-        hooks.closes.append(openai.aclose)
-        return openai
     from .providers.cohere import CohereEmbedder
 
-    cohere = CohereEmbedder(
+    return CohereEmbedder(
         api_key=s.embeddings_api_key,
         model=s.embeddings_model or "embed-english-v3.0",
         dimensions=s.embeddings_dimensions or 1024,
         base_url=s.embeddings_base_url or "https://api.cohere.com",
         batch_size=s.embeddings_batch_size,
     )
-    hooks.closes.append(cohere.aclose)
-    return cohere
 
 
-def build_store(
-    settings: Settings, bridge: ThreadBridge, hooks: Hooks, *, dimensions: int
-) -> VectorStore:
+def build_store(settings: Settings, bridge: ThreadBridge, *, dimensions: int) -> VectorStore:
     """Milvus Lite under ``RAGLINE_DATA_DIR``, or the Milvus at ``RAGLINE_VECTOR_URI``."""
     from .providers.milvus import MilvusStore
 
     s = settings
     uri = s.vector_uri or str(Path(s.data_dir) / "milvus.db")
-    store = MilvusStore(
+    return MilvusStore(
         bridge,
         uri=uri,
         dimensions=dimensions,
         default_collection=s.collection,
         token=s.vector_token.get_secret_value() if s.vector_token else None,
     )
-    hooks.opens.append(store.open)
-    hooks.closes.append(store.aclose)
-    return store
 
 
 def build_composer(settings: Settings, generator: Generator) -> PromptComposer:
@@ -203,3 +189,94 @@ def build_chunker(settings: Settings) -> Chunker:
     """Chunks by all-MiniLM-L6-v2's tokens (also the count used for remote embedders:
     close enough to size chunks, and available offline)."""
     return Chunker(_LazyTokenizer(), size=settings.chunk_tokens, overlap=settings.chunk_overlap)
+
+
+@dataclass
+class Ingestion:
+    """The write side of ingestion and what it writes to, built the same way for the
+    server and for `ragline ingest`. ``built`` lists the parts made here, which their
+    builder opens and closes (:func:`open_parts`)."""
+
+    embedder: Embedder
+    store: VectorStore
+    records: Records
+    ingestor: Ingestor
+    built: list[object]
+
+
+def build_ingestion(
+    settings: Settings,
+    bridge: ThreadBridge,
+    *,
+    embedder: Embedder | None = None,
+    store: VectorStore | None = None,
+) -> Ingestion:
+    """The embedder and store (``embedder``/``store`` when given), the record store in
+    ``RAGLINE_DATA_DIR``, and an :class:`Ingestor` over them."""
+    built: list[object] = []
+    records = Records(Path(settings.data_dir) / "records.sqlite")
+    built.append(records)  # first: it closes last, after what writes to it
+    if embedder is None:
+        embedder = build_embedder(settings, bridge)
+        built.append(embedder)
+    if store is None:
+        store = build_store(settings, bridge, dimensions=embedder.dimensions)
+        built.append(store)
+    ingestor = Ingestor(
+        embedder=embedder,
+        store=store,
+        records=records,
+        bridge=bridge,
+        chunker=build_chunker(settings),
+        batch_size=settings.ingest_batch_size,
+    )
+    return Ingestion(embedder, store, records, ingestor, built)
+
+
+@runtime_checkable
+class _Opens(Protocol):
+    async def open(self, lifetime: Lifetime) -> None: ...
+
+
+async def open_parts(
+    stack: AsyncExitStack, lifetime: Lifetime, parts: Sequence[object], *, grace: float
+) -> int:
+    """Open ``parts`` side by side (those with ``open(lifetime)``: loading a model,
+    connecting a store). Each part's close (``aclose()`` or ``close()``) goes on ``stack``
+    once it is open, or at once if it has nothing to open, so that leaving the stack
+    closes in reverse order exactly what was opened, also when an open fails halfway.
+    Each close is shielded and bounded by ``grace`` seconds. Returns how many opened."""
+    openers: list[tuple[_Opens, Callable[[], Awaitable[None]] | None]] = []
+    for part in parts:
+        closer = _closer(part, grace)
+        if isinstance(part, _Opens):
+            openers.append((part, closer))
+        elif closer is not None:
+            stack.push_async_callback(closer)
+
+    async def open_one(part: _Opens, closer: Callable[[], Awaitable[None]] | None) -> None:
+        await part.open(lifetime)
+        if closer is not None:
+            stack.push_async_callback(closer)
+
+    async with anyio.create_task_group() as tg:
+        for part, closer in openers:
+            tg.start_soon(open_one, part, closer)
+    return len(openers)
+
+
+def _closer(part: object, grace: float) -> Callable[[], Awaitable[None]] | None:
+    aclose = getattr(part, "aclose", None)
+    close = getattr(part, "close", None)
+    if aclose is None and close is None:
+        return None
+
+    async def closing() -> None:
+        # Closing pools is quick; bound it anyway so a stuck part cannot hang exit.
+        with anyio.move_on_after(grace, shield=True):
+            if aclose is not None:
+                await aclose()
+            elif close is not None:
+                close()
+
+    return closing

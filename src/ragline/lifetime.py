@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -135,15 +136,24 @@ class Lifetime:
         return Lifetime(name, parent=self, timeout=timeout, values=values, detached=True)
 
     def afterlife(self, name: str, timeout: float) -> Lifetime:
-        """The last words of work that has ended: a short lifetime that keeps this one's
-        values, obeys no cancellation, and is bounded by its own ``timeout``. For a final
-        message to a user after a shutdown or timeout; run it inside
-        ``anyio.move_on_after(timeout, shield=True)``."""
+        """A short lifetime for the last words of work that has ended: it keeps this
+        one's values, obeys no cancellation, and is bounded by its own ``timeout``. Use it
+        through :meth:`last_words`, which also opens the shielded scope it needs."""
         if not 0 < timeout <= 10:
             raise ValueError("an afterlife needs a short timeout (at most 10 s)")
         last = Lifetime(name, timeout=timeout, values=self._values)
         last.path = f"{self.path}/{name}"
         return last
+
+    @contextmanager
+    def last_words(self, timeout: float, name: str = "last-words") -> Iterator[Lifetime]:
+        """A shielded block of at most ``timeout`` seconds for the last words of work
+        that has ended (a final event, an "interrupted" message), even while the
+        cancellation that ended it is under way. Yields the :meth:`afterlife` to pass to
+        what the block calls; when the time is up the block is left quietly."""
+        last = self.afterlife(name, timeout)
+        with anyio.move_on_after(timeout, shield=True):
+            yield last
 
     # -- queries ------------------------------------------------------------------
     @property

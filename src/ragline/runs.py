@@ -89,10 +89,20 @@ class Run:
 
 
 class Runs:
-    """Starts, tracks and cancels background runs."""
+    """Starts, tracks and cancels background runs, as tasks of the application's
+    ``supervisor``."""
 
-    def __init__(self, agent: Agent, *, timeout: float | None, max_active: int, kept: int) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        supervisor: Supervisor,
+        *,
+        timeout: float | None,
+        max_active: int,
+        kept: int,
+    ) -> None:
         self.agent = agent
+        self.supervisor = supervisor
         self.timeout = timeout
         self.max_active = max_active
         self.kept = kept
@@ -103,12 +113,11 @@ class Runs:
         self,
         request: ChatRequest,
         owner: Lifetime,
-        supervisor: Supervisor,
         *,
         tools: ToolRegistry,
         limits: LoopLimits,
     ) -> Run:
-        """Start a run detached from ``owner`` (the request) on ``supervisor``."""
+        """Start a run detached from ``owner`` (the request)."""
         if self._active >= self.max_active:
             raise Overloaded(f"{self._active} runs are in flight already; try again later")
         run_id = f"run_{uuid.uuid4().hex}"
@@ -122,7 +131,7 @@ class Runs:
         async def work(life: Lifetime) -> None:
             await self._work(run, life, tools, limits)
 
-        supervisor.start(lifetime, work)  # may refuse: then nothing is registered
+        self.supervisor.start(lifetime, work)  # may refuse: then nothing is registered
         self._runs[run_id] = run
         self._active += 1
         log.info("run started", extra={"run_id": run_id})

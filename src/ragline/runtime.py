@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,15 +15,13 @@ from opentelemetry.trace import TracerProvider
 from .agent import Agent, LoopLimits
 from .chat import ChatPipeline, StageTimeouts
 from .factory import (
-    Hooks,
-    build_chunker,
     build_composer,
-    build_embedder,
     build_generator,
-    build_store,
+    build_ingestion,
     build_transformer,
+    open_parts,
 )
-from .ingestion import Ingestor, RecordKeywords, VisibleStore
+from .ingestion import RecordKeywords, VisibleStore
 from .jobs import JobQueue
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
@@ -35,7 +33,6 @@ from .providers import (
     QueryTransformer,
     VectorStore,
 )
-from .records import Records
 from .runs import Runs
 from .settings import Settings
 from .supervisor import Supervisor
@@ -74,36 +71,22 @@ class Runtime:
             orphan_grace=settings.thread_orphan_grace,
             on_orphan=lambda _name: self.metrics.orphaned_threads.inc(),
         )
-        self.hooks = Hooks()
-        self.supervisor: Supervisor | None = None
+        # Built first and run later, so that what starts work on it gets it when built.
+        self.supervisor = Supervisor(self.lifetime)
         self.ready = False
+        self._parts: list[object] = []  # what this runtime built, and so opens and closes
         if generator is None:
-            generator = build_generator(settings, self.threads, self.hooks)
+            generator = build_generator(settings, self.threads)
+            self._parts.append(generator)
         self.jobs: JobQueue | None = None
         keywords: KeywordIndex | None = None
         if settings.retrieval:
-            if embedder is None:
-                embedder = build_embedder(settings, self.threads, self.hooks)
-            if store is None:
-                store = build_store(
-                    settings, self.threads, self.hooks, dimensions=embedder.dimensions
-                )
+            ingestion = build_ingestion(settings, self.threads, embedder=embedder, store=store)
+            self._parts[:0] = ingestion.built
+            embedder, store = ingestion.embedder, ingestion.store
             data = Path(settings.data_dir)
-            self.records = Records(data / "records.sqlite")
-            records = self.records
-
-            async def close_records() -> None:
-                records.close()
-
-            self.hooks.closes.insert(0, close_records)  # closes run in reverse: last
-            self.ingestor = Ingestor(
-                embedder=embedder,
-                store=store,
-                records=self.records,
-                bridge=self.threads,
-                chunker=build_chunker(settings),
-                batch_size=settings.ingest_batch_size,
-            )
+            self.records = ingestion.records
+            self.ingestor = ingestion.ingestor
             self.jobs = JobQueue(
                 ingestor=self.ingestor,
                 records=self.records,
@@ -146,6 +129,7 @@ class Runtime:
         self.agent = Agent(
             pipeline,
             _tools(settings, pipeline, tools),
+            self.supervisor,
             threads=self.threads,
             tracing=self.tracing,
             metrics=self.metrics,
@@ -153,6 +137,7 @@ class Runtime:
         )
         self.runs = Runs(
             self.agent,
+            self.supervisor,
             timeout=settings.run_timeout,
             max_active=settings.runs_max_active,
             kept=settings.runs_kept,
@@ -161,14 +146,10 @@ class Runtime:
         if settings.bot_enabled:
             from .teams import TeamsChannel
 
-            self.teams = teams = TeamsChannel(
-                settings, pipeline, self.metrics, self.tracing, agent=self.agent
+            self.teams = TeamsChannel(
+                settings, pipeline, self.supervisor, self.metrics, self.tracing, agent=self.agent
             )
-
-            async def close_teams() -> None:
-                await teams.aclose()
-
-            self.hooks.closes.append(close_teams)
+            self._parts.append(self.teams)
 
     def shutdown(self, detail: str = "") -> None:
         """Cancel every piece of in-flight work with cause ``shutdown``. Loop thread only."""
@@ -176,14 +157,6 @@ class Runtime:
             log.info("shutting down: cancelling in-flight work", extra={"cause": "shutdown"})
         self.ready = False
         self.lifetime.cancel(Cause.SHUTDOWN, detail)
-
-    async def _open(self) -> None:
-        """Load models and connect stores, side by side, under the application lifetime."""
-        with self.lifetime.child("startup") as startup:
-            async with anyio.create_task_group() as tg:
-                for open_ in self.hooks.opens:
-                    tg.start_soon(open_, startup)
-        log.info("ready", extra={"providers_opened": len(self.hooks.opens)})
 
     async def _seed(self) -> None:
         """First start: ingest ``RAGLINE_SEED_DOCS`` while the default collection is empty."""
@@ -206,31 +179,30 @@ class Runtime:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runtime]:
-        """Own background work and providers for the life of the block."""
-        try:
-            async with Supervisor.running(self.lifetime) as supervisor:
-                self.supervisor = supervisor
-                self.agent.start(supervisor)
-                await self._open()
-                if self.teams is not None:
-                    self.teams.start(supervisor)
+        """Own the parts and background work for the life of the block: the parts open
+        side by side, then the supervisor runs; on the way out the supervisor stops its
+        work first, then the parts close in reverse order."""
+        async with AsyncExitStack() as stack:
+            stack.callback(self._shutdown_tracing)
+            with self.lifetime.child("startup") as startup:
+                opened = await open_parts(
+                    stack, startup, self._parts, grace=self.settings.shutdown_grace
+                )
+            log.info("ready", extra={"providers_opened": opened})
+            await stack.enter_async_context(self.supervisor)
+            try:
                 if self.jobs is not None:
-                    supervisor.start(self.lifetime.child("ingest-worker"), self.jobs.work)
+                    self.supervisor.start(self.lifetime.child("ingest-worker"), self.jobs.work)
                     await self._seed()
                 self.ready = True
-                try:
-                    yield self
-                finally:
-                    self.shutdown("application stopping")
-        finally:
-            self.supervisor = None
-            # Closing pools is quick; bound it anyway so a stuck provider cannot hang exit.
-            with anyio.move_on_after(self.settings.shutdown_grace, shield=True):
-                for close in reversed(self.hooks.closes):
-                    await close()
-            shutdown = getattr(self.tracing.provider, "shutdown", None)
-            if callable(shutdown):
-                shutdown()
+                yield self
+            finally:
+                self.shutdown("application stopping")
+
+    def _shutdown_tracing(self) -> None:
+        shutdown = getattr(self.tracing.provider, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
 
 
 BUILTIN_TOOLS = ("search",)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from types import TracebackType
 
 import anyio
 from anyio.abc import TaskGroup
@@ -23,12 +24,18 @@ log = logging.getLogger("ragline.supervisor")
 
 
 class Supervisor:
-    """Owns background work. Use as ``async with Supervisor.running(root) as sup:``."""
+    """Owns background work. Built before it runs, so that the parts that start work on
+    it can be given it when they are built; ``async with supervisor:`` runs it."""
 
     def __init__(self, root: Lifetime) -> None:
         self.root = root
         self._group: TaskGroup | None = None
         self._running: set[Lifetime] = set()
+
+    @property
+    def running_now(self) -> bool:
+        """Whether it runs: between ``async with`` and its end."""
+        return self._group is not None
 
     @property
     def active(self) -> int:
@@ -67,6 +74,27 @@ class Supervisor:
         finally:
             self._running.discard(lifetime)
 
+    async def __aenter__(self) -> Supervisor:
+        """Start supervising: from now on :meth:`start` runs tasks."""
+        if self._group is not None:
+            raise LifetimeError("supervisor is already running")
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._group = group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Cancel what is still running with cause ``shutdown`` and wait for it."""
+        group, self._group = self._group, None
+        assert group is not None
+        self.root.cancel(Cause.SHUTDOWN, "supervisor closing")
+        return bool(await group.__aexit__(exc_type, exc, tb))
+
     @classmethod
     @asynccontextmanager
     async def running(cls, root: Lifetime) -> AsyncIterator[Supervisor]:
@@ -75,11 +103,5 @@ class Supervisor:
         Leaving the block cancels what is still running with cause ``shutdown`` and
         waits for it to unwind.
         """
-        supervisor = cls(root)
-        async with anyio.create_task_group() as group:
-            supervisor._group = group
-            try:
-                yield supervisor
-            finally:
-                supervisor._group = None
-                root.cancel(Cause.SHUTDOWN, "supervisor closing")
+        async with cls(root) as supervisor:
+            yield supervisor

@@ -17,7 +17,6 @@ from typing import Concatenate, ParamSpec, TypeVar
 import anyio
 import anyio.to_thread
 
-from .errors import RagLineError
 from .lifetime import CancelReason, Cause, Lifetime
 
 __all__ = ["CancelToken", "ThreadBridge", "ThreadCancelled"]
@@ -28,10 +27,12 @@ T = TypeVar("T")
 log = logging.getLogger("ragline.threads")
 
 
-class ThreadCancelled(RagLineError):
-    """Raised inside a worker thread by :meth:`CancelToken.raise_if_cancelled`."""
+class ThreadCancelled(BaseException):
+    """Raised inside a worker thread by :meth:`CancelToken.raise_if_cancelled`.
 
-    code = "cancelled"
+    A cancellation, not an error: like anyio's cancellation exception it derives from
+    ``BaseException``, so that an ``except Exception`` in blocking code does not swallow
+    it (docs/ARCHITECTURE.md, "Errors and cancellations")."""
 
     def __init__(self, reason: CancelReason) -> None:
         super().__init__(f"cancelled: {reason.cause} (from {reason.origin})")

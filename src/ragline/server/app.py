@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from ..errors import RagLineError
 from ..runtime import Runtime
 from ..settings import Settings
-from . import bot_api, ingest_api, openai_api, routes, runs_api
+from . import bot_api, chat_api, ingest_api, openai_api, runs_api
 from .boundary import Boundary
 from .errors import error_body, error_for_exception
 
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Starlette:
             yield
 
     all_routes = [
-        *routes.routes,
+        *chat_api.routes,
         *openai_api.routes,
         *ingest_api.routes,
         *runs_api.routes,

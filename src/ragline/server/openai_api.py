@@ -28,8 +28,8 @@ from ..errors import InvalidRequest, NotFound
 from ..models import ChatRequest, ChatResult, Message, ToolCall, ToolSpec
 from ..providers import OnDelta
 from .boundary import request_context
-from .events import EventStreamResponse, Work, sse
 from .runs_api import LoopOptions, server_tools
+from .sse import EventStream, Work, sse
 from .validation import parse_json, validate
 
 __all__ = ["routes"]
@@ -266,7 +266,7 @@ class CompletionChunks:
         return sse({**body, "usage": _usage(result)})
 
 
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request) -> Response | EventStream:
     """``POST /v1/chat/completions``, streaming or not."""
     ctx = request_context(request.scope)
     body = validate(CompletionRequest, parse_json(await request.body()))
@@ -307,7 +307,7 @@ async def chat_completions(request: Request) -> Response:
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStreamResponse(ctx, CompletionChunks(model, include_usage), work, result)
+        return EventStream(ctx, CompletionChunks(model, include_usage), work, result)
     await work(None, None)
     message: dict[str, Any] = {"role": "assistant", "content": result.text}
     if result.tool_calls:

@@ -19,7 +19,7 @@ from ..runs import Run
 from ..runtime import Runtime
 from ..tools import ToolRegistry
 from .boundary import RequestContext, request_context
-from .events import SSE_HEADERS, sse
+from .sse import SSE_HEADERS, sse
 from .validation import parse_json, validate
 
 __all__ = ["LoopOptions", "routes", "server_tools"]
@@ -79,11 +79,10 @@ async def start(request: Request) -> Response:
         history=tuple(body.history),
     )
     check_tools(chat, tools)
-    supervisor = runtime.supervisor
-    if supervisor is None or runtime.lifetime.cancelled:
+    if not runtime.supervisor.running_now or runtime.lifetime.cancelled:
         raise Overloaded("the server is not running background work (starting or stopping)")
     run = runtime.runs.start(
-        chat, ctx.lifetime, supervisor, tools=tools, limits=body.limits(runtime.agent.limits)
+        chat, ctx.lifetime, tools=tools, limits=body.limits(runtime.agent.limits)
     )
     headers = {"location": f"/api/v1/runs/{run.id}"}
     return JSONResponse({"run_id": run.id, "state": run.state}, status_code=202, headers=headers)
@@ -102,7 +101,7 @@ async def cancel(request: Request) -> Response:
     return JSONResponse({"run_id": run.id, "state": run.state}, status_code=202)
 
 
-async def events(request: Request) -> Response:
+async def events(request: Request) -> RunEvents:
     """``GET /api/v1/runs/{run_id}/events`` → server-sent events of the run's steps,
     from the start (or after ``Last-Event-ID``), ending with ``done``."""
     ctx = request_context(request.scope)
@@ -117,15 +116,11 @@ async def events(request: Request) -> Response:
     return RunEvents(ctx, run, max(first, 0))
 
 
-class RunEvents(Response):
-    """Replays a run's event log, then follows it until the run has finished. Leaving
-    stops only the reader, never the run."""
-
-    media_type = "text/event-stream"
+class RunEvents:
+    """Replays a run's event log, then follows it until the run has finished (an ASGI
+    app an endpoint returns). Leaving stops only the reader, never the run."""
 
     def __init__(self, ctx: RequestContext, run: Run, first: int) -> None:
-        self.status_code = 200
-        self.background = None
         self.raw_headers = list(SSE_HEADERS)
         self.ctx = ctx
         self.run = run
@@ -156,8 +151,7 @@ class RunEvents(Response):
             if reason is not None and reason.cause is not Cause.CLIENT_DISCONNECTED:
                 # A shutdown ends the run too: give it a moment to unwind so the reader
                 # gets its `done`; a deadline of this request ends the stream cleanly.
-                window = self.ctx.runtime.settings.final_event_window
-                with anyio.move_on_after(window, shield=True):
+                with self.ctx.lifetime.last_words(self.ctx.runtime.settings.final_event_window):
                     while reason.cause is Cause.SHUTDOWN and not run.finished:
                         changed = run.changed
                         await changed.wait()

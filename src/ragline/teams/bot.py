@@ -196,9 +196,7 @@ class BotApplication:
                     if answer.reason is None:
                         stream.complete(with_sources(result))
         except anyio.get_cancelled_exc_class():
-            window = self._last_words
-            with anyio.move_on_after(window, shield=True):
-                last = ctx.lifetime.afterlife("last-words", window)
+            with ctx.lifetime.last_words(self._last_words) as last:
                 await stream.interrupt(interrupted(ctx.lifetime.reason), last)
             raise
         if failure is not None:
@@ -214,9 +212,7 @@ class BotApplication:
             await ctx.lifetime.checkpoint()
         except anyio.get_cancelled_exc_class():
             text = with_note(result.text, interrupted(ctx.lifetime.reason))
-            window = self._last_words
-            with anyio.move_on_after(window, shield=True):
-                last = ctx.lifetime.afterlife("last-words", window)
+            with ctx.lifetime.last_words(self._last_words) as last:
                 await ctx.post({"type": "message", "text": text, "textFormat": "markdown"}, last)
             raise
         await ctx.send(with_sources(result))

@@ -16,7 +16,7 @@ from ..supervisor import Supervisor
 from ..tracing import Tracing
 from .activity import Activity, InvokeResponse
 from .auth import BotAuthenticator
-from .bot import BotApplication, TurnContext
+from .bot import BotApplication
 from .connector import ConnectorClient, TokenSource
 from .dispatch import Dispatcher
 
@@ -28,13 +28,14 @@ log = logging.getLogger("ragline.teams")
 class TeamsChannel:
     """Receives activities from ``POST /api/messages`` and runs their turns.
 
-    Build it with the settings; ``start`` it with the application's supervisor.
+    Its turns run as tasks of ``supervisor``, the application's.
     """
 
     def __init__(
         self,
         settings: Settings,
         pipeline: ChatPipeline,
+        supervisor: Supervisor,
         metrics: Metrics,
         tracing: Tracing,
         *,
@@ -75,11 +76,7 @@ class TeamsChannel:
         # serviceUrl of an unauthenticated activity is not to be trusted with them.
         self.connector = ConnectorClient(self.http, tokens, metrics)
         self.bot = BotApplication(settings, pipeline, self.connector, agent=agent)
-        self.dispatcher: Dispatcher | None = None
-
-    def start(self, supervisor: Supervisor) -> None:
-        """Begin accepting activities; turns run under ``supervisor``."""
-        s = self.settings
+        s = settings
         self.dispatcher = Dispatcher(
             self.bot,
             supervisor,
@@ -117,16 +114,8 @@ class TeamsChannel:
     async def receive(self, activity: Activity, lifetime: Lifetime) -> InvokeResponse | None:
         """Accept an authenticated activity. Invokes run now and return their response;
         everything else is queued and ``None`` is returned at once."""
-        dispatcher = self.dispatcher
-        if dispatcher is None:
-            raise RuntimeError("the Teams channel has not been started")
         if activity.type != "invoke":
-            dispatcher.accept(activity, lifetime)
+            self.dispatcher.accept(activity, lifetime)
             return None
-        # An invoke's response is needed now: its turn belongs to the webhook request,
-        # still bounded by the processing timeout.
-        pacer = dispatcher.pacer(activity.conversation.id)
-        with lifetime.child("bot-invoke", timeout=dispatcher.turn_timeout) as turn:
-            ctx = TurnContext(activity, turn, self.bot, pacer)
-            response = await self.bot.run_turn(ctx)
+        response = await self.dispatcher.invoke(activity, lifetime)
         return response or InvokeResponse(status=200, body=None)

@@ -26,7 +26,7 @@ from ..lifetime import Cause, Lifetime
 from ..metrics import Metrics
 from ..supervisor import Supervisor
 from ..tracing import Tracing, mark_cancelled, mark_failed
-from .activity import Activity
+from .activity import Activity, InvokeResponse
 from .bot import BotApplication, TurnContext
 from .streaming import Pacer
 
@@ -162,13 +162,24 @@ class Dispatcher:
             self.pending -= len(conversation.queue)
             conversation.queue.clear()
 
-    async def _turn(self, turn: _Turn, pacer: Pacer) -> None:
+    async def invoke(self, activity: Activity, request: Lifetime) -> InvokeResponse | None:
+        """An invoke's turn, now: its response is the webhook's, so the turn belongs to
+        the webhook request, still bounded by the processing timeout. It has the span
+        and the metric of every turn; its failure is the request's."""
+        lifetime = request.child("bot-invoke", timeout=self.turn_timeout)
+        turn = _Turn(activity, lifetime)
+        return await self._turn(turn, self.pacer(activity.conversation.id), reraise=True)
+
+    async def _turn(
+        self, turn: _Turn, pacer: Pacer, *, reraise: bool = False
+    ) -> InvokeResponse | None:
         activity, lifetime = turn.activity, turn.lifetime
         extra = {"activity_id": activity.id, "conversation_id": activity.conversation.id}
         outcome = "completed"
+        response = None
         try:
             with lifetime:  # attaches the webhook request's trace context
-                await self._traced(TurnContext(activity, lifetime, self.bot, pacer))
+                response = await self._traced(TurnContext(activity, lifetime, self.bot, pacer))
             reason = lifetime.reason
             if reason is not None:
                 outcome = "cancelled"
@@ -181,18 +192,25 @@ class Dispatcher:
                 self.turn_timeout,
                 extra={**extra, "timeout": self.turn_timeout, "cause": "timeout"},
             )
+            if reraise:
+                raise
         except RagLineError as exc:  # a known failure (the model, the Connector): no traceback
             outcome = "failed"
             log.error(  # noqa: TRY400 - an expected failure: its message says it all
                 "bot turn failed: %s", exc, extra={**extra, "error": exc.code}
             )
+            if reraise:
+                raise
         except Exception:
             outcome = "failed"
             log.exception("bot turn failed", extra=extra)
+            if reraise:
+                raise
         finally:
             self._metrics.bot_turns.labels(activity.type, outcome).inc()
+        return response
 
-    async def _traced(self, ctx: TurnContext) -> None:
+    async def _traced(self, ctx: TurnContext) -> InvokeResponse | None:
         activity, lifetime = ctx.activity, ctx.lifetime
         attributes = {"ragline.bot.activity_type": activity.type, **_ids(activity)}
         with self._tracing.tracer.start_as_current_span(
@@ -202,7 +220,7 @@ class Dispatcher:
             set_status_on_exception=False,
         ) as span:
             try:
-                await self.bot.run_turn(ctx)
+                return await self.bot.run_turn(ctx)
             except anyio.get_cancelled_exc_class():
                 reason = lifetime.reason
                 if reason and reason.cause is Cause.DEADLINE and reason.origin == lifetime.path:

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..agent import OnEvent
@@ -25,7 +24,7 @@ from ..providers import OnDelta
 from .boundary import RequestContext
 from .errors import error_for_cause, error_for_exception
 
-__all__ = ["SSE_HEADERS", "EventFormat", "EventStreamResponse", "Work", "sse"]
+__all__ = ["SSE_HEADERS", "EventFormat", "EventStream", "Work", "sse"]
 
 
 SSE_HEADERS = (
@@ -57,17 +56,13 @@ Work = Callable[[OnDelta, OnEvent], Awaitable[object]]
 """The streamed work: fills the response's result, streaming text and progress."""
 
 
-class EventStreamResponse(Response):
-    """Streams one chat run as server-sent events in ``fmt``'s spelling."""
-
-    media_type = "text/event-stream"
+class EventStream:
+    """Streams one chat run as server-sent events in ``fmt``'s spelling: an ASGI app an
+    endpoint returns (no content-length: the body is a stream of events)."""
 
     def __init__(
         self, ctx: RequestContext, fmt: EventFormat, work: Work, result: ChatResult
     ) -> None:
-        # No content-length: the body is a stream of events.
-        self.status_code = 200
-        self.background = None
         self.raw_headers = list(SSE_HEADERS)
         self.ctx = ctx
         self.fmt = fmt
@@ -140,7 +135,7 @@ class EventStreamResponse(Response):
             reason = ctx.lifetime.reason
             if reason is not None and reason.cause is not Cause.CLIENT_DISCONNECTED:
                 status, body = error_for_cause(reason)
-                with anyio.move_on_after(ctx.runtime.settings.final_event_window, shield=True):
+                with ctx.lifetime.last_words(ctx.runtime.settings.final_event_window):
                     await flush()
                     await write(self.fmt.error(status, body, result))
                     await send({"type": "http.response.body", "body": b"", "more_body": False})

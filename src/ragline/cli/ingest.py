@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,10 +23,10 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-from .errors import RagLineError
-from .ingestion import IngestProgress, Stop
-from .lifetime import Cause, Lifetime
-from .settings import Settings
+from ..errors import RagLineError
+from ..ingestion import IngestProgress, Stop
+from ..lifetime import Cause, Lifetime
+from ..settings import Settings
 
 __all__ = ["ingest", "server_file"]
 
@@ -117,25 +118,12 @@ def _running_server(settings: Settings) -> str | None:
 async def _local(
     settings: Settings, paths: list[str], collection: str | None, prune: bool, console: Console
 ) -> int:
-    from .documents import load_all
-    from .factory import Hooks, build_chunker, build_embedder, build_store
-    from .ingestion import Ingestor
-    from .records import Records
-    from .threads import ThreadBridge
+    from ..documents import load_all
+    from ..factory import build_ingestion, open_parts
+    from ..threads import ThreadBridge
 
     bridge = ThreadBridge()
-    hooks = Hooks()
-    embedder = build_embedder(settings, bridge, hooks)
-    store = build_store(settings, bridge, hooks, dimensions=embedder.dimensions)
-    records = Records(Path(settings.data_dir) / "records.sqlite")
-    ingestor = Ingestor(
-        embedder=embedder,
-        store=store,
-        records=records,
-        bridge=bridge,
-        chunker=build_chunker(settings),
-        batch_size=settings.ingest_batch_size,
-    )
+    ingestion = build_ingestion(settings, bridge)
     root = Lifetime.root("cli")
     stop = Stop()
     progress = IngestProgress()
@@ -145,19 +133,18 @@ async def _local(
         def show(p: IngestProgress) -> None:
             display.show(p.as_dict())
 
-        async with anyio.create_task_group() as tg:
+        async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
             tg.start_soon(_ctrl_c, stop, root, console)
             try:
                 with root:
-                    for open_ in hooks.opens:
-                        await open_(root)
+                    await open_parts(stack, root, ingestion.built, grace=5)
                     documents, problems = await bridge.call(
                         root,
                         load_all,
                         [Path(p) for p in paths],
                         max_bytes=settings.max_document_bytes,
                     )
-                    await ingestor.run(
+                    await ingestion.ingestor.run(
                         documents,
                         root,
                         collection=name,
@@ -173,10 +160,6 @@ async def _local(
                 return 1
             finally:
                 tg.cancel_scope.cancel()
-                for close in reversed(hooks.closes):
-                    with anyio.move_on_after(5, shield=True):
-                        await close()
-                records.close()
     return _report(progress.as_dict(), progress.stopped or root.reason, console)
 
 

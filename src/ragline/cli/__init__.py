@@ -12,9 +12,9 @@ __all__ = ["main"]
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from .logs import configure_logging
-    from .server import build_server, create_app
-    from .settings import Settings
+    from ..logs import configure_logging
+    from ..server import build_server, create_app
+    from ..settings import Settings
 
     try:
         settings = Settings()
@@ -32,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from .ingest_command import server_file
+    from .ingest import server_file
 
     try:
         app = create_app(settings)
@@ -73,7 +73,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
     import anyio
 
-    from .ingest_command import ingest
+    from .ingest import ingest
 
     api_key = args.api_key or os.environ.get("RAGLINE_API_KEY")
     result: int = anyio.run(

@@ -1,4 +1,4 @@
-"""ragline's own API: chat, streaming, health and metrics."""
+"""ragline's own API: chat, streaming, retrieval, health and metrics."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..metrics import CONTENT_TYPE
 from ..models import ChatRequest, ChatResult, RetrieveRequest, Source
 from ..providers import OnDelta
 from .boundary import request_context
-from .events import EventStreamResponse, sse
+from .sse import EventStream, sse
 from .validation import parse_json, validate
 
 __all__ = ["routes"]
@@ -56,7 +56,7 @@ async def chat(request: Request) -> Response:
     return JSONResponse(result.model_dump(mode="json"))
 
 
-async def stream(request: Request) -> Response:
+async def stream(request: Request) -> EventStream:
     """``GET /api/v1/inference/stream?query=…&top_k=…`` → server-sent events."""
     ctx = request_context(request.scope)
     params: dict[str, Any] = dict(request.query_params)
@@ -66,7 +66,7 @@ async def stream(request: Request) -> Response:
     async def work(on_delta: OnDelta, on_event: OnEvent) -> None:
         await ctx.runtime.pipeline.run(chat_request, ctx.lifetime, on_delta=on_delta, into=result)
 
-    return EventStreamResponse(ctx, NativeEvents(), work, result)
+    return EventStream(ctx, NativeEvents(), work, result)
 
 
 async def retrieve(request: Request) -> Response:

@@ -13,10 +13,10 @@ from typing import Any, TextIO
 import anyio
 import httpx
 
-from .errors import RagLineError
-from .lifetime import CancelReason, Cause, Lifetime
-from .models import ChatRequest, ChatResult, Source
-from .settings import Settings
+from ..errors import RagLineError
+from ..lifetime import CancelReason, Cause, Lifetime
+from ..models import ChatRequest, ChatResult, Source
+from ..settings import Settings
 
 __all__ = ["AskOutcome", "ask"]
 
@@ -143,7 +143,7 @@ def _on_event(event: str, data: dict[str, Any], outcome: AskOutcome, out: TextIO
 async def _local(
     question: str, top_k: int, target: list[Lifetime], outcome: AskOutcome, out: TextIO
 ) -> CancelReason | None:
-    from .runtime import Runtime
+    from ..runtime import Runtime
 
     runtime = Runtime(Settings())
     target.append(runtime.lifetime)
