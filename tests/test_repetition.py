@@ -351,6 +351,11 @@ async def test_the_guard_stops_a_looping_local_generation() -> None:
     assert result.usage.completion_tokens < 200
     assert result.text
     assert run_guard(result.text) is None, "the answer kept is the text before the loop"
+    # The bridge returns at once on cancellation; the model's thread records its counters
+    # as it unwinds, a moment later.
+    with anyio.fail_after(10):
+        while len(local.history) < 2:
+            await anyio.sleep(0.01)
     counters = local.history[-1]
     assert counters.decoded_at_stop is not None
     assert counters.decoded_after_stop <= 2
