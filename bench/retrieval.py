@@ -35,11 +35,12 @@ import torch
 from ragline.chat import fuse
 from ragline.chunking import Chunker, minilm_tokenizer
 from ragline.documents import Document
-from ragline.ingestion import Ingestor, IngestProgress, RecordKeywords, VisibleStore
+from ragline.ingestion import Ingestor, IngestProgress
 from ragline.lifetime import Lifetime
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.minilm import MiniLMEmbedder
 from ragline.records import Records
+from ragline.retrieval import RecordGenerations, RecordKeywords, VisibleStore
 from ragline.threads import ThreadBridge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,7 +254,9 @@ async def run(data: Path, limit_queries: int | None) -> Results:
                 vectors += rest
                 raw_seconds += seconds
 
-                visible = VisibleStore(store, records, bridge, default_collection=COLLECTION)
+                visible = VisibleStore(
+                    store, RecordGenerations(records, bridge), default_collection=COLLECTION
+                )
                 warm = await embedder.embed([queries[0].text], lifetime, kind="query")
                 await visible.search(warm[0], TOP_K, lifetime)
                 latencies: list[float] = []

@@ -18,10 +18,11 @@ import pytest
 from ragline import Cause, Lifetime
 from ragline.chunking import Chunker, minilm_tokenizer
 from ragline.documents import Document, load_all
-from ragline.ingestion import Ingestor, Stop, VisibleStore
+from ragline.ingestion import Ingestor, Stop
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.minilm import MiniLMEmbedder
 from ragline.records import Records
+from ragline.retrieval import RecordGenerations, VisibleStore
 from ragline.threads import ThreadBridge
 
 pytestmark = pytest.mark.anyio
@@ -102,7 +103,7 @@ class Rig:
             chunker=self.chunker,
             batch_size=4,
         )
-        self.visible = VisibleStore(self.store, self.records, self.bridge)
+        self.visible = VisibleStore(self.store, RecordGenerations(self.records, self.bridge))
 
     async def run(self, documents: list[Document], lifetime: Lifetime, **kw: Any) -> Any:
         return await self.ingestor.run(documents, lifetime, collection="default", owner="t", **kw)

@@ -14,7 +14,6 @@ hold up the answer.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections import Counter
@@ -26,7 +25,7 @@ import anyio
 from pydantic import BaseModel, Field
 
 from .chat import ChatPipeline, estimate_tokens
-from .errors import InvalidRequest, StageTimeout
+from .errors import StageTimeout
 from .executor import ToolExecutor, ToolOutcome
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
@@ -35,7 +34,7 @@ from .providers import OnDelta
 from .settings import Settings
 from .supervisor import Supervisor
 from .threads import ThreadBridge
-from .tools import ToolRegistry
+from .tools import ToolRegistry, check_tools
 from .tracing import Tracing, set_attributes
 
 __all__ = [
@@ -269,7 +268,7 @@ class Agent:
                 finally:
                     step.text = result.text = answer.text
                     step.usage = answer.usage
-                    _add(result.usage, answer.usage)
+                    result.usage.add(answer.usage)
                 calls = [
                     c if c.id else c.model_copy(update={"id": _call_id()})
                     for c in answer.tool_calls
@@ -327,8 +326,8 @@ class Agent:
         if calls_made + len(calls) > limits.max_tool_calls:
             raise _Stop("max_tool_calls")
         for call in calls:
-            seen[_identity(call)] += 1
-        if any(seen[_identity(call)] > limits.max_identical_calls for call in calls):
+            seen[call.identity()] += 1
+        if any(seen[call.identity()] > limits.max_identical_calls for call in calls):
             raise _Stop("repeated_tool_call")
 
     async def _run_calls(
@@ -382,31 +381,5 @@ class Agent:
             )
 
 
-def check_tools(request: ChatRequest, server: ToolRegistry) -> None:
-    """A client's tools may not take the names of server-side ones (a 422)."""
-    clash = {spec.name for spec in request.tools} & set(server.names)
-    if clash:
-        raise InvalidRequest(
-            f"client tools clash with server-side tools: {', '.join(sorted(clash))}",
-            param="tools",
-            code="tool_name_clash",
-        )
-
-
 def _call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
-
-
-def _identity(call: ToolCall) -> str:
-    try:
-        arguments = json.dumps(json.loads(call.arguments or "{}"), sort_keys=True)
-    except ValueError:
-        arguments = call.arguments.strip()
-    return f"{call.name}\x00{arguments}"
-
-
-def _add(total: Usage, step: Usage) -> None:
-    total.prompt_tokens += step.prompt_tokens
-    total.completion_tokens += step.completion_tokens
-    total.total_tokens += step.total_tokens
-    total.estimated = total.estimated or step.estimated

@@ -15,14 +15,14 @@ import codecs
 import io
 import json
 import os
-import re
 import stat
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from html.parser import HTMLParser
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
+
+from .discovery import SUFFIXES, discover, find, os_reason, relative_name
+from .models import Document, DocumentProblem
+from .prose import html_text, markdown_title
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -33,9 +33,6 @@ __all__ = [
     "load",
     "load_all",
 ]
-
-SUFFIXES = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl"})
-"""File suffixes :func:`load` reads (compared case-insensitively)."""
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 """The largest file :func:`load` reads by default (for JSONL: the largest line)."""
@@ -48,48 +45,6 @@ _UTF16_32_BOMS = (
 )
 
 
-@dataclass(frozen=True)
-class Document:
-    """A document's text and where it came from; ``metadata`` is read-only."""
-
-    id: str
-    text: str
-    source: str
-    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
-
-    def __post_init__(self) -> None:
-        # A frozen dataclass still hands out its dict: copy it behind a read-only view.
-        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
-
-
-@dataclass(frozen=True)
-class DocumentProblem:
-    """Why a file, or one line of a JSONL file, gave no document."""
-
-    source: str
-    document_id: str | None
-    reason: str
-
-
-def discover(
-    paths: Sequence[str | Path], *, include: Sequence[str] = (), exclude: Sequence[str] = ()
-) -> Iterator[Path]:
-    """Files to load: each path given as a file, and the files under each directory.
-
-    A directory is walked recursively in sorted order. A file under it is kept when its path
-    relative to that directory matches one of ``include`` (default: the supported
-    suffixes) and none of ``exclude``. Globs: ``*`` and ``?`` stay within a path segment,
-    ``**`` spans segments (``**/drafts/**``), and a glob without ``/`` matches the file
-    name at any depth (``*.tmp``). Hidden names (``.x``) are skipped unless given. Symlinked
-    directories are not followed (the real one is walked if it is under the root); a
-    symlinked file is kept only if it resolves under the root. A file reached twice is
-    yielded once. Given paths are yielded even when missing: :func:`load` reports them.
-    """
-    for found in _discover(paths, include, exclude):
-        if isinstance(found, tuple):
-            yield found[0]
-
-
 def load(
     path: Path, *, root: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> Iterator[Document | DocumentProblem]:
@@ -99,7 +54,7 @@ def load(
     file name without a root); a JSONL line's source is ``"name.jsonl:LINE"`` and its id
     comes from the line. ``max_bytes`` bounds a file, or for JSONL a line.
     """
-    name = _relative(path, root)
+    name = relative_name(path, root)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         yield DocumentProblem(name, name, f"unsupported type {suffix or '(no suffix)'}")
@@ -119,7 +74,7 @@ def load(
             # Read one byte past the limit: the file may have grown since stat.
             data = file.read(max_bytes + 1)
     except OSError as exc:
-        yield DocumentProblem(name, name, f"unreadable: {_reason(exc)}")
+        yield DocumentProblem(name, name, f"unreadable: {os_reason(exc)}")
         return
     if len(data) > max_bytes:
         yield DocumentProblem(name, name, _too_large(len(data), max_bytes))
@@ -134,9 +89,9 @@ def load(
         return
     title = None
     if suffix in (".html", ".htm"):
-        text, title = _html_text(text)
+        text, title = html_text(text)
     elif suffix in (".md", ".markdown"):
-        title = _markdown_title(text)
+        title = markdown_title(text)
     if not text.strip():
         yield DocumentProblem(name, name, "empty")
     else:
@@ -158,7 +113,7 @@ def load_all(
     documents: list[Document] = []
     problems: list[DocumentProblem] = []
     first_source: dict[str, str] = {}
-    for found in _discover(paths, include, exclude):
+    for found in find(paths, include, exclude):
         if isinstance(found, DocumentProblem):
             problems.append(found)
             continue
@@ -172,107 +127,6 @@ def load_all(
                 first_source[item.id] = item.source
                 documents.append(item)
     return documents, problems
-
-
-# --- discovery -------------------------------------------------------------------------
-
-
-def _discover(
-    paths: Sequence[str | Path], include: Sequence[str], exclude: Sequence[str]
-) -> Iterator[tuple[Path, Path | None] | DocumentProblem]:
-    """(file, root) pairs to load, and the directories that could not be listed."""
-    includes = [_glob(p) for p in include]
-    excludes = [_glob(p) for p in exclude]
-    seen: set[str] = set()
-
-    def keep(relative: str) -> bool:
-        if includes:
-            wanted = any(_matches(g, relative) for g in includes)
-        else:
-            wanted = Path(relative).suffix.lower() in SUFFIXES
-        return wanted and not any(_matches(g, relative) for g in excludes)
-
-    def once(path: Path) -> bool:
-        real = os.path.realpath(path)
-        if real in seen:
-            return False
-        seen.add(real)
-        return True
-
-    for given in map(Path, paths):
-        if not given.is_dir():
-            if once(given):
-                yield given, None
-            continue
-        real_root = Path(os.path.realpath(given))
-        for item in _walk(given, given):
-            if isinstance(item, DocumentProblem):
-                yield item
-                continue
-            relative = item.relative_to(given).as_posix()
-            if not keep(relative):
-                continue
-            # realpath, unlike Path.resolve in 3.11, returns on a symlink loop.
-            if item.is_symlink() and not Path(os.path.realpath(item)).is_relative_to(real_root):
-                continue
-            if once(item):
-                yield item, given
-
-
-def _walk(directory: Path, root: Path) -> Iterator[Path | DocumentProblem]:
-    try:
-        with os.scandir(directory) as listing:
-            entries = sorted(listing, key=lambda e: e.name)
-    except OSError as exc:
-        where = _relative(directory, root) if directory != root else str(directory)
-        yield DocumentProblem(where, None, f"unreadable directory: {_reason(exc)}")
-        return
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        path = directory / entry.name
-        try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-            linked_dir = not is_dir and entry.is_symlink() and entry.is_dir()
-        except OSError:
-            is_dir = linked_dir = False
-        if is_dir:
-            yield from _walk(path, root)
-        elif not linked_dir:
-            yield path
-
-
-def _glob(pattern: str) -> tuple[re.Pattern[str], bool]:
-    """A glob as a regex, and whether it matches the file name only (no ``/`` in it)."""
-    pattern = pattern.lstrip("/")
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and (close := pattern.find("]", i + 2)) != -1:
-            body = pattern[i + 1 : close]
-            body = "^" + body[1:] if body.startswith("!") else body
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = close + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out)), "/" not in pattern
-
-
-def _matches(glob: tuple[re.Pattern[str], bool], relative: str) -> bool:
-    regex, name_only = glob
-    return regex.fullmatch(relative.rsplit("/", 1)[-1] if name_only else relative) is not None
 
 
 # --- formats ---------------------------------------------------------------------------
@@ -380,7 +234,7 @@ def _load_pdf(data: bytes, name: str) -> Document | DocumentProblem:
     # pypdf raises many kinds of exceptions on damaged files (its own, ValueError,
     # KeyError, struct.error...): any of them is this file's problem, not the batch's.
     except Exception as exc:  # noqa: BLE001
-        return DocumentProblem(name, name, f"unreadable PDF: {_reason(exc)}")
+        return DocumentProblem(name, name, f"unreadable PDF: {os_reason(exc)}")
     text = "\n\n".join(page.strip() for page in pages if page.strip())
     if not text:
         return DocumentProblem(name, name, "PDF has no text layer")
@@ -390,110 +244,7 @@ def _load_pdf(data: bytes, name: str) -> Document | DocumentProblem:
     return Document(name, text, name, metadata)
 
 
-_ATX_H1 = re.compile(r"^ {0,3}#[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
-_FENCE = re.compile(r"^ {0,3}(```|~~~)")
-_SETEXT_H1 = re.compile(r"^ {0,3}=+[ \t]*$")
-
-
-def _markdown_title(text: str) -> str | None:
-    """The first level-1 heading outside code fences (``# Title`` or ``Title\\n===``)."""
-    fenced, previous = False, ""
-    for line in text.splitlines():
-        if _FENCE.match(line):
-            fenced, previous = not fenced, ""
-            continue
-        if not fenced:
-            if heading := _ATX_H1.match(line):
-                return heading.group(1).strip()
-            if previous.strip() and _SETEXT_H1.match(line):
-                return previous.strip()
-        previous = line
-    return None
-
-
-_HIDDEN = frozenset({"head", "script", "style", "template", "noscript", "title"})
-# Elements that start a new paragraph of visible text.
-_BLOCKS = frozenset({
-    "address", "article", "aside", "blockquote", "dd", "details", "div", "dl", "dt",
-    "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6",
-    "header", "hr", "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table",
-    "td", "th", "tr", "ul",
-})  # fmt: skip
-
-
-class _VisibleText(HTMLParser):
-    """Collects an HTML page's visible text with paragraph breaks, and its title."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.title: list[str] = []
-        self.hidden: list[str] = []
-        self.pre = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "body" and "head" in self.hidden:
-            self.hidden.remove("head")  # an unclosed <head> ends where <body> starts
-        if tag in _HIDDEN:
-            self.hidden.append(tag)
-        elif tag == "br":
-            self._break("\n")
-        elif tag in _BLOCKS:
-            self._break("\n\n")
-        if tag == "pre":
-            self.pre += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.hidden:
-            del self.hidden[len(self.hidden) - 1 - self.hidden[::-1].index(tag)]
-        elif tag in _BLOCKS:
-            self._break("\n\n")
-        if tag == "pre" and self.pre:
-            self.pre -= 1
-
-    def handle_data(self, data: str) -> None:
-        if self.hidden:
-            if self.hidden[-1] == "title":
-                self.title.append(data)
-        elif self.pre:
-            self.parts.append(data)
-        else:
-            # Source whitespace shows as one space, and none at the start of a line.
-            data = re.sub(r"\s+", " ", data)
-            if not self.parts or self.parts[-1].endswith(("\n", " ")):
-                data = data.lstrip(" ")
-            self.parts.append(data)
-
-    def _break(self, newlines: str) -> None:
-        if self.parts:
-            self.parts[-1] = self.parts[-1].rstrip(" ")
-        self.parts.append(newlines)
-
-
-def _html_text(html: str) -> tuple[str, str | None]:
-    parser = _VisibleText()
-    parser.feed(html)
-    parser.close()
-    text = re.sub(r"\n{3,}", "\n\n", "".join(parser.parts)).lstrip("\n").rstrip()
-    title = " ".join("".join(parser.title).split())
-    return text, title or None
-
-
 # --- reasons ---------------------------------------------------------------------------
-
-
-def _relative(path: Path, root: Path | None) -> str:
-    if root is not None:
-        try:
-            return path.relative_to(root).as_posix()
-        except ValueError:
-            pass
-    return path.name
-
-
-def _reason(exc: BaseException) -> str:
-    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 def _size(count: int) -> str:

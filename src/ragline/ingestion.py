@@ -27,12 +27,12 @@ import anyio
 from .chunking import Chunker
 from .documents import Document, DocumentProblem
 from .lifetime import CancelReason, Cause, Lifetime
-from .models import Chunk, Hit
+from .models import Chunk
 from .providers import Embedder, VectorStore
 from .records import Records
 from .threads import CancelToken, ThreadBridge
 
-__all__ = ["IngestProgress", "Ingestor", "RecordKeywords", "Stop", "VisibleStore", "chunk_id"]
+__all__ = ["IngestProgress", "Ingestor", "Stop", "chunk_id"]
 
 log = logging.getLogger("ragline.ingestion")
 
@@ -204,7 +204,8 @@ class Ingestor:
             for document_id in set(existing) - present:
                 await self.bridge.call(lifetime, self.records.remove, collection, document_id)
                 progress.documents_pruned += 1
-        await self._write(changed, lifetime, collection, owner, stop, progress, on_progress)
+        run = _Run(self, lifetime, collection, owner, stop, progress, on_progress)
+        await run.write(changed)
         if progress.stopped is None:
             await self.collect_garbage(collection, lifetime)
             await self.bridge.call(
@@ -218,21 +219,31 @@ class Ingestor:
             on_progress(progress)
         return progress
 
-    async def _write(
-        self,
-        changed: list[tuple[Document, str]],
-        lifetime: Lifetime,
-        collection: str,
-        owner: str,
-        stop: Stop,
-        progress: IngestProgress,
-        on_progress: Callable[[IngestProgress], object] | None,
-    ) -> None:
-        batch: list[tuple[_Pending, Chunk]] = []
-        in_flight: tuple[list[tuple[_Pending, Chunk]], list[list[float]]] | None = None
-        model = self.embedder.model
+
+_Batch = list[tuple[_Pending, Chunk]]
+
+
+@dataclass
+class _Run:
+    """One run of the writer: what every batch of it needs, and the batch in flight
+    (embedded, not yet stored)."""
+
+    ingestor: Ingestor
+    lifetime: Lifetime
+    collection: str
+    owner: str
+    stop: Stop
+    progress: IngestProgress
+    on_progress: Callable[[IngestProgress], object] | None
+    in_flight: tuple[_Batch, list[list[float]]] | None = None
+
+    async def write(self, changed: list[tuple[Document, str]]) -> None:
+        """Chunk each document under a new generation and write it in batches."""
+        ing, lifetime, progress = self.ingestor, self.lifetime, self.progress
+        batch: _Batch = []
+        model = ing.embedder.model
         for document, content_hash in changed:
-            pieces = await self.bridge.run(lifetime, _split, self.chunker, document.text)
+            pieces = await ing.bridge.run(lifetime, _split, ing.chunker, document.text)
             if not pieces:
                 progress.errors.append(
                     {
@@ -242,95 +253,74 @@ class Ingestor:
                     }
                 )
                 continue
-            generation = await self.bridge.call(
-                lifetime, self.records.begin_generation, collection, document.id, owner
+            generation = await ing.bridge.call(
+                lifetime, ing.records.begin_generation, self.collection, document.id, self.owner
             )
             pending = _Pending(document, generation, content_hash, len(pieces))
             progress.chunks_total += len(pieces)
             progress.documents_chunked += 1
             for piece in pieces:
-                batch.append(
-                    (
-                        pending,
-                        Chunk(
-                            id=chunk_id(
-                                collection, document.id, generation, piece.index, model, piece.text
-                            ),
-                            document_id=document.id,
-                            chunk_index=piece.index,
-                            text=piece.text,
-                            source=document.source,
-                            vector=(),
-                            generation=generation,
-                        ),
-                    )
+                ident = chunk_id(
+                    self.collection, document.id, generation, piece.index, model, piece.text
                 )
-                if len(batch) == self.batch_size:
-                    in_flight = await self._step(
-                        batch, in_flight, lifetime, collection, stop, progress, on_progress
-                    )
-                    batch = []
-                    if in_flight is None and progress.stopped is not None:
+                chunk = Chunk(
+                    id=ident,
+                    document_id=document.id,
+                    chunk_index=piece.index,
+                    text=piece.text,
+                    source=document.source,
+                    vector=(),
+                    generation=generation,
+                )
+                batch.append((pending, chunk))
+                if len(batch) == ing.batch_size:
+                    if not await self._step(batch):
                         return
-        if batch:
-            in_flight = await self._step(
-                batch, in_flight, lifetime, collection, stop, progress, on_progress
-            )
-        if in_flight is not None and progress.stopped is None:
-            await self._store(in_flight, lifetime, collection, progress, on_progress)
+                    batch = []
+        if batch and not await self._step(batch):
+            return
+        if self.in_flight is not None:
+            await self._store(self.in_flight)
 
-    async def _step(
-        self,
-        batch: list[tuple[_Pending, Chunk]],
-        in_flight: tuple[list[tuple[_Pending, Chunk]], list[list[float]]] | None,
-        lifetime: Lifetime,
-        collection: str,
-        stop: Stop,
-        progress: IngestProgress,
-        on_progress: Callable[[IngestProgress], object] | None,
-    ) -> tuple[list[tuple[_Pending, Chunk]], list[list[float]]] | None:
-        """One batch boundary: check, then embed ``batch`` while the previous one is written."""
+    async def _step(self, batch: _Batch) -> bool:
+        """One batch boundary: check, then embed ``batch`` while the previous one is
+        written. False once a stop was asked for (the batch in flight is stored first)."""
+        ing, lifetime = self.ingestor, self.lifetime
         await lifetime.checkpoint()
-        if stop.reason is not None:
+        in_flight, self.in_flight = self.in_flight, None
+        if self.stop.reason is not None:
             # The batch in flight was embedded before the stop: finish it, then stop.
             if in_flight is not None:
-                await self._store(in_flight, lifetime, collection, progress, on_progress)
-            progress.stopped = stop.reason
-            return None
-        await self.bridge.call(
-            lifetime,
-            self.records.intend_chunks,
-            collection,
-            [c for _, c in batch],
+                await self._store(in_flight)
+            self.progress.stopped = self.stop.reason
+            return False
+        await ing.bridge.call(
+            lifetime, ing.records.intend_chunks, self.collection, [c for _, c in batch]
         )
         vectors: list[list[float]] = []
 
         async def embed() -> None:
             began = time.monotonic()
-            vectors.extend(await self.embedder.embed([c.text for _, c in batch], lifetime))
-            progress.embedded_seconds += time.monotonic() - began
+            vectors.extend(await ing.embedder.embed([c.text for _, c in batch], lifetime))
+            self.progress.embedded_seconds += time.monotonic() - began
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(embed)
             if in_flight is not None:
-                await self._store(in_flight, lifetime, collection, progress, on_progress)
-        progress.batches += 1
-        return batch, vectors
+                await self._store(in_flight)
+        self.progress.batches += 1
+        self.in_flight = (batch, vectors)
+        return True
 
-    async def _store(
-        self,
-        done: tuple[list[tuple[_Pending, Chunk]], list[list[float]]],
-        lifetime: Lifetime,
-        collection: str,
-        progress: IngestProgress,
-        on_progress: Callable[[IngestProgress], object] | None,
-    ) -> None:
+    async def _store(self, done: tuple[_Batch, list[list[float]]]) -> None:
+        """Write an embedded batch; switch in every document it completes."""
+        ing, lifetime, progress = self.ingestor, self.lifetime, self.progress
         batch, vectors = done
         chunks = [
             Chunk(c.id, c.document_id, c.chunk_index, c.text, c.source, vector, c.generation)
             for (_, c), vector in zip(batch, vectors, strict=True)
         ]
-        await self.store.upsert(chunks, lifetime, collection=collection)
+        await ing.store.upsert(chunks, lifetime, collection=self.collection)
         progress.chunks_done += len(chunks)
         finished: dict[int, _Pending] = {}
         for pending, _ in batch:
@@ -338,10 +328,10 @@ class Ingestor:
             if pending.written == pending.chunks:
                 finished[id(pending)] = pending
         for pending in finished.values():
-            await self.bridge.call(
+            await ing.bridge.call(
                 lifetime,
-                self.records.switch,
-                collection,
+                ing.records.switch,
+                self.collection,
                 pending.document.id,
                 pending.generation,
                 content_hash=pending.content_hash,
@@ -349,81 +339,9 @@ class Ingestor:
                 source=pending.document.source,
             )
             progress.documents_done += 1
-        if on_progress is not None:
-            on_progress(progress)
+        if self.on_progress is not None:
+            self.on_progress(progress)
 
 
 def _split(token: CancelToken, chunker: Chunker, text: str) -> list[Any]:
     return list(chunker.split(text))
-
-
-class VisibleStore:
-    """A vector store as readers must see it: only switched-in generations (and chunks
-    written outside ingestion, generation 0). Writes pass straight through."""
-
-    def __init__(
-        self,
-        store: VectorStore,
-        records: Records,
-        bridge: ThreadBridge,
-        *,
-        default_collection: str = "default",
-    ) -> None:
-        self.store = store
-        self.records = records
-        self.bridge = bridge
-        self.default_collection = default_collection
-
-    async def search(
-        self,
-        vector: Sequence[float],
-        top_k: int,
-        lifetime: Lifetime,
-        *,
-        collection: str | None = None,
-    ) -> list[Hit]:
-        """The best ``top_k`` visible hits; over-fetches to make up for invisible ones."""
-        name = collection or self.default_collection
-        fetch = top_k * 2
-        while True:
-            hits = await self.store.search(vector, fetch, lifetime, collection=name)
-            managed = [h.document_id for h in hits if h.generation > 0]
-            active = (
-                await self.bridge.call(lifetime, self.records.active, name, managed)
-                if managed
-                else {}
-            )
-            visible = [
-                h for h in hits if h.generation == 0 or active.get(h.document_id) == h.generation
-            ]
-            if len(visible) >= top_k or len(hits) < fetch or fetch >= top_k * 8:
-                return visible[:top_k]
-            fetch *= 2
-
-    async def upsert(
-        self, chunks: Sequence[Chunk], lifetime: Lifetime, *, collection: str | None = None
-    ) -> None:
-        await self.store.upsert(chunks, lifetime, collection=collection)
-
-    async def delete(
-        self, ids: Sequence[str], lifetime: Lifetime, *, collection: str | None = None
-    ) -> None:
-        await self.store.delete(ids, lifetime, collection=collection)
-
-
-class RecordKeywords:
-    """BM25 over the record store's copy of the visible chunks' text (SQLite FTS5)."""
-
-    def __init__(
-        self, records: Records, bridge: ThreadBridge, *, default_collection: str = "default"
-    ) -> None:
-        self.records = records
-        self.bridge = bridge
-        self.default_collection = default_collection
-
-    async def search(
-        self, query: str, top_k: int, lifetime: Lifetime, *, collection: str | None = None
-    ) -> list[Hit]:
-        """The best ``top_k`` chunks for the query's words."""
-        name = collection or self.default_collection
-        return await self.bridge.call(lifetime, self.records.keyword_search, name, query, top_k)

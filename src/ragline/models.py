@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -15,6 +17,8 @@ __all__ = [
     "ChatRequest",
     "ChatResult",
     "Chunk",
+    "Document",
+    "DocumentProblem",
     "Generation",
     "Hit",
     "Message",
@@ -48,6 +52,15 @@ class ToolCall(BaseModel):
     id: str
     name: str
     arguments: str = ""
+
+    def identity(self) -> str:
+        """The call's name and arguments, the arguments canonical where they are JSON:
+        two calls with one identity ask for the same thing."""
+        try:
+            arguments = json.dumps(json.loads(self.arguments or "{}"), sort_keys=True)
+        except ValueError:
+            arguments = self.arguments.strip()
+        return f"{self.name}\x00{arguments}"
 
 
 class ToolSpec(BaseModel):
@@ -176,6 +189,13 @@ class Usage(BaseModel):
     cause: Cause | None = None
     estimated: bool = False
 
+    def add(self, step: Usage) -> None:
+        """Add a step's tokens to these (a loop's usage, summed over its steps)."""
+        self.prompt_tokens += step.prompt_tokens
+        self.completion_tokens += step.completion_tokens
+        self.total_tokens += step.total_tokens
+        self.estimated = self.estimated or step.estimated
+
 
 class ChatResult(BaseModel):
     """The answer, its sources and its usage; ``tool_calls`` when the model asked for
@@ -298,3 +318,26 @@ class Generation:
     def text(self) -> str:
         """Everything generated so far."""
         return "".join(self.parts)
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document's text and where it came from; ``metadata`` is read-only."""
+
+    id: str
+    text: str
+    source: str
+    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        # A frozen dataclass still hands out its dict: copy it behind a read-only view.
+        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+
+@dataclass(frozen=True)
+class DocumentProblem:
+    """Why a file, or one line of a JSONL file, gave no document."""
+
+    source: str
+    document_id: str | None
+    reason: str

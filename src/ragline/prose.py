@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import html
 import re
+from html.parser import HTMLParser
 from pathlib import PurePath
 
-__all__ = ["plain", "title"]
+__all__ = ["html_text", "markdown_title", "plain", "title"]
 
 _FRONT_MATTER = re.compile(r"\A---\n.*?\n(?:---|\.\.\.)\n", re.S)
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
@@ -108,3 +109,95 @@ def title(text: str, source: str) -> str:
         if heading:
             return f"{name}: {_inline(heading.group(1))}"
     return name
+
+
+# --- a file's text and title (ingestion) -------------------------------------------
+
+_ATX_H1 = re.compile(r"^ {0,3}#[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_SETEXT_H1 = re.compile(r"^ {0,3}=+[ \t]*$")
+
+
+def markdown_title(text: str) -> str | None:
+    """The first level-1 heading outside code fences (``# Title`` or ``Title\\n===``)."""
+    fenced, previous = False, ""
+    for line in text.splitlines():
+        if _FENCE.match(line):
+            fenced, previous = not fenced, ""
+            continue
+        if not fenced:
+            if heading := _ATX_H1.match(line):
+                return heading.group(1).strip()
+            if previous.strip() and _SETEXT_H1.match(line):
+                return previous.strip()
+        previous = line
+    return None
+
+
+_HIDDEN = frozenset({"head", "script", "style", "template", "noscript", "title"})
+# Elements that start a new paragraph of visible text.
+_BLOCKS = frozenset({
+    "address", "article", "aside", "blockquote", "dd", "details", "div", "dl", "dt",
+    "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6",
+    "header", "hr", "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table",
+    "td", "th", "tr", "ul",
+})  # fmt: skip
+
+
+class _VisibleText(HTMLParser):
+    """Collects an HTML page's visible text with paragraph breaks, and its title."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title: list[str] = []
+        self.hidden: list[str] = []
+        self.pre = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "body" and "head" in self.hidden:
+            self.hidden.remove("head")  # an unclosed <head> ends where <body> starts
+        if tag in _HIDDEN:
+            self.hidden.append(tag)
+        elif tag == "br":
+            self._break("\n")
+        elif tag in _BLOCKS:
+            self._break("\n\n")
+        if tag == "pre":
+            self.pre += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.hidden:
+            del self.hidden[len(self.hidden) - 1 - self.hidden[::-1].index(tag)]
+        elif tag in _BLOCKS:
+            self._break("\n\n")
+        if tag == "pre" and self.pre:
+            self.pre -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self.hidden:
+            if self.hidden[-1] == "title":
+                self.title.append(data)
+        elif self.pre:
+            self.parts.append(data)
+        else:
+            # Source whitespace shows as one space, and none at the start of a line.
+            data = re.sub(r"\s+", " ", data)
+            if not self.parts or self.parts[-1].endswith(("\n", " ")):
+                data = data.lstrip(" ")
+            self.parts.append(data)
+
+    def _break(self, newlines: str) -> None:
+        if self.parts:
+            self.parts[-1] = self.parts[-1].rstrip(" ")
+        self.parts.append(newlines)
+
+
+def html_text(html: str) -> tuple[str, str | None]:
+    """An HTML page's visible text, with paragraph breaks, and its title."""
+    parser = _VisibleText()
+    parser.feed(html)
+    parser.close()
+    text = re.sub(r"\n{3,}", "\n\n", "".join(parser.parts)).lstrip("\n").rstrip()
+    title = " ".join("".join(parser.title).split())
+    return text, title or None

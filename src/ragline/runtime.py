@@ -21,7 +21,6 @@ from .factory import (
     build_transformer,
     open_parts,
 )
-from .ingestion import RecordKeywords, VisibleStore
 from .jobs import JobQueue
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
@@ -33,6 +32,7 @@ from .providers import (
     QueryTransformer,
     VectorStore,
 )
+from .retrieval import RecordGenerations, RecordKeywords, VisibleStore
 from .runs import Runs
 from .settings import Settings
 from .supervisor import Supervisor
@@ -101,9 +101,8 @@ class Runtime:
                     self.records, self.threads, default_collection=settings.collection
                 )
             # Readers see only switched-in generations.
-            store = VisibleStore(
-                store, self.records, self.threads, default_collection=settings.collection
-            )
+            generations = RecordGenerations(self.records, self.threads)
+            store = VisibleStore(store, generations, default_collection=settings.collection)
         else:
             embedder = store = None
         if transformer is None:

@@ -32,12 +32,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InvalidRequest, RagLineError
 from .lifetime import Lifetime
-from .models import CollectionName, Source, ToolSpec
+from .models import ChatRequest, CollectionName, Source, ToolSpec
 
 if TYPE_CHECKING:
     from .chat import ChatPipeline
 
-__all__ = ["SearchArgs", "Tool", "ToolArgumentsError", "ToolRegistry", "render", "search_tool"]
+__all__ = [
+    "SearchArgs",
+    "Tool",
+    "ToolArgumentsError",
+    "ToolRegistry",
+    "check_tools",
+    "render",
+    "search_tool",
+]
 
 
 class ToolArgumentsError(RagLineError):
@@ -239,3 +247,14 @@ def search_tool(pipeline: ChatPipeline) -> Tool:
         description="Search the indexed documents and return the most relevant passages, "
         "each with its source.",
     )
+
+
+def check_tools(request: ChatRequest, server: ToolRegistry) -> None:
+    """A client's tools may not take the names of server-side ones (a 422)."""
+    clash = {spec.name for spec in request.tools} & set(server.names)
+    if clash:
+        raise InvalidRequest(
+            f"client tools clash with server-side tools: {', '.join(sorted(clash))}",
+            param="tools",
+            code="tool_name_clash",
+        )

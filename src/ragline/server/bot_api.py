@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from ..errors import NotFound, Unauthorized
 from ..teams.activity import Activity
-from .boundary import request_context
+from .boundary import Policy, PolicyRoute, request_context
 from .validation import parse_json, validate
 
 __all__ = ["routes"]
@@ -42,4 +41,5 @@ async def messages(request: Request) -> Response:
     return JSONResponse(response.body, status_code=response.status)
 
 
-routes = [Route("/api/messages", messages, methods=["POST"])]
+# The Bot Framework's JWT is this route's credential, checked in the handler.
+routes = [PolicyRoute("/api/messages", messages, methods=["POST"], policy=Policy(auth="own"))]

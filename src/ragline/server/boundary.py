@@ -14,13 +14,13 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from opentelemetry.trace import SpanKind
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import InvalidRequest, StageTimeout
@@ -38,13 +38,41 @@ from .errors import (
     status_for_cause,
 )
 
-__all__ = ["Boundary", "RequestContext", "request_context"]
+__all__ = ["Boundary", "Policy", "PolicyRoute", "RequestContext", "request_context"]
 
 log = logging.getLogger("ragline.server")
 access_log = logging.getLogger("ragline.access")
 
-_PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-_OWN_AUTH_PATHS = frozenset({"/api/messages"})  # the Bot Framework's JWT, checked there
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How the boundary treats a route's requests. ``auth``: ``api_keys`` (the bearer
+    keys of ``RAGLINE_API_KEYS``, when set), ``public``, or ``own`` (the route checks its
+    own credential, as the Teams webhook does its JWT); ``upload``: bodies up to
+    ``RAGLINE_MAX_UPLOAD_BYTES`` instead of ``RAGLINE_MAX_BODY_BYTES``."""
+
+    auth: Literal["api_keys", "public", "own"] = "api_keys"
+    upload: bool = False
+
+
+_DEFAULT_POLICY = Policy()
+
+
+class PolicyRoute(Route):
+    """A route that tells the boundary its :class:`Policy`."""
+
+    def __init__(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        methods: list[str] | None = None,
+        policy: Policy | None = None,
+    ) -> None:
+        super().__init__(path, endpoint, methods=methods)
+        self.policy = policy or _DEFAULT_POLICY
+
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -123,14 +151,15 @@ class Boundary:
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
     ) -> None:
-        if not self._authorized(scope):
+        policy = self._policy(scope)
+        if not self._authorized(scope, policy):
             denied = error_body(401, "unauthorized", "missing or invalid API key")
             await _send_json(send, ctx, 401, denied, {"www-authenticate": "Bearer"})
             return
         lifetime = ctx.lifetime
         try:
             with lifetime:
-                body = await self._read_body(scope, receive, send, ctx)
+                body = await self._read_body(scope, receive, send, ctx, policy)
                 if body is not None:
                     await self._run_app(scope, receive, send, ctx, body)
         except StageTimeout:
@@ -146,11 +175,10 @@ class Boundary:
             await _send_json(send, ctx, status, err)
 
     async def _read_body(
-        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, policy: Policy
     ) -> bytes | None:
         settings = self.runtime.settings
-        uploading = scope["path"] == "/api/v1/ingest"
-        limit = settings.max_upload_bytes if uploading else settings.max_body_bytes
+        limit = settings.max_upload_bytes if policy.upload else settings.max_body_bytes
         too_large = InvalidRequest(f"request body exceeds {limit} bytes", code="body_too_large")
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -224,8 +252,8 @@ class Boundary:
         if not ctx.completed:
             ctx.lifetime.cancel(Cause.CLIENT_DISCONNECTED, "client closed the connection")
 
-    def _authorized(self, scope: Scope) -> bool:
-        if not self._keys or scope["path"] in _PUBLIC_PATHS | _OWN_AUTH_PATHS:
+    def _authorized(self, scope: Scope, policy: Policy) -> bool:
+        if not self._keys or policy.auth != "api_keys":
             return True
         value = _header(scope, b"authorization") or ""
         scheme, _, presented = value.partition(" ")
@@ -238,12 +266,19 @@ class Boundary:
             matched |= hmac.compare_digest(given, key)
         return matched
 
-    def _route(self, scope: Scope) -> str:
-        """The route template (bounded label values), also for requests never routed."""
+    def _matched(self, scope: Scope) -> BaseRoute | None:
         route = scope.get("route")
         if route is None:
             route = next((r for r in self._routes if r.matches(scope)[0] is Match.FULL), None)
-        path = getattr(route, "path", None)
+        return route if isinstance(route, BaseRoute) else None
+
+    def _policy(self, scope: Scope) -> Policy:
+        route = self._matched(scope)
+        return route.policy if isinstance(route, PolicyRoute) else _DEFAULT_POLICY
+
+    def _route(self, scope: Scope) -> str:
+        """The route template (bounded label values), also for requests never routed."""
+        path = getattr(self._matched(scope), "path", None)
         return path if isinstance(path, str) else "<unmatched>"
 
     def _account(self, scope: Scope, ctx: RequestContext, status: int, seconds: float) -> None:

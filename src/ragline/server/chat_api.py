@@ -12,7 +12,7 @@ from ..agent import OnEvent
 from ..metrics import CONTENT_TYPE
 from ..models import ChatRequest, ChatResult, RetrieveRequest, Source
 from ..providers import OnDelta
-from .boundary import request_context
+from .boundary import Policy, PolicyRoute, request_context
 from .sse import EventStream, sse
 from .validation import parse_json, validate
 
@@ -109,7 +109,7 @@ routes = [
     Route("/api/v1/inference/chat", chat, methods=["POST"]),
     Route("/api/v1/inference/stream", stream, methods=["GET"]),
     Route("/api/v1/retrieve", retrieve, methods=["POST"]),
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
+    PolicyRoute("/healthz", healthz, methods=["GET"], policy=Policy(auth="public")),
+    PolicyRoute("/readyz", readyz, methods=["GET"], policy=Policy(auth="public")),
     Route("/metrics", metrics, methods=["GET"]),
 ]

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from ..errors import InvalidRequest, NotFound
 from ..jobs import JobQueue
 from ..models import CollectionName
-from .boundary import request_context
+from .boundary import Policy, PolicyRoute, request_context
 from .validation import parse_json, validate
 
 __all__ = ["routes"]
@@ -124,7 +124,7 @@ async def collection(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/v1/ingest", submit, methods=["POST"]),
+    PolicyRoute("/api/v1/ingest", submit, methods=["POST"], policy=Policy(upload=True)),
     Route("/api/v1/ingest/{job_id}", status, methods=["GET"]),
     Route("/api/v1/ingest/{job_id}", cancel, methods=["DELETE"]),
     Route("/api/v1/collections", collections, methods=["GET"]),

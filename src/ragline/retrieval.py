@@ -1,0 +1,112 @@
+"""Ingestion's read side: what chat-time retrieval may see of what ingestion wrote.
+
+A document becomes visible when ingestion switches it to its new generation, in one
+transaction of the record store (see :mod:`ragline.ingestion`). Readers go through
+:class:`VisibleStore`, which drops hits of generations that are not switched in, and
+search keywords through :class:`RecordKeywords`. Both stand on two small protocols,
+:class:`GenerationIndex` and :class:`~ragline.providers.KeywordIndex`, which the record
+store implements here (SQLite, through the thread bridge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from .lifetime import Lifetime
+from .models import Chunk, Hit
+from .providers import VectorStore
+from .records import Records
+from .threads import ThreadBridge
+
+__all__ = ["GenerationIndex", "RecordGenerations", "RecordKeywords", "VisibleStore"]
+
+
+@runtime_checkable
+class GenerationIndex(Protocol):
+    """Which generation of each document readers may see."""
+
+    async def active(
+        self, collection: str, document_ids: Sequence[str], lifetime: Lifetime
+    ) -> dict[str, int]:
+        """The switched-in generation of each of ``document_ids`` that has one."""
+        ...
+
+
+class RecordGenerations:
+    """The record store's switched-in generations (SQLite, through the thread bridge)."""
+
+    def __init__(self, records: Records, bridge: ThreadBridge) -> None:
+        self.records = records
+        self.bridge = bridge
+
+    async def active(
+        self, collection: str, document_ids: Sequence[str], lifetime: Lifetime
+    ) -> dict[str, int]:
+        return await self.bridge.call(lifetime, self.records.active, collection, document_ids)
+
+
+class VisibleStore:
+    """A vector store as readers must see it: only switched-in generations (and chunks
+    written outside ingestion, generation 0). Writes pass straight through."""
+
+    def __init__(
+        self,
+        store: VectorStore,
+        generations: GenerationIndex,
+        *,
+        default_collection: str = "default",
+    ) -> None:
+        self.store = store
+        self.generations = generations
+        self.default_collection = default_collection
+
+    async def search(
+        self,
+        vector: Sequence[float],
+        top_k: int,
+        lifetime: Lifetime,
+        *,
+        collection: str | None = None,
+    ) -> list[Hit]:
+        """The best ``top_k`` visible hits; over-fetches to make up for invisible ones."""
+        name = collection or self.default_collection
+        fetch = top_k * 2
+        while True:
+            hits = await self.store.search(vector, fetch, lifetime, collection=name)
+            managed = [h.document_id for h in hits if h.generation > 0]
+            active = await self.generations.active(name, managed, lifetime) if managed else {}
+            visible = [
+                h for h in hits if h.generation == 0 or active.get(h.document_id) == h.generation
+            ]
+            if len(visible) >= top_k or len(hits) < fetch or fetch >= top_k * 8:
+                return visible[:top_k]
+            fetch *= 2
+
+    async def upsert(
+        self, chunks: Sequence[Chunk], lifetime: Lifetime, *, collection: str | None = None
+    ) -> None:
+        await self.store.upsert(chunks, lifetime, collection=collection)
+
+    async def delete(
+        self, ids: Sequence[str], lifetime: Lifetime, *, collection: str | None = None
+    ) -> None:
+        await self.store.delete(ids, lifetime, collection=collection)
+
+
+class RecordKeywords:
+    """BM25 over the record store's copy of the visible chunks' text (SQLite FTS5)."""
+
+    def __init__(
+        self, records: Records, bridge: ThreadBridge, *, default_collection: str = "default"
+    ) -> None:
+        self.records = records
+        self.bridge = bridge
+        self.default_collection = default_collection
+
+    async def search(
+        self, query: str, top_k: int, lifetime: Lifetime, *, collection: str | None = None
+    ) -> list[Hit]:
+        """The best ``top_k`` chunks for the query's words."""
+        name = collection or self.default_collection
+        return await self.bridge.call(lifetime, self.records.keyword_search, name, query, top_k)
