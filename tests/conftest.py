@@ -23,10 +23,24 @@ from ragline import Settings
 from ragline.server import Server, build_server, create_app
 from upstream import FakeUpstream
 
+BACKENDS = ("asyncio", "trio")
+
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_backends`` run on asyncio and on trio, unless they choose."""
+    if metafunc.definition.get_closest_marker("both_backends") is None:
+        return
+    if "anyio_backend" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        if "anyio_backend" in str(mark.args[0]).replace(" ", "").split(","):
+            return
+    metafunc.parametrize("anyio_backend", BACKENDS)
 
 
 class LogCapture(logging.Handler):

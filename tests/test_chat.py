@@ -28,12 +28,7 @@ from ragline.providers.prompt import ContextPromptComposer
 from ragline.providers.rewrite import LLMRewriter
 from ragline.tracing import Tracing
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 
 class Upper:

@@ -17,14 +17,11 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from ragline import CancelReason, Cause, Lifetime, LifetimeError, RagLineError, StageTimeout
 
+pytestmark = pytest.mark.both_backends
+
 BOUND = 5.0  # generous wall-clock bound: only hit when a test would otherwise hang
 
 CANCELLED_EXC = {"asyncio": asyncio.CancelledError, "trio": trio.Cancelled}
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def _reason(lifetime: Lifetime) -> CancelReason:

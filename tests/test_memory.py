@@ -7,12 +7,9 @@ import pytest
 from ragline.providers.memory import MemoryStore
 from store_conformance import StoreConformance
 
+pytestmark = pytest.mark.both_backends
+
 DEFAULT = "shelf"
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture

@@ -10,14 +10,9 @@ from ragline import Cause, Generation, Lifetime, Message, Prompt, StageTimeout, 
 from ragline.providers.openai import OpenAIGenerator
 from upstream import Behavior, FakeUpstream
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 PROMPT = Prompt((Message(role="user", content="hello"),), max_tokens=7)
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def generator(upstream: FakeUpstream, **options: float | None) -> OpenAIGenerator:

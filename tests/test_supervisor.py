@@ -15,14 +15,9 @@ import pytest
 from conftest import LogCapture
 from ragline import CancelReason, Cause, Lifetime, LifetimeError, Supervisor
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 BOUND = 5.0  # generous wall-clock bound: only hit when a test would otherwise hang
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture

@@ -24,15 +24,10 @@ from conftest import LogCapture
 from ragline import CancelReason, CancelToken, Cause, Lifetime, LifetimeError, ThreadBridge
 from ragline.threads import ThreadCancelled
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 BOUND = 5.0  # generous wall-clock bound for any wait
 GRACE = 0.05  # a short orphan grace, so no orphan watcher outlives its test for long
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture

@@ -18,14 +18,9 @@ from opentelemetry.trace import StatusCode
 from ragline import Cause, Lifetime, StageTimeout, UpstreamError
 from ragline.tracing import Tracing
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 BOUND = 5.0  # generous wall-clock bound: only hit when a test would otherwise hang
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture
