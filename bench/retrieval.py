@@ -48,7 +48,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "cranfield"
 BATCH = 64
 TOP_K = 100
 COLLECTION = "cranfield"
-# DESIGN.md §7, measured with exact search.
+# Measured with exact search (docs/ARCHITECTURE.md, "Measured facts").
 REFERENCE_MINILM = (0.400, 0.792)  # nDCG@10, Recall@100
 REFERENCE_BM25 = 0.369  # nDCG@10
 
@@ -357,9 +357,9 @@ def report(results: Results, data: Path) -> str:
             f"| {name} | {s.ndcg10:.3f} | {s.recall10:.3f} | {s.recall100:.3f} |"
             for name, s in rows
         ),
-        f"| reference: all-MiniLM-L6-v2, exact (DESIGN.md §7) | {reference_ndcg:.3f} | - "
+        f"| reference: all-MiniLM-L6-v2, exact (docs/ARCHITECTURE.md) | {reference_ndcg:.3f} | - "
         f"| {reference_recall:.3f} |",
-        f"| reference: BM25 (DESIGN.md §7) | {REFERENCE_BM25:.3f} | - | - |",
+        f"| reference: BM25 (docs/ARCHITECTURE.md) | {REFERENCE_BM25:.3f} | - | - |",
         "",
         "| ingestion (2 cores, batch 64) | result |",
         "|---|---|",

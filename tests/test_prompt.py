@@ -14,7 +14,7 @@ pytestmark = pytest.mark.anyio
 GUIDE = """## Adding documents
 
 `ragline ingest docs/` indexes text, Markdown, HTML, PDF and JSONL files. Ctrl-C stops
-after the current batch. The [job API](docs/API.md) answers 202 with a job id.
+after the current batch. The [job API](https://example.org/api) answers 202 with a job id.
 `DELETE /api/v1/ingest/{id}` stops the job at a batch boundary.
 
 | setting | default |
@@ -48,7 +48,7 @@ async def test_passages_are_prose_numbered_with_their_titles() -> None:
     assert "[2] weather.txt\nRain is expected" in user
     assert user.endswith("\n\nQuestion: How do I stop a job?")
     assert "`" not in user
-    assert "](docs/API.md)" not in user
+    assert "](https://example.org/api)" not in user
     assert "setting: RAGLINE_INGEST_BATCH_SIZE; default: 64." in user
     # A hard-wrapped paragraph is one line again.
     assert "Ctrl-C stops after the current batch." in user

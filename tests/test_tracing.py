@@ -1,4 +1,4 @@
-"""Spans that tell a cancellation from a failure (DESIGN.md 3.9).
+"""Spans that tell a cancellation from a failure (docs/ARCHITECTURE.md, contract rule 9).
 
 Every test runs on asyncio and on trio against an SDK tracer provider exporting to
 memory through a simple (synchronous) span processor.
