@@ -1,4 +1,5 @@
-"""The lifecycle contract of :class:`ragline.Lifetime` (docs/ARCHITECTURE.md, "The lifecycle contract").
+"""The lifecycle contract of :class:`ragline.Lifetime` (docs/ARCHITECTURE.md, "The
+lifecycle contract").
 
 Every async test runs on asyncio and on trio. Tests synchronise on events, never on
 sleeps; a deadline is forced with a tiny timeout while the body waits forever, and every

@@ -1,13 +1,12 @@
 """The prompt composer: passages as prose, within a token budget, focused for a small
-model, numbered as the sources are; and the context sized per model by the factory."""
+model, numbered as the sources are."""
 
 from __future__ import annotations
 
 import pytest
 
-from ragline import ChatRequest, Hit, Lifetime, Settings
-from ragline.factory import build_composer
-from ragline.providers.prompt import ContextPromptComposer, rough_tokens
+from ragline import ChatRequest, Hit, Lifetime
+from ragline.providers.prompt import ContextPromptComposer
 
 pytestmark = pytest.mark.anyio
 
@@ -86,19 +85,3 @@ async def test_a_request_without_hits_is_the_question_alone() -> None:
         prompt = await ContextPromptComposer().compose(ChatRequest(query="Hi"), [], root)
     assert prompt.messages[-1].content == "Hi"
     assert prompt.passages == 0
-
-
-def test_the_local_model_reads_few_focused_passages_an_upstream_many_whole() -> None:
-    local = build_composer(Settings(), object())  # type: ignore[arg-type]
-    assert isinstance(local, ContextPromptComposer)
-    assert (local.context_tokens, local.max_passages, local.focus) == (400, 3, True)
-    assert local.count_tokens is rough_tokens  # no tokenizer on this generator
-    remote = build_composer(Settings(llm_provider="openai"), object())  # type: ignore[arg-type]
-    assert isinstance(remote, ContextPromptComposer)
-    assert (remote.context_tokens, remote.max_passages, remote.focus) == (3000, None, False)
-    tuned = build_composer(
-        Settings(context_tokens=100, context_passages=2, context_focus=False),
-        object(),  # type: ignore[arg-type]
-    )
-    assert isinstance(tuned, ContextPromptComposer)
-    assert (tuned.context_tokens, tuned.max_passages, tuned.focus) == (100, 2, False)

@@ -1,4 +1,5 @@
-"""The thread bridge: blocking work in worker threads under a lifetime (docs/ARCHITECTURE.md, contract rule 5).
+"""The thread bridge: blocking work in worker threads under a lifetime
+(docs/ARCHITECTURE.md, contract rule 5).
 
 Every test runs on asyncio and on trio. Worker threads block on ``threading.Event``s the
 test releases; the event loop waits for threads through ``anyio.to_thread`` so it never
