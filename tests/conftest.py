@@ -13,11 +13,13 @@ from typing import Any
 
 import anyio
 import pytest
+import uvicorn
 from anyio.abc import SocketStream
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import ASGIApp
 
 from ragline import Settings
 from ragline.server import Server, build_server, create_app
@@ -127,13 +129,8 @@ class Running:
 
 
 @asynccontextmanager
-async def serve(settings: Settings, **overrides: Any) -> AsyncIterator[Running]:
-    """Run ragline on uvicorn on a free loopback port for the life of the block."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = create_app(settings, tracer_provider=provider, **overrides)
-    server = build_server(app, host="127.0.0.1", port=0)
+async def listening(server: uvicorn.Server) -> AsyncIterator[int]:
+    """Run ``server`` on a free loopback port for the life of the block; yields the port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -143,9 +140,32 @@ async def serve(settings: Settings, **overrides: Any) -> AsyncIterator[Running]:
         while not server.started:
             await anyio.sleep(0.01)
         try:
-            yield Running(server, port, exporter)
+            yield port
         finally:
             server.should_exit = True
+
+
+@asynccontextmanager
+async def serve(settings: Settings, **overrides: Any) -> AsyncIterator[Running]:
+    """Run ragline on uvicorn on a free loopback port for the life of the block."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = create_app(settings, tracer_provider=provider, **overrides)
+    server = build_server(app, host="127.0.0.1", port=0)
+    async with listening(server) as port:
+        yield Running(server, port, exporter)
+
+
+@asynccontextmanager
+async def serve_app(app: ASGIApp) -> AsyncIterator[str]:
+    """Run any ASGI ``app`` (a fake service) on uvicorn on a free loopback port; yields its
+    base URL (no trailing /)."""
+    config = uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2
+    )
+    async with listening(uvicorn.Server(config)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @asynccontextmanager

@@ -7,18 +7,17 @@ Vectors are a deterministic bag of hashed words, so texts sharing words are clos
 from __future__ import annotations
 
 import hashlib
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from conftest import serve_app
 
 
 def vector_for(text: str, dimensions: int) -> list[float]:
@@ -125,15 +124,6 @@ class FakeEmbeddings:
 
 @asynccontextmanager
 async def embeddings_server(fake: FakeEmbeddings) -> AsyncIterator[FakeEmbeddings]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    fake.port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(fake.app(), log_config=None, lifespan="off"))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        while not server.started:
-            await anyio.sleep(0.01)
-        try:
-            yield fake
-        finally:
-            server.should_exit = True
+    async with serve_app(fake.app()) as base:
+        fake.port = int(base.rsplit(":", 1)[1])
+        yield fake

@@ -93,7 +93,8 @@ class Supervisor:
         group, self._group = self._group, None
         assert group is not None
         self.root.cancel(Cause.SHUTDOWN, "supervisor closing")
-        return bool(await group.__aexit__(exc_type, exc, tb))
+        # The task group's own exit, not a cleanup: it waits for the tasks just cancelled.
+        return bool(await group.__aexit__(exc_type, exc, tb))  # noqa: ASYNC102
 
     @classmethod
     @asynccontextmanager

@@ -151,11 +151,12 @@ class RunEvents:
             if reason is not None and reason.cause is not Cause.CLIENT_DISCONNECTED:
                 # A shutdown ends the run too: give it a moment to unwind so the reader
                 # gets its `done`; a deadline of this request ends the stream cleanly.
+                # flake8-async cannot see that last_words is a shielded, bounded scope.
                 with self.ctx.lifetime.last_words(self.ctx.runtime.settings.final_event_window):
                     while reason.cause is Cause.SHUTDOWN and not run.finished:
                         changed = run.changed
-                        await changed.wait()
-                    await write_new(False)
+                        await changed.wait()  # noqa: ASYNC102
+                    await write_new(False)  # noqa: ASYNC102
             raise
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

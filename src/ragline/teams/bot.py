@@ -196,8 +196,9 @@ class BotApplication:
                     if answer.reason is None:
                         stream.complete(with_sources(result))
         except anyio.get_cancelled_exc_class():
+            # flake8-async cannot see that last_words is a shielded, bounded scope.
             with ctx.lifetime.last_words(self._last_words) as last:
-                await stream.interrupt(interrupted(ctx.lifetime.reason), last)
+                await stream.interrupt(interrupted(ctx.lifetime.reason), last)  # noqa: ASYNC102
             raise
         if failure is not None:
             await stream.interrupt(FAILED, ctx.lifetime)
@@ -212,8 +213,9 @@ class BotApplication:
             await ctx.lifetime.checkpoint()
         except anyio.get_cancelled_exc_class():
             text = with_note(result.text, interrupted(ctx.lifetime.reason))
+            # flake8-async cannot see that last_words is a shielded, bounded scope.
             with ctx.lifetime.last_words(self._last_words) as last:
-                await ctx.post({"type": "message", "text": text, "textFormat": "markdown"}, last)
+                await ctx.post({"type": "message", "text": text, "textFormat": "markdown"}, last)  # noqa: ASYNC102
             raise
         await ctx.send(with_sources(result))
 
