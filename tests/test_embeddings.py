@@ -1,4 +1,5 @@
-"""The OpenAI-compatible and Cohere embedders against fake servers speaking their formats."""
+"""The OpenAI-compatible and Cohere embedders (providers/openai.py, providers/cohere.py)
+against fake servers speaking their formats."""
 
 from __future__ import annotations
 
