@@ -158,6 +158,92 @@ async def test_sigterm_cancels_every_stream_and_exits_within_the_grace() -> None
     assert process.returncode in (0, -signal.SIGTERM)
 
 
+def short_or_long(body: dict[str, object]) -> Behavior:
+    # "short" finishes 2 s after it starts; anything else would run for hours.
+    return Behavior(tokens=10 if "short" in str(body["messages"]) else 100_000, interval=0.2)
+
+
+async def test_a_drain_window_lets_a_short_stream_finish_and_ends_a_long_one_at_its_end() -> None:
+    """Rolling deploys: with RAGLINE_DRAIN_SECONDS, SIGTERM makes /readyz answer 503 at
+    once while work in flight goes on; at the window's end the rest is cancelled with
+    cause shutdown and a final event, and the process exits within the grace."""
+    window = 3.0
+    upstream = FakeUpstream(short_or_long)
+    port = free_port()
+    stderr: list[bytes] = []
+    env = {"RAGLINE_DRAIN_SECONDS": str(window)}
+    async with (
+        upstream_running(upstream),
+        server_process(port, upstream, **env) as process,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(drain, process, stderr)
+        short, long = await RawClient.connect(port), await RawClient.connect(port)
+        await short.send("GET", "/api/v1/inference/stream?query=short")
+        await long.send("GET", "/api/v1/inference/stream?query=long")
+        with anyio.fail_after(30):
+            await short.read_until(b'data: {"delta"')
+            await long.read_until(b'data: {"delta"')
+        signalled_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        async with httpx.AsyncClient() as http:
+            with anyio.fail_after(5):
+                while (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code != 503:
+                    await anyio.sleep(0.02)
+        not_ready_after = time.monotonic() - signalled_at
+        with anyio.fail_after(window + 5):
+            finished = await short.read_until(b"0\r\n\r\n")
+        short_done_after = time.monotonic() - signalled_at
+        with anyio.fail_after(window + GRACE + 5):
+            ended = await long.read_all()
+        long_done_after = time.monotonic() - signalled_at
+        with anyio.fail_after(GRACE + 5):
+            await process.wait()
+        exited_after = time.monotonic() - signalled_at
+        for client in (short, long):
+            await client.close()
+        tg.cancel_scope.cancel()
+
+    assert not_ready_after < 1.0, f"/readyz still ready {not_ready_after:.2f}s after SIGTERM"
+    assert b"event: done" in finished
+    assert b'"finish_reason":"stop"' in finished
+    assert short_done_after < window
+    assert b"event: error" in ended
+    assert b'"cause":"shutdown"' in ended
+    assert ended.endswith(b"0\r\n\r\n"), "the long stream was not ended cleanly"
+    assert window - 0.5 <= long_done_after < window + GRACE
+    assert exited_after < window + GRACE
+    short_call, long_call = sorted(upstream.calls, key=lambda c: "short" not in str(c.body))
+    assert short_call.finished
+    assert long_call.closed.is_set()
+    assert long_call.closed_at is not None
+    assert long_call.closed_at - signalled_at >= window - 0.5
+    assert process.returncode in (0, -signal.SIGTERM)
+
+
+async def test_a_second_signal_ends_the_drain_window_at_once() -> None:
+    upstream = FakeUpstream(short_or_long)
+    port = free_port()
+    async with (
+        upstream_running(upstream),
+        server_process(port, upstream, RAGLINE_DRAIN_SECONDS="60") as process,
+    ):
+        stream = await RawClient.connect(port)
+        await stream.send("GET", "/api/v1/inference/stream?query=long")
+        with anyio.fail_after(30):
+            await stream.read_until(b'data: {"delta"')
+        process.send_signal(signal.SIGTERM)
+        async with httpx.AsyncClient() as http:
+            with anyio.fail_after(5):
+                while (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code != 503:
+                    await anyio.sleep(0.02)
+        exited_after = await sigterm(process)
+        ended = await stream.read_all()
+        await stream.close()
+    assert exited_after < GRACE, f"exit took {exited_after:.2f}s of a 60 s window"
+    assert b'"cause":"shutdown"' in ended
+
+
 async def test_refuses_a_public_address_without_api_keys() -> None:
     result = await anyio.run_process(
         [sys.executable, "-m", "ragline", "serve", "--host", "0.0.0.0", "--port", "0"],

@@ -150,6 +150,13 @@ class Runtime:
             )
             self._parts.append(self.teams)
 
+    def drain(self, detail: str = "") -> None:
+        """Stop being ready (``/readyz`` answers 503) and let work in flight go on; the
+        caller shuts down when its drain window ends."""
+        if self.ready:
+            log.info("draining: not ready, work in flight goes on", extra={"detail": detail})
+        self.ready = False
+
     def shutdown(self, detail: str = "") -> None:
         """Cancel every piece of in-flight work with cause ``shutdown``. Loop thread only."""
         if self.lifetime.reason is None:

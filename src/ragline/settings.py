@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     request_deadline: Seconds = 120.0
     shutdown_grace: float = Field(2.0, gt=0, le=60)
+    # SIGTERM: /readyz answers 503 at once, and in-flight work may finish for this long
+    # before the rest is cancelled with cause shutdown (rolling deploys); 0: cancel at once.
+    drain_seconds: float = Field(0.0, ge=0, le=600)
     final_event_window: float = Field(0.5, gt=0, le=5)
 
     # -- model -----------------------------------------------------------------------

@@ -28,17 +28,31 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self.runtime = runtime
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
         loop = self._loop
+        window = self.runtime.settings.drain_seconds
+        if window and not self._draining and loop is not None and not loop.is_closed():
+            # The first signal opens the drain window: not ready at once, but still
+            # serving (a load balancer may send a few more requests), and work in flight
+            # goes on. At its end, or at a second signal, the shutdown below runs.
+            self._draining = True
+            loop.call_soon_threadsafe(self._drain, sig, window)
+            return
+        super().handle_exit(sig, frame)
         if loop is not None and not loop.is_closed():
             # A signal handler runs between bytecodes; hand the cancellation to the loop.
             loop.call_soon_threadsafe(self.runtime.shutdown, f"signal {sig}")
+
+    def _drain(self, sig: int, window: float) -> None:
+        self.runtime.drain(f"signal {sig}, draining for {window:g}s")
+        assert self._loop is not None
+        self._loop.call_later(window, self.handle_exit, sig, None)
 
     def stop(self) -> None:
         """Begin a graceful shutdown from the event loop (tests, embedding)."""
