@@ -1,4 +1,5 @@
-"""MilvusStore on Milvus Lite in a temporary file: the VectorStore conformance suite, then
+"""MilvusStore on Milvus Lite in a temporary file, and on a Milvus server (``milvus-lite
+server`` in its own process): the VectorStore conformance suite on both, then
 what only Milvus has (a file that outlives the client, VARCHAR limits, a fixed dimension).
 
 Each test opens its own Milvus Lite file (about a second); asyncio only.
@@ -10,8 +11,11 @@ lock until it is released; ``MilvusClient.close()`` alone does not release it, s
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -46,6 +50,53 @@ class TestMilvusStore(StoreConformance):
     """Milvus Lite passes the whole contract."""
 
     default_collection = DEFAULT
+
+
+@asynccontextmanager
+async def milvus_server(data_dir: Path) -> AsyncIterator[str]:
+    """``milvus-lite server`` on a free loopback port, as its own process: the Milvus
+    server path (``RAGLINE_VECTOR_URI=http://…``), the same client code as a cluster."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "milvus-lite"), "server"]
+    command += ["--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)]
+    process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    stream = await anyio.connect_tcp("127.0.0.1", port)
+                except OSError:
+                    assert process.returncode is None, "milvus-lite server exited"
+                    await anyio.sleep(0.05)
+                    continue
+                await stream.aclose()
+                break
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        with anyio.move_on_after(10, shield=True):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+
+
+class TestMilvusServerStore(StoreConformance):
+    """A Milvus server (``milvus-lite server`` in its own process, reached over gRPC at an
+    ``http://`` URI) passes the same contract."""
+
+    default_collection = DEFAULT
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[MilvusStore]:
+        async with milvus_server(tmp_path / "server") as uri:
+            store = await opened(uri)
+            assert not store.is_lite
+            try:
+                yield store
+            finally:
+                await store.aclose()
 
 
 @pytest.mark.anyio
