@@ -469,8 +469,10 @@ def main(args: argparse.Namespace) -> None:
             for row in rows:
                 answer = ask(http, row, args.top_k)
                 answers.append(answer)
-                flag = answer.error or answer.degenerate or (
-                    "grounded" if answer.grounded else "not grounded"
+                flag = (
+                    answer.error
+                    or answer.degenerate
+                    or ("grounded" if answer.grounded else "not grounded")
                 )
                 print(f"[{answer.set}/{answer.id}] {flag}: {' '.join(answer.text.split())[:160]}")
         timing["questions_s"] = time.perf_counter() - started

@@ -342,8 +342,60 @@ def answers(results: Path) -> list[str]:
         "and samples as that server does.",
         "",
     ]
+    overview = answers_overview(results)
+    if overview:
+        lines += [
+            "All runs side by side (every question set but `lists`; first token and tokens/s "
+            "are medians over those answers; the last column is the guard's false positives "
+            "on the answers that legitimately repeat their shape). Reproduce the first with "
+            "`make bench-answers`, the others with the command under each run's table.",
+            "",
+            *overview,
+            "",
+        ]
     for run in runs:
         lines += [run.read_text().rstrip(), ""]
+    return lines
+
+
+def answers_overview(results: Path) -> list[str]:
+    """One row per answer-eval run, from its answers-LABEL.json."""
+    files = sorted(results.glob("answers-*.json"), key=lambda p: (p.stem != "answers-default", p))
+    if not files:
+        return []
+    lines = [
+        "| run | degenerate | grounded | cites the right source | source retrieved "
+        "| first token p50 | tokens/s p50 | guard cut a list |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in files:
+        run = json.loads(path.read_text())
+        answered = [a for a in run["answers"] if a["set"] != "lists"]
+        lists = [a for a in run["answers"] if a["set"] == "lists"]
+        sourced = [a for a in answered if a.get("expected_source", True)]
+        sets = list(dict.fromkeys(a["set"] for a in answered))
+        bad = sum(a["degenerate"] is not None for a in answered)
+        share = f" ({100 * bad / len(answered):.0f}%)" if answered else ""
+        grounded = ", ".join(
+            f"{name} {sum(a['grounded'] for a in answered if a['set'] == name)}"
+            f"/{sum(a['set'] == name for a in answered)}"
+            for name in sets
+        )
+        ttfts = [a["ttft"] for a in answered if a["ttft"] is not None]
+        rates = [
+            a["completion_tokens"] / (a["seconds"] - a["ttft"])
+            for a in answered
+            if a["ttft"] is not None and a["seconds"] > a["ttft"] and a["completion_tokens"] > 1
+        ]
+        cut = sum(a["finish_reason"] == "repetition" for a in lists)
+        lines.append(
+            f"| `{run['label']}` | {bad}/{len(answered)}{share} | {grounded} "
+            f"| {sum(a['cites_right'] for a in sourced)}/{len(sourced)} "
+            f"| {sum(a['retrieved'] for a in sourced)}/{len(sourced)} "
+            f"| {f'{statistics.median(ttfts):.2f} s' if ttfts else '–'} "
+            f"| {f'{statistics.median(rates):.0f}' if rates else '–'} "
+            f"| {f'{cut}/{len(lists)}' if lists else '–'} |"
+        )
     return lines
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 import uvicorn
-from anyio.abc import SocketStream
+from anyio.abc import Process, SocketStream
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -126,6 +126,15 @@ class Running:
                 ):
                     return float(sample.value)
         return 0.0
+
+
+async def end_process(process: Process) -> None:
+    """Terminate a helper process (a server the test started), killing it if it lingers."""
+    process.terminate()
+    with anyio.move_on_after(10, shield=True):
+        await process.wait()
+    if process.returncode is None:
+        process.kill()
 
 
 @asynccontextmanager

@@ -21,6 +21,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from conftest import end_process
 from ragline import Chunk, InvalidRequest, Lifetime, ThreadBridge
 from ragline.providers.milvus import MilvusStore
 from store_conformance import DIM, StoreConformance, basis, chunk, search, upsert
@@ -75,11 +76,7 @@ async def milvus_server(data_dir: Path) -> AsyncIterator[str]:
                 break
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        with anyio.move_on_after(10, shield=True):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
+        await end_process(process)
 
 
 class TestMilvusServerStore(StoreConformance):

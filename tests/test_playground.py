@@ -25,7 +25,7 @@ import httpx
 import pytest
 from httpx_ws import AsyncWebSocketSession, aconnect_ws
 
-from conftest import serve, settings_for, upstream_running
+from conftest import end_process, serve, settings_for, upstream_running
 from test_serve import free_port
 from upstream import Behavior, FakeUpstream
 
@@ -107,11 +107,7 @@ async def playground(cli: Path, bot_url: str, workdir: Path) -> AsyncIterator[st
                     await anyio.sleep(0.05)
         yield base
     finally:
-        process.terminate()
-        with anyio.move_on_after(10, shield=True):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
+        await end_process(process)
 
 
 def listening_addresses(port: int) -> set[str]:
