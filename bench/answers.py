@@ -394,13 +394,17 @@ def markdown(label: str, results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+SHORT = ["set", "degenerate", "guard", "grounded", "cites right", "retrieved", "TTFT p50/p90"]
+SHORT += ["tok/s", "words"]
+
+
 def show(label: str, results: dict[str, Any]) -> None:
     table = Table(title=f"answers: {label} ({results['generator']})")
-    for header in HEADERS:
-        table.add_column(header, justify="left" if header == "question set" else "right")
+    for header in SHORT:
+        table.add_column(header, justify="left" if header == "set" else "right", no_wrap=True)
     for name, s in results["sets"].items():
         table.add_row(name, *cells(s))
-    console = Console()
+    console = Console(width=max(Console().width, 110))
     console.print(table)
     if LISTS in results["sets"]:
         s = results["sets"][LISTS]

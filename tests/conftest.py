@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -128,10 +131,43 @@ class Running:
         return 0.0
 
 
+def free_port() -> int:
+    """A loopback port where nothing listens (yet)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@asynccontextmanager
+async def milvus_server(data_dir: Path, port: int | None = None) -> AsyncIterator[str]:
+    """``milvus-lite server`` on a free loopback port, as its own process: the Milvus
+    server path (``RAGLINE_VECTOR_URI=http://…``), the same client code as a cluster."""
+    port = port or free_port()
+    command = [str(Path(sys.executable).parent / "milvus-lite"), "server"]
+    command += ["--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)]
+    process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    stream = await anyio.connect_tcp("127.0.0.1", port)
+                except OSError:
+                    assert process.returncode is None, "milvus-lite server exited"
+                    await anyio.sleep(0.05)
+                    continue
+                await stream.aclose()
+                break
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with anyio.move_on_after(15, shield=True):
+            await end_process(process)
+
+
 async def end_process(process: Process) -> None:
-    """Terminate a helper process (a server the test started), killing it if it lingers."""
+    """Terminate a helper process (a server the test started), killing it if it lingers
+    past 10 s. In a ``finally``, shield it: ``with anyio.move_on_after(15, shield=True)``."""
     process.terminate()
-    with anyio.move_on_after(10, shield=True):
+    with anyio.move_on_after(10):
         await process.wait()
     if process.returncode is None:
         process.kill()

@@ -11,17 +11,14 @@ lock until it is released; ``MilvusClient.close()`` alone does not release it, s
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
 
-from conftest import end_process
+from conftest import milvus_server
 from ragline import Chunk, InvalidRequest, Lifetime, ThreadBridge
 from ragline.providers.milvus import MilvusStore
 from store_conformance import DIM, StoreConformance, basis, chunk, search, upsert
@@ -51,32 +48,6 @@ class TestMilvusStore(StoreConformance):
     """Milvus Lite passes the whole contract."""
 
     default_collection = DEFAULT
-
-
-@asynccontextmanager
-async def milvus_server(data_dir: Path) -> AsyncIterator[str]:
-    """``milvus-lite server`` on a free loopback port, as its own process: the Milvus
-    server path (``RAGLINE_VECTOR_URI=http://…``), the same client code as a cluster."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [str(Path(sys.executable).parent / "milvus-lite"), "server"]
-    command += ["--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)]
-    process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        with anyio.fail_after(30):
-            while True:
-                try:
-                    stream = await anyio.connect_tcp("127.0.0.1", port)
-                except OSError:
-                    assert process.returncode is None, "milvus-lite server exited"
-                    await anyio.sleep(0.05)
-                    continue
-                await stream.aclose()
-                break
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await end_process(process)
 
 
 class TestMilvusServerStore(StoreConformance):

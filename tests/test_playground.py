@@ -107,7 +107,8 @@ async def playground(cli: Path, bot_url: str, workdir: Path) -> AsyncIterator[st
                     await anyio.sleep(0.05)
         yield base
     finally:
-        await end_process(process)
+        with anyio.move_on_after(15, shield=True):
+            await end_process(process)
 
 
 def listening_addresses(port: int) -> set[str]:

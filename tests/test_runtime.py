@@ -1,19 +1,20 @@
 """One application's parts: opened before its work starts, closed after its work has
-stopped, in reverse order; and when a part cannot open, what was opened is closed."""
+stopped, in reverse order; an engine that is down at start leaves the application up and
+not ready until it comes back, and what was opened is closed either way."""
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import httpx
 import pytest
 
-from conftest import upstream_running
+from conftest import free_port, milvus_server, serve, upstream_running
 from fake_embeddings import FakeEmbeddings, embeddings_server
-from ragline import Cause, Lifetime, Settings, UpstreamError
+from ragline import Cause, Lifetime, Settings
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.openai import OpenAIEmbedder, OpenAIGenerator
 from ragline.runtime import Runtime
@@ -72,22 +73,51 @@ async def test_work_stops_before_the_parts_close(tmp_path: Path) -> None:
         assert not runtime.supervisor.running_now
 
 
-async def test_a_part_that_cannot_open_closes_what_was_opened(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port where nothing listens
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+async def test_an_engine_down_at_start_leaves_the_runtime_up_not_ready_and_closes_cleanly(
+    tmp_path: Path,
+) -> None:
+    """The store cannot open: the runtime runs anyway, not ready, and says why (the URL's
+    password withheld); on the way out, what did open is closed, and only that."""
+    port = free_port()  # nothing listens here
+    uri = f"http://ragline:s3cret@127.0.0.1:{port}"
     async with embeddings_server(FakeEmbeddings()) as fake, upstream_running(FakeUpstream()) as up:
-        runtime = Runtime(settings(tmp_path, fake, up, vector_uri=f"http://127.0.0.1:{port}"))
+        runtime = Runtime(settings(tmp_path, fake, up, vector_uri=uri))
         embedder = runtime.ingestor.embedder
         generator = runtime.pipeline.generator
+        store = runtime.ingestor.store
         assert isinstance(embedder, OpenAIEmbedder)
         assert isinstance(generator, OpenAIGenerator)
-        with pytest.raises(ExceptionGroup) as raised:
-            async with runtime.running():
-                pytest.fail("the runtime ran without its store")
-        assert raised.group_contains(UpstreamError, match="cannot connect to Milvus")
-        assert not runtime.ready
+        assert isinstance(store, MilvusStore)
+        async with runtime.running():
+            assert not runtime.ready
+            assert runtime.unavailable is not None
+            assert f"cannot connect to Milvus at http://ragline:***@127.0.0.1:{port}" in (
+                runtime.unavailable
+            )
+            assert "s3cret" not in runtime.unavailable
+            assert runtime.supervisor.running_now  # retrying the store
         assert not runtime.supervisor.running_now
         assert not is_open(runtime)
         assert embedder._client.is_closed
         assert all(client.is_closed for client in generator._clients._clients)
+        assert store._client is None
+
+
+async def test_the_runtime_becomes_ready_when_the_engine_comes_back(tmp_path: Path) -> None:
+    port = free_port()
+    async with embeddings_server(FakeEmbeddings()) as fake, upstream_running(FakeUpstream()) as up:
+        config = settings(tmp_path / "app", fake, up, vector_uri=f"http://127.0.0.1:{port}")
+        async with serve(config) as running, httpx.AsyncClient(base_url=running.url) as http:
+            before = await http.get("/readyz")
+            retrieved_before = await http.post("/api/v1/retrieve", json={"query": "herons"})
+            async with milvus_server(tmp_path / "milvus", port):
+                with anyio.fail_after(30):
+                    while (await http.get("/readyz")).status_code != 200:
+                        await anyio.sleep(0.1)
+                retrieved = await http.post("/api/v1/retrieve", json={"query": "herons"})
+    assert before.status_code == 503
+    assert "cannot connect to Milvus" in before.json()["reason"]
+    assert retrieved_before.status_code == 502  # the engine named, never a 500
+    assert "Milvus" in retrieved_before.json()["error"]["message"]
+    assert retrieved.status_code == 200
+    assert retrieved.json() == {"hits": []}

@@ -11,6 +11,7 @@ from typing import Literal, Protocol, runtime_checkable
 import anyio
 
 from .chunking import Chunker, Tokenizer, minilm_tokenizer
+from .errors import RagLineError
 from .ingestion import Ingestor
 from .lifetime import Lifetime
 from .providers import Embedder, Generator, PromptComposer, QueryTransformer, VectorStore
@@ -239,25 +240,46 @@ class _Opens(Protocol):
 
 
 async def open_parts(
-    stack: AsyncExitStack, lifetime: Lifetime, parts: Sequence[object], *, grace: float
+    stack: AsyncExitStack,
+    lifetime: Lifetime,
+    parts: Sequence[object],
+    *,
+    grace: float,
+    opened: list[object] | None = None,
+    failed: list[RagLineError] | None = None,
 ) -> int:
     """Open ``parts`` side by side (those with ``open(lifetime)``: loading a model,
     connecting a store). Each part's close (``aclose()`` or ``close()``) goes on ``stack``
     once it is open, or at once if it has nothing to open, so that leaving the stack
     closes in reverse order exactly what was opened, also when an open fails halfway.
-    Each close is shielded and bounded by ``grace`` seconds. Returns how many opened."""
+    Each close is shielded and bounded by ``grace`` seconds. Returns how many opened.
+
+    ``opened`` collects the parts that are open when it returns. With ``failed``, a part
+    whose open raises a :class:`RagLineError` (an engine that is down) is recorded there
+    and the others go on; without it, the first failure cancels the rest and is raised."""
     openers: list[tuple[_Opens, Callable[[], Awaitable[None]] | None]] = []
     for part in parts:
         closer = _closer(part, grace)
         if isinstance(part, _Opens):
             openers.append((part, closer))
-        elif closer is not None:
-            stack.push_async_callback(closer)
+        else:
+            if closer is not None:
+                stack.push_async_callback(closer)
+            if opened is not None:
+                opened.append(part)
 
     async def open_one(part: _Opens, closer: Callable[[], Awaitable[None]] | None) -> None:
-        await part.open(lifetime)
+        try:
+            await part.open(lifetime)
+        except RagLineError as exc:
+            if failed is None:
+                raise
+            failed.append(exc)
+            return
         if closer is not None:
             stack.push_async_callback(closer)
+        if opened is not None:
+            opened.append(part)
 
     async with anyio.create_task_group() as tg:
         for part, closer in openers:

@@ -14,6 +14,7 @@ from opentelemetry.trace import TracerProvider
 
 from .agent import Agent, LoopLimits
 from .chat import ChatPipeline, StageTimeouts
+from .errors import RagLineError
 from .factory import (
     build_composer,
     build_generator,
@@ -75,6 +76,8 @@ class Runtime:
         self.supervisor = Supervisor(self.lifetime)
         self.ready = False
         self._parts: list[object] = []  # what this runtime built, and so opens and closes
+        self._opened: list[object] = []
+        self.unavailable: str | None = None  # why it is not ready: a part that cannot open
         if generator is None:
             generator = build_generator(settings, self.threads)
             self._parts.append(generator)
@@ -187,23 +190,59 @@ class Runtime:
     async def running(self) -> AsyncIterator[Runtime]:
         """Own the parts and background work for the life of the block: the parts open
         side by side, then the supervisor runs; on the way out the supervisor stops its
-        work first, then the parts close in reverse order."""
-        async with AsyncExitStack() as stack:
-            stack.callback(self._shutdown_tracing)
+        work first, then the parts close in reverse order.
+
+        A part that cannot open (an engine that is down) does not stop the start: the
+        application serves, not ready (``/readyz`` says why), and opens it again with
+        backoff on its supervisor until it is up."""
+        async with AsyncExitStack() as parts:  # closes after the supervisor has stopped
+            parts.callback(self._shutdown_tracing)
             with self.lifetime.child("startup") as startup:
-                opened = await open_parts(
-                    stack, startup, self._parts, grace=self.settings.shutdown_grace
-                )
-            log.info("ready", extra={"providers_opened": opened})
-            await stack.enter_async_context(self.supervisor)
-            try:
-                if self.jobs is not None:
-                    self.supervisor.start(self.lifetime.child("ingest-worker"), self.jobs.work)
-                    await self._seed()
-                self.ready = True
-                yield self
-            finally:
-                self.shutdown("application stopping")
+                up = await self._open(parts, startup)
+            async with self.supervisor:
+                try:
+                    if up:
+                        await self._begin()
+                    else:
+                        retry = self.lifetime.child("startup-retry")
+                        self.supervisor.start(retry, lambda life: self._reopen(parts, life))
+                    yield self
+                finally:
+                    self.shutdown("application stopping")
+
+    async def _open(self, stack: AsyncExitStack, lifetime: Lifetime) -> bool:
+        """Open what is not open yet; whether everything is."""
+        closed = [part for part in self._parts if not any(part is o for o in self._opened)]
+        failed: list[RagLineError] = []
+        await open_parts(
+            stack,
+            lifetime,
+            closed,
+            grace=self.settings.shutdown_grace,
+            opened=self._opened,
+            failed=failed,
+        )
+        self.unavailable = "; ".join(f.message for f in failed) or None
+        if failed:
+            log.warning("not ready: %s", self.unavailable, extra={"cause": "unavailable"})
+        return not failed
+
+    async def _reopen(self, stack: AsyncExitStack, lifetime: Lifetime) -> None:
+        delay = 0.5
+        while True:
+            await anyio.sleep(delay)
+            if await self._open(stack, lifetime):
+                await self._begin()
+                return
+            delay = min(delay * 2, 10.0)
+
+    async def _begin(self) -> None:
+        """Everything is open: start the background work and be ready."""
+        log.info("ready", extra={"providers_opened": len(self._opened)})
+        if self.jobs is not None:
+            self.supervisor.start(self.lifetime.child("ingest-worker"), self.jobs.work)
+            await self._seed()
+        self.ready = True
 
     def _shutdown_tracing(self) -> None:
         shutdown = getattr(self.tracing.provider, "shutdown", None)

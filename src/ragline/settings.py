@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -10,7 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .models import Sampling
 
-__all__ = ["Settings", "is_loopback"]
+__all__ = ["Settings", "is_loopback", "redact"]
 
 
 def is_loopback(host: str) -> bool:
@@ -21,6 +22,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def redact(url: str) -> str:
+    """``url`` fit for a log line: a password in it (``scheme://user:password@host``)
+    becomes ``***``."""
+    return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", url)
 
 
 def _seconds_or_none(value: object) -> object:

@@ -18,6 +18,7 @@ import anyio
 from ..errors import InvalidRequest, UpstreamError
 from ..lifetime import Lifetime
 from ..models import Chunk, Hit
+from ..settings import redact
 from ..threads import CancelToken, ThreadBridge
 
 __all__ = ["MilvusStore"]
@@ -75,7 +76,10 @@ class MilvusStore:
                     "process may own a data directory); stop that process, or send the work "
                     "to the server that owns it"
                 ) from None
-            raise UpstreamError(f"cannot connect to Milvus at {self.uri}: {exc}") from None
+            reason = str(getattr(exc, "message", "") or exc).replace(self.uri, redact(self.uri))
+            raise UpstreamError(
+                f"cannot connect to Milvus at {redact(self.uri)}: {reason}"
+            ) from None
 
     async def aclose(self) -> None:
         """Close the client; for Milvus Lite also stop its server, which otherwise keeps

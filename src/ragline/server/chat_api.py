@@ -96,7 +96,10 @@ async def readyz(request: Request) -> Response:
     runtime = request_context(request.scope).runtime
     if runtime.ready and not runtime.lifetime.cancelled:
         return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "not ready"}, status_code=503)
+    body = {"status": "not ready"}
+    if runtime.unavailable and not runtime.lifetime.cancelled:
+        body["reason"] = runtime.unavailable  # an engine that is down, named
+    return JSONResponse(body, status_code=503)
 
 
 async def metrics(request: Request) -> Response:
