@@ -143,11 +143,13 @@ def grounded(text: str, question: str, expect: list[str]) -> bool:
 
 
 def same_file(source: str, expected: str) -> bool:
-    """Whether a source's path is the expected file: "GUIDE.md" or "docs/GUIDE.md" both
-    name /anywhere/docs/GUIDE.md."""
+    """Whether a source's path is the expected file, comparing as many trailing parts as
+    the shorter path has: "GUIDE.md" and "docs/GUIDE.md" both name a source "GUIDE.md"
+    (ingestion records paths relative to the folder ingested) or /x/docs/GUIDE.md."""
     want = PurePosixPath(expected.replace("\\", "/")).parts
     have = PurePosixPath(source.replace("\\", "/")).parts
-    return bool(want) and have[-len(want) :] == want
+    n = min(len(want), len(have))
+    return n > 0 and have[-n:] == want[-n:]
 
 
 def cited(text: str) -> list[int]:
