@@ -5,6 +5,7 @@ not ready until it comes back, and what was opened is closed either way."""
 from __future__ import annotations
 
 import sqlite3
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
@@ -121,3 +122,39 @@ async def test_the_runtime_becomes_ready_when_the_engine_comes_back(tmp_path: Pa
     assert "Milvus" in retrieved_before.json()["error"]["message"]
     assert retrieved.status_code == 200
     assert retrieved.json() == {"hits": []}
+
+
+async def test_a_milvus_server_that_goes_away_is_a_502_and_is_used_again_when_back(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    data = tmp_path / "milvus"
+    document = {"id": "herons", "text": "Herons stand still in shallow water and eat fish."}
+    query = {"query": "herons in water", "top_k": 1}
+    async with (
+        embeddings_server(FakeEmbeddings()) as fake,
+        upstream_running(FakeUpstream()) as up,
+        AsyncExitStack() as first,
+        AsyncExitStack() as second,
+    ):
+        await first.enter_async_context(milvus_server(data, port))
+        config = settings(tmp_path / "app", fake, up, vector_uri=f"http://127.0.0.1:{port}")
+        async with serve(config) as running, httpx.AsyncClient(base_url=running.url) as http:
+            job = (await http.post("/api/v1/ingest", json={"documents": [document]})).json()
+            with anyio.fail_after(30):
+                while True:
+                    state = (await http.get(f"/api/v1/ingest/{job['job_id']}")).json()["state"]
+                    if state == "succeeded":
+                        break
+                    await anyio.sleep(0.1)
+            found = await http.post("/api/v1/retrieve", json=query)
+            await first.aclose()  # the Milvus server goes away
+            gone = await http.post("/api/v1/retrieve", json=query)
+            await second.enter_async_context(milvus_server(data, port))  # and comes back
+            with anyio.fail_after(30):
+                while (back := await http.post("/api/v1/retrieve", json=query)).status_code != 200:
+                    await anyio.sleep(0.2)
+    assert [hit["document_id"] for hit in found.json()["hits"]] == ["herons"]
+    assert gone.status_code == 502
+    assert gone.json()["error"]["message"].startswith(f"Milvus at http://127.0.0.1:{port}")
+    assert back.json()["hits"] == found.json()["hits"]

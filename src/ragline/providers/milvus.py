@@ -9,7 +9,8 @@ cosine HNSW index.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,11 @@ class MilvusStore:
         from pymilvus import MilvusClient
         from pymilvus.exceptions import MilvusException
 
+        # pymilvus and Milvus Lite log tracebacks for errors that we report ourselves, in
+        # one line that names the server (see _reached).
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
         if self.is_lite:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
-            # Milvus Lite logs a traceback when the file is locked; we say it better below.
             logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
         try:
             return MilvusClient(uri=self.uri, token=self._token or "")
@@ -117,6 +120,10 @@ class MilvusStore:
     def _prepare(self, token: CancelToken, name: str) -> bool:
         """Whether ``name`` exists; if it does, check its dimension and load it (a
         restarted Milvus reopens collections released, and search needs them loaded)."""
+        with self._reached():
+            return self._prepare_reached(name)
+
+    def _prepare_reached(self, name: str) -> bool:
         if not self._client.has_collection(name):
             return False
         described = self._client.describe_collection(name)
@@ -149,7 +156,8 @@ class MilvusStore:
             metric_type="COSINE",
             params={"M": 16, "efConstruction": 200},
         )
-        self._client.create_collection(name, schema=schema, index_params=index)
+        with self._reached():
+            self._client.create_collection(name, schema=schema, index_params=index)
 
     async def search(
         self,
@@ -164,7 +172,12 @@ class MilvusStore:
         name = await self._collection(collection, lifetime, create=False)
         if name is None:
             return []
-        rows = await self._bridge.run(lifetime, self._search, name, list(vector), top_k)
+        try:
+            rows = await self._bridge.run(lifetime, self._search, name, list(vector), top_k)
+        except UpstreamError:
+            # A restarted server has the collection released: prepare (load) it again.
+            self._known.discard(name)
+            raise
         return [
             Hit(
                 document_id=row["entity"]["document_id"],
@@ -179,13 +192,14 @@ class MilvusStore:
         ]
 
     def _search(self, token: CancelToken, name: str, vector: list[float], top_k: int) -> Any:
-        result = self._client.search(
-            collection_name=name,
-            data=[vector],
-            limit=top_k,
-            output_fields=_OUTPUT,
-            search_params={"metric_type": "COSINE", "params": {"ef": max(64, top_k)}},
-        )
+        with self._reached():
+            result = self._client.search(
+                collection_name=name,
+                data=[vector],
+                limit=top_k,
+                output_fields=_OUTPUT,
+                search_params={"metric_type": "COSINE", "params": {"ef": max(64, top_k)}},
+            )
         return result[0] if result else []
 
     async def upsert(
@@ -219,7 +233,8 @@ class MilvusStore:
         }
 
     def _upsert(self, token: CancelToken, name: str | None, rows: list[dict[str, Any]]) -> None:
-        self._client.upsert(collection_name=name, data=rows)
+        with self._reached():
+            self._client.upsert(collection_name=name, data=rows)
 
     async def delete(
         self, ids: Sequence[str], lifetime: Lifetime, *, collection: str | None = None
@@ -231,7 +246,23 @@ class MilvusStore:
         await self._bridge.run(lifetime, self._delete, name, list(ids))
 
     def _delete(self, token: CancelToken, name: str, ids: list[str]) -> None:
-        self._client.delete(collection_name=name, ids=ids)
+        with self._reached():
+            self._client.delete(collection_name=name, ids=ids)
+
+    @contextmanager
+    def _reached(self) -> Iterator[None]:
+        """Milvus's own errors (a server that went away, a collection not loaded) as an
+        :class:`UpstreamError` that names the server, its password withheld: a 502 or a
+        final error event, never a 500. The client reconnects by itself once the server
+        is back."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            yield
+        except MilvusException as exc:
+            where = redact(self.uri)
+            reason = str(getattr(exc, "message", "") or exc).replace(self.uri, where)
+            raise UpstreamError(f"Milvus at {where}: {reason}") from None
 
 
 def _clip(text: str, max_bytes: int) -> str:
