@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import anyio
+import anyio.lowlevel
 import pytest
 import trio
 from opentelemetry import trace
@@ -471,3 +472,27 @@ async def test_batch_loop_stops_at_the_next_boundary_after_cancel() -> None:
                     processed.append(batch)
     assert processed == [0, 1, 2]
     assert _reason(job).cause is Cause.EXPLICIT
+
+
+@pytest.mark.anyio
+async def test_last_words_run_after_a_cancellation_and_end_at_their_timeout() -> None:
+    """A cancelled owner can still say its last words: the block ignores the
+    cancellation, keeps the owner's values, and ends quietly when its timeout passes."""
+    request = Lifetime.root("app").child("request", values={"request_id": "r1"})
+    said: list[str] = []
+    with anyio.fail_after(BOUND):
+        with request:
+            request.cancel(Cause.SHUTDOWN, "test")
+            with request.last_words(0.05) as last:
+                await anyio.lowlevel.checkpoint()  # would raise, were the block not shielded
+                said.append(f"{last.path} {last.get('request_id')}")
+                await anyio.sleep(BOUND)  # cut short by the block's own timeout
+                said.append("too late")
+    assert said == ["app/request/last-words r1"]
+
+
+def test_last_words_need_a_short_timeout() -> None:
+    """An unbounded shield would let a stuck write hang its owner's exit."""
+    with pytest.raises(ValueError, match="short timeout"):
+        with Lifetime.root("app").last_words(60):
+            pass
