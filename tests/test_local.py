@@ -1,5 +1,8 @@
 """The embedded defaults, for real: MiniLM embeddings, Milvus Lite and SmolLM2 on llama.cpp
 behind a real uvicorn server. One server for the module: loading the models takes seconds.
+
+Across ``ragline.providers.minilm``, ``ragline.providers.milvus`` and
+``ragline.providers.llamacpp``, as the default configuration wires them.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ The playground is installed by the test setup (once per machine, into a cache fo
 bound to 127.0.0.1 by a preload script, since it listens on every interface by default.
 It is driven the way its web UI drives it: a user message is posted to its conversation
 API and the bot's messages are read from its conversation WebSocket.
-"""
+
+Across the ``ragline.teams`` package and ``ragline.server.bot_api``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The Teams channel answering with an agent loop (``RAGLINE_BOT_TOOLS``), end to end:
 ragline on uvicorn with a server-side tool, the fake Teams and the fake model upstream,
-all over real sockets."""
+all over real sockets.
+
+Across ``ragline.teams.bot`` (``respond`` with tools) and ``ragline.agent``."""
 
 from __future__ import annotations
 

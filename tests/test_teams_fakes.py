@@ -1,4 +1,7 @@
-"""The fake Teams itself, over real HTTP: tokens, connector rules, streaming and JWTs."""
+"""The fake Teams itself, over real HTTP: tokens, connector rules, streaming and JWTs.
+
+Across the test helpers ``teams_fakes`` and its three faces, ``teams_identity``,
+``teams_connector`` and ``teams_sender``."""
 
 from __future__ import annotations
 
