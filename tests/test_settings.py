@@ -21,7 +21,9 @@ LIMITS = [
 
 
 @pytest.mark.parametrize("variable", LIMITS)
-@pytest.mark.parametrize("value", ["0", "", "none", "None", "off", "infinite", " Infinite "])
+@pytest.mark.parametrize(
+    "value", ["0", "0.0", " 0 ", "", "none", "None", "off", "infinite", " Infinite "]
+)
 def test_zero_none_off_and_infinite_mean_no_limit(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:

@@ -31,9 +31,17 @@ def redact(url: str) -> str:
 
 
 def _seconds_or_none(value: object) -> object:
-    # "0", "", "none", "infinite" all mean: no limit.
-    if isinstance(value, str) and value.strip().lower() in {"", "0", "none", "off", "infinite"}:
-        return None
+    # "0", "0.0", "", "none", "infinite" all mean: no limit.
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in {"", "none", "off", "infinite"}:
+            return None
+        try:
+            if float(text) == 0:
+                return None
+        except ValueError:
+            return value  # pydantic says what is wrong with it
+        return value
     if isinstance(value, int | float) and value == 0:
         return None
     return value
