@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -484,6 +485,8 @@ def main(args: argparse.Namespace) -> None:
         timing["questions_s"] = time.perf_counter() - started
     finally:
         stop(server)
+        if not args.data_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
     timing["total_s"] = time.perf_counter() - began
     by_set: dict[str, list[Answer]] = {}
     for answer in answers:
@@ -524,6 +527,8 @@ if __name__ == "__main__":
     )
     parser.add_argument("--label", default="default", help="names the run and its result files")
     parser.add_argument("--top-k", type=int, default=4)
-    parser.add_argument("--data-dir", help="ingest here once, reuse it after")
+    parser.add_argument(
+        "--data-dir", help="ingest here once and keep it (else a temporary one, removed)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     main(parser.parse_args())
