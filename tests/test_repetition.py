@@ -68,6 +68,20 @@ def test_a_sentence_repeated_with_other_lines_between_is_a_loop() -> None:
     assert text[: loop.keep] == "The answer is:\n\n[1] (README.md)\n\n"
 
 
+def test_a_long_passage_written_again_with_other_words_around_it_is_a_loop() -> None:
+    # What SmolLM2 wrote about SIGTERM: the same long clause twice, its sentences not
+    # quite the same and not back to back.
+    clause = (
+        "sends a message from the server of the application (the one running on the "
+        "server) and it does not stop until you have finished your work"
+    )
+    text = f"- It {clause}.\nThis response contains an answer.\n- The code {clause}."
+    loop = run_guard(text)
+    assert loop is not None
+    assert loop.rule == "repeated_passage"
+    assert text[: loop.keep] == f"- It {clause}.\nThis response contains an answer.\n"
+
+
 def test_a_page_of_one_punctuation_mark_is_a_loop() -> None:
     assert run_guard("Answer:\n" + "#\n\n" * 100) is not None
 

@@ -6,7 +6,7 @@ loop is a reason for work to stop, like a departed client. The guard reads the t
 it streams, from any generator, and says where the loop began, so that the answer keeps
 the first copy and loses the repeats.
 
-Two rules, both exact (no fuzzy matching, so a numbered list, a table, or a count from 1
+Three rules, all exact (no fuzzy matching, so a numbered list, a table, or a count from 1
 to 20 never trips them: their items differ):
 
 - ``repeated_span``: the latest words are one run of words repeated back to back, at
@@ -16,6 +16,8 @@ to 20 never trips them: their items differ):
 - ``repeated_sentence``: a sentence or line of at least ``min_sentence`` tokens, three of
   them words of letters ("The answer is:"), occurs for the third time, wherever the copies
   are (a list that numbers its copies is still a loop).
+- ``repeated_passage``: ``echo`` tokens in a row (16) that the text has written before,
+  anywhere: a long sentence written again with other words around it.
 
 The cost is a few microseconds per word: only the periods at which the newest word
 repeats an earlier one are looked at.
@@ -52,6 +54,7 @@ class RepetitionGuard:
         min_span: int = 24,
         max_period: int = 64,
         min_sentence: int = 4,
+        echo: int = 16,
     ) -> None:
         if copies < 2 or min_span < 2 or max_period < 1:
             raise ValueError("copies and min_span must be at least 2, max_period at least 1")
@@ -59,6 +62,7 @@ class RepetitionGuard:
         self.min_span = min_span
         self.max_period = max_period
         self.min_sentence = min_sentence
+        self.echo = echo
         self.loop: Loop | None = None
         self._seen = 0  # characters fed so far
         self._pending = ""  # a trailing word that may continue in the next piece
@@ -72,6 +76,8 @@ class RepetitionGuard:
         self._sentence: list[str] = []
         self._sentence_start = 0
         self._sentences: dict[tuple[str, ...], list[int]] = {}
+        self._starts: list[int] = []  # each token's start offset
+        self._grams: dict[tuple[str, ...], int] = {}  # each echo-long run: where it began
 
     def feed(self, text: str) -> Loop | None:
         """Read the next piece of text; the loop, once there is one."""
@@ -109,6 +115,7 @@ class RepetitionGuard:
         n = len(self._tokens)  # this token's index
         wordy = token[0].isalnum() or token[0] == "_"
         self._tokens.append(token)
+        self._starts.append(begin)
         self._ends.append(end)
         self._wordy.append(wordy)
         # Only periods at which this token repeats an earlier one can go on; every other
@@ -131,7 +138,23 @@ class RepetitionGuard:
         earlier.append(n)
         if found is not None:
             return found
-        return self._sentence_token(token, begin)
+        return self._echo(n) or self._sentence_token(token, begin)
+
+    def _echo(self, n: int) -> Loop | None:
+        """The text repeats ``echo`` tokens it wrote before, anywhere: a model copying
+        itself (a long sentence again, with other words around it)."""
+        first = n + 1 - self.echo
+        if first < 0:
+            return None
+        gram = tuple(self._tokens[first:])
+        seen = self._grams.setdefault(gram, first)
+        if seen + self.echo > first or not any(self._wordy[first:]):
+            return None  # this run itself, an overlapping (periodic) one, or punctuation
+        # Keep the text up to the sentence (or line) in which the copy began.
+        begin = self._starts[first]
+        keep = self._sentence_start if self._sentence and self._sentence_start <= begin else begin
+        self.loop = Loop("repeated_passage", keep)
+        return self.loop
 
     def _periodic(self, period: int, run: int) -> Loop | None:
         n = len(self._tokens)
