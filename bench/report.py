@@ -335,7 +335,8 @@ def answers(results: Path) -> list[str]:
         "fact. Each run below says its settings.",
         "",
         "The first run is the embedded default. The local model's defaults (greedy decoding "
-        "with a repetition penalty of 1.2, at most 160 tokens, three passages cut to their "
+        "with a repetition penalty of 1.2 over the last 512 tokens, at most 160 tokens, "
+        "three passages cut to their "
         "sentences closest to the question within 400 tokens, placed with the instructions) "
         "are the ones these runs chose: each other local run changes one of them. A run "
         "against an OpenAI-compatible server reads the passages whole, up to 3,000 tokens, "
@@ -346,8 +347,10 @@ def answers(results: Path) -> list[str]:
     if overview:
         lines += [
             "All runs side by side (every question set but `lists`; first token and tokens/s "
-            "are medians over those answers; the last column is the guard's false positives "
-            "on the answers that legitimately repeat their shape). Reproduce the first with "
+            "are medians over those answers; the last column counts the guard's stops on the "
+            "`lists` prompts, whose answers legitimately repeat their shape: a false positive, "
+            "unless the answer really looped, as `greedy-no-penalty`'s week did, written out "
+            "three times). Reproduce the first with "
             "`make bench-answers`, the others with the command under each run's table.",
             "",
             *overview,
@@ -365,7 +368,7 @@ def answers_overview(results: Path) -> list[str]:
         return []
     lines = [
         "| run | degenerate | grounded | cites the right source | source retrieved "
-        "| first token p50 | tokens/s p50 | guard cut a list |",
+        "| first token p50 | tokens/s p50 | guard stops on `lists` |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for path in files:

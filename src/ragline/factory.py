@@ -83,6 +83,7 @@ def build_generator(settings: Settings, bridge: ThreadBridge) -> Generator:
             max_prompt_tokens=s.llm_max_prompt_tokens,
             max_tokens=s.llm_max_tokens or LOCAL_MAX_TOKENS,
             sampling=s.sampling,
+            penalty_window=s.llm_penalty_window,
             queue_size=s.llm_queue_size,
         )
         return local

@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     llm_presence_penalty: float | None = Field(None, ge=-2, le=2)
     llm_stop: Annotated[list[str] | None, NoDecode] = None  # comma-separated
     llm_seed: int | None = Field(None, ge=0)
+    llm_penalty_window: int = Field(512, ge=1)  # local model: tokens the penalty looks back on
     repetition_guard: bool = True  # stop a generation that has started to loop
 
     # -- embeddings and vector store --------------------------------------------------------

@@ -40,10 +40,11 @@ __all__ = [
 
 # The local model's defaults, chosen by the answer eval (`make bench-answers`; the figures
 # are in docs/BENCHMARKS.md). Greedy decoding with no penalty loops on almost every
-# question about the project's own docs; with a penalty of 1.2 it does not, and it keeps
-# closer to the context than light sampling (temperature 0.2-0.3) does. top_p and min_p
-# apply once a request raises the temperature.
+# question about the project's own docs; with a penalty of 1.2 over the whole answer
+# (PENALTY_WINDOW) it does not, and it keeps closer to the context than light sampling
+# (temperature 0.2-0.3) does. top_p and min_p apply once a request raises the temperature.
 LOCAL_MAX_TOKENS = 160  # a small model drifts from its context the longer it writes
+PENALTY_WINDOW = 512  # tokens the repetition penalty looks back over
 LOCAL_SAMPLING = Sampling(
     temperature=0.0,
     top_p=0.9,
@@ -111,6 +112,7 @@ class LlamaCppGenerator:
         max_prompt_tokens: int = 768,
         max_tokens: int | None = LOCAL_MAX_TOKENS,
         sampling: Sampling | None = None,
+        penalty_window: int = PENALTY_WINDOW,
         queue_size: int = 16,
     ) -> None:
         self.model = model
@@ -127,6 +129,7 @@ class LlamaCppGenerator:
             LOCAL_SAMPLING
         )  # the settings', then the eval's
         self._queue_size = queue_size
+        self._penalty_window = penalty_window
         self._waiting = 0
         self._lock = anyio.Lock()
         self._llm: Any = None
@@ -156,6 +159,10 @@ class LlamaCppGenerator:
             n_ctx=self._context,
             n_threads=self._threads,
             n_threads_batch=self._batch_threads,
+            # The repetition penalty looks back over the whole answer (llama.cpp's default
+            # is 64 tokens): a small model copies whole passages of itself from further
+            # back than that (the answer eval, docs/BENCHMARKS.md).
+            last_n_tokens_size=self._penalty_window,
             verbose=False,
         )
         # llama.cpp prints KV-cache housekeeping (e.g. after an abort) at error level to
