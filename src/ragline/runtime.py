@@ -78,6 +78,7 @@ class Runtime:
         self._parts: list[object] = []  # what this runtime built, and so opens and closes
         self._opened: list[object] = []
         self.unavailable: str | None = None  # why it is not ready: a part that cannot open
+        self.draining = False
         if generator is None:
             generator = build_generator(settings, self.threads)
             self._parts.append(generator)
@@ -158,6 +159,7 @@ class Runtime:
         caller shuts down when its drain window ends."""
         if self.ready:
             log.info("draining: not ready, work in flight goes on", extra={"detail": detail})
+        self.draining = True
         self.ready = False
 
     def shutdown(self, detail: str = "") -> None:
@@ -242,7 +244,8 @@ class Runtime:
         if self.jobs is not None:
             self.supervisor.start(self.lifetime.child("ingest-worker"), self.jobs.work)
             await self._seed()
-        self.ready = True
+        # An engine that came back during a drain window does not make it ready again.
+        self.ready = not self.draining
 
     def _shutdown_tracing(self) -> None:
         shutdown = getattr(self.tracing.provider, "shutdown", None)
