@@ -79,10 +79,7 @@ class MilvusStore:
                     "process may own a data directory); stop that process, or send the work "
                     "to the server that owns it"
                 ) from None
-            reason = str(getattr(exc, "message", "") or exc).replace(self.uri, redact(self.uri))
-            raise UpstreamError(
-                f"cannot connect to Milvus at {redact(self.uri)}: {reason}"
-            ) from None
+            raise self._failure("cannot connect to Milvus at", exc) from None
 
     async def aclose(self) -> None:
         """Close the client; for Milvus Lite also stop its server, which otherwise keeps
@@ -260,9 +257,13 @@ class MilvusStore:
         try:
             yield
         except MilvusException as exc:
-            where = redact(self.uri)
-            reason = str(getattr(exc, "message", "") or exc).replace(self.uri, where)
-            raise UpstreamError(f"Milvus at {where}: {reason}") from None
+            raise self._failure("Milvus at", exc) from None
+
+    def _failure(self, what: str, exc: Exception) -> UpstreamError:
+        """Milvus's error as ours: the server named, its password withheld."""
+        where = redact(self.uri)
+        reason = str(getattr(exc, "message", "") or exc).replace(self.uri, where)
+        return UpstreamError(f"{what} {where}: {reason}")
 
 
 def _clip(text: str, max_bytes: int) -> str:
