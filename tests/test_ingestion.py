@@ -21,8 +21,8 @@ from ragline.documents import Document, load_all
 from ragline.ingestion import Ingestor, Stop
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.minilm import MiniLMEmbedder
-from ragline.records import Records
-from ragline.retrieval import RecordGenerations, VisibleStore
+from ragline.records import SqliteRecords
+from ragline.retrieval import VisibleStore
 from ragline.threads import ThreadBridge
 
 pytestmark = pytest.mark.anyio
@@ -93,7 +93,7 @@ class Rig:
         self.bridge = ThreadBridge()
         self.embedder = embedder
         self.store = MilvusStore(self.bridge, uri=str(folder / "milvus.db"), dimensions=384)
-        self.records = Records(folder / "records.sqlite")
+        self.records = SqliteRecords(folder / "records.sqlite", self.bridge)
         self.chunker = Chunker(minilm_tokenizer(), size=32, overlap=4)
         self.ingestor = Ingestor(
             embedder=embedder,
@@ -103,7 +103,7 @@ class Rig:
             chunker=self.chunker,
             batch_size=4,
         )
-        self.visible = VisibleStore(self.store, RecordGenerations(self.records, self.bridge))
+        self.visible = VisibleStore(self.store, self.records)
 
     async def run(self, documents: list[Document], lifetime: Lifetime, **kw: Any) -> Any:
         return await self.ingestor.run(documents, lifetime, collection="default", owner="t", **kw)
@@ -132,7 +132,7 @@ class Rig:
         rows = await self.rows()
         ids = [r["id"] for r in rows]
         assert len(ids) == len(set(ids)), "duplicate chunk ids"
-        active = self.records.documents("default")
+        active = self.records.file.documents("default")
         assert set(active) == {d.id for d in expected}
         for document in expected:
             record = active[document.id]
@@ -155,8 +155,10 @@ async def rig(tmp_path: Path, minilm: MiniLMEmbedder) -> AsyncIterator[Rig]:
     made.records.close()
 
 
-def visible_version(rows: list[dict[str, Any]], records: Records, document_id: str) -> set[str]:
-    generation = records.documents("default")[document_id].generation
+def visible_version(
+    rows: list[dict[str, Any]], records: SqliteRecords, document_id: str
+) -> set[str]:
+    generation = records.file.documents("default")[document_id].generation
     return {
         r["text"][:2]
         for r in rows
@@ -266,7 +268,9 @@ async def test_a_changed_document_is_swapped_atomically_under_concurrent_queries
     assert len(seen) >= 3, "the queries did not interleave with the write"
     assert all(len(generations) == 1 for generations in seen), seen
     assert raw_mixed > 0, "the raw store never held both generations: the test proves nothing"
-    assert {h.generation for h in after} == {rig.records.documents("default")["big"].generation}
+    assert {h.generation for h in after} == {
+        rig.records.file.documents("default")["big"].generation
+    }
     await rig.assert_exact(long_v2)
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import Running, serve
 from ragline import Settings
-from ragline.records import Records
+from ragline.records import SqliteRecords
+from ragline.threads import ThreadBridge
 
 pytestmark = pytest.mark.anyio
 
@@ -46,6 +47,12 @@ async def client(running: Running) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+def sqlite_jobs(running: Running) -> list[tuple[str, str, dict[str, Any]]]:
+    records = running.server.runtime.records
+    assert isinstance(records, SqliteRecords)
+    return records.file.jobs()
+
+
 async def wait_for_state(http: httpx.AsyncClient, job_id: str, *states: str) -> dict[str, Any]:
     with anyio.fail_after(120):
         while True:
@@ -68,8 +75,8 @@ async def test_shutdown_during_a_job_then_restart_finishes_it(tmp_path: Path) ->
                     break
                 await anyio.sleep(0.02)
         running.server.stop()
-    records = Records(tmp_path / "data" / "records.sqlite")
-    ((_, state, body),) = records.jobs()
+    records = SqliteRecords(tmp_path / "data" / "records.sqlite", ThreadBridge())
+    ((_, state, body),) = records.file.jobs()
     records.close()
     assert state == "running"
     assert body["cause"] == "shutdown"
@@ -186,12 +193,12 @@ async def test_first_start_ingests_the_seed_docs_into_an_empty_collection(
     seed.mkdir()
     (seed / "intro.md").write_text("# ragline\n\nThe ragline mascot is a heron named Pip.")
     async with serve(settings(tmp_path, seed_docs=str(seed))) as running, client(running) as http:
-        ((job_id, _, _),) = running.server.runtime.records.jobs()
+        ((job_id, _, _),) = sqlite_jobs(running)
         await wait_for_state(http, job_id, "succeeded")
         hits = (await http.post("/api/v1/retrieve", json={"query": "mascot"})).json()["hits"]
     assert hits[0]["document_id"] == "intro.md"
     async with serve(settings(tmp_path, seed_docs=str(seed))) as running:
-        assert len(running.server.runtime.records.jobs()) == 1  # not empty: no second seed
+        assert len(sqlite_jobs(running)) == 1  # not empty: no second seed
 
 
 async def test_hybrid_retrieval_finds_an_exact_rare_word(tmp_path: Path) -> None:

@@ -1,14 +1,23 @@
-"""The record store: generations, the switch, garbage, jobs; transactions all or nothing."""
+"""The record store and job store: one conformance suite, run on SQLite and on a real
+PostgreSQL. Generations, the switch, garbage, keyword search, jobs; transactions all or
+nothing; a cancelled caller cancels its query on the server."""
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
-from ragline import Chunk
-from ragline.records import Records
+from ragline import Cause, Chunk, Lifetime, Unavailable
+from ragline.providers import Records
+from ragline.providers.postgres import PostgresRecords
+from ragline.records import SqliteRecords
+from ragline.settings import redact
+from ragline.threads import ThreadBridge
+
+pytestmark = pytest.mark.anyio
 
 
 def chunk(chunk_id: str, generation: int, text: str = "herons wait by the river") -> Chunk:
@@ -16,84 +25,273 @@ def chunk(chunk_id: str, generation: int, text: str = "herons wait by the river"
 
 
 @pytest.fixture
-def records(tmp_path: Path) -> Records:
-    return Records(tmp_path / "records.sqlite")
+def life() -> Lifetime:
+    return Lifetime.root("test")
 
 
-def test_a_generation_becomes_visible_only_when_switched(records: Records) -> None:
-    first = records.begin_generation("c", "doc", owner="job1")
-    records.intend_chunks("c", [chunk("a", first), chunk("b", first)])
-    assert records.active("c", ["doc"]) == {}
-    records.switch("c", "doc", first, content_hash="h1", chunks=2, source="doc.txt")
-    assert records.active("c", ["doc"]) == {"doc": first}
-    second = records.begin_generation("c", "doc", owner="job2")
+@pytest.fixture(params=["sqlite", "postgres"])
+async def records(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Records]:
+    if request.param == "sqlite":
+        sqlite = SqliteRecords(tmp_path / "records.sqlite", ThreadBridge())
+        yield sqlite
+        sqlite.close()
+        return
+    postgres = PostgresRecords(request.getfixturevalue("database_url"))
+    await postgres.open(Lifetime.root("open"))
+    yield postgres
+    await postgres.aclose()
+
+
+async def test_a_generation_becomes_visible_only_when_switched(
+    records: Records, life: Lifetime
+) -> None:
+    first = await records.begin_generation("c", "doc", "job1", life)
+    await records.intend_chunks("c", [chunk("a", first), chunk("b", first)], life)
+    assert await records.active("c", ["doc"], life) == {}
+    await records.switch("c", "doc", first, life, content_hash="h1", chunks=2, source="doc.txt")
+    assert await records.active("c", ["doc", "other"], life) == {"doc": first}
+    second = await records.begin_generation("c", "doc", "job2", life)
     assert second == first + 1
-    records.intend_chunks("c", [chunk("c", second)])
-    records.switch("c", "doc", second, content_hash="h2", chunks=1, source="doc.txt")
-    assert records.active("c", ["doc"]) == {"doc": second}
-    assert records.garbage("c") == [("doc", first, ["a", "b"])]
-    records.forget("c", "doc", first)
-    assert records.garbage("c") == []
-    assert records.documents("c")["doc"].content_hash == "h2"
+    await records.intend_chunks("c", [chunk("c", second)], life)
+    await records.switch("c", "doc", second, life, content_hash="h2", chunks=1, source="doc.txt")
+    assert await records.active("c", ["doc"], life) == {"doc": second}
+    assert await records.garbage("c", life) == [("doc", first, ["a", "b"])]
+    await records.forget("c", "doc", first, life)
+    assert await records.garbage("c", life) == []
+    assert (await records.documents("c", life))["doc"].content_hash == "h2"
+    assert await records.documents("elsewhere", life) == {}
 
 
-def test_an_interrupted_generation_is_garbage_and_numbers_never_repeat(records: Records) -> None:
-    orphan = records.begin_generation("c", "doc", owner="crashed")
-    records.intend_chunks("c", [chunk("x", orphan)])
-    assert records.garbage("c") == [("doc", orphan, ["x"])]
-    assert records.garbage("c", keep_owner="crashed") == []
-    records.forget("c", "doc", orphan)
-    assert records.begin_generation("c", "doc", owner="next") == orphan  # reuse is safe: gone
+async def test_an_interrupted_generation_is_garbage_and_numbers_never_repeat(
+    records: Records, life: Lifetime
+) -> None:
+    orphan = await records.begin_generation("c", "doc", "crashed", life)
+    await records.intend_chunks("c", [chunk("x", orphan)], life)
+    assert await records.garbage("c", life) == [("doc", orphan, ["x"])]
+    assert await records.garbage("c", life, keep_owner="crashed") == []
+    assert await records.garbage("c", life, keep_owner="someone-else") == [("doc", orphan, ["x"])]
+    await records.forget("c", "doc", orphan, life)
+    assert await records.begin_generation("c", "doc", "next", life) == orphan  # gone: safe
 
 
-def test_a_failed_transaction_leaves_nothing(records: Records) -> None:
-    generation = records.begin_generation("c", "doc", owner="job")
-    with pytest.raises(sqlite3.OperationalError):
-        records._transaction(
-            [
-                ("UPDATE generations SET state = 'active' WHERE collection = 'c'", ()),
-                ("INSERT INTO no_such_table VALUES (1)", ()),
-            ]
-        )
-    assert records.active("c", ["doc"]) == {}
-    assert records.garbage("c") == [("doc", generation, [])]
+async def test_recording_a_chunk_twice_keeps_one(records: Records, life: Lifetime) -> None:
+    generation = await records.begin_generation("c", "doc", "job", life)
+    await records.intend_chunks("c", [chunk("a", generation)], life)
+    await records.intend_chunks("c", [chunk("a", generation), chunk("b", generation)], life)
+    await records.switch("c", "doc", generation, life, content_hash="h", chunks=2, source="s")
+    await records.remove("c", "doc", life)
+    assert await records.garbage("c", life) == [("doc", generation, ["a", "b"])]
 
 
-def test_remove_retires_a_document(records: Records) -> None:
-    generation = records.begin_generation("c", "doc", owner="job")
-    records.switch("c", "doc", generation, content_hash="h", chunks=0, source="s")
-    records.remove("c", "doc")
-    assert records.documents("c") == {}
-    assert records.garbage("c") == [("doc", generation, [])]
+async def test_concurrent_writers_get_distinct_generations(
+    records: Records, life: Lifetime
+) -> None:
+    found: list[int] = []
+
+    async def begin(owner: str) -> None:
+        found.append(await records.begin_generation("c", "doc", owner, life))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(8):
+            tg.start_soon(begin, f"w{i}")
+    assert sorted(found) == list(range(1, 9))
 
 
-def test_jobs_and_collections_survive_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "records.sqlite"
-    first = Records(path)
-    first.save_job("j1", "queued", {"inputs": ["a"]})
-    first.save_job("j1", "running", {"inputs": ["a"], "progress": None})
-    first.touch_collection("c", "model", 384)
-    first.close()
-    again = Records(path)
-    assert again.jobs("running") == [("j1", "running", {"inputs": ["a"], "progress": None})]
-    assert again.jobs("queued") == []
-    (collection,) = again.collections()
-    assert collection["name"] == "c"
-    assert collection["documents"] == 0
-    again.close()
+async def test_remove_retires_a_document(records: Records, life: Lifetime) -> None:
+    generation = await records.begin_generation("c", "doc", "job", life)
+    await records.switch("c", "doc", generation, life, content_hash="h", chunks=0, source="s")
+    await records.remove("c", "doc", life)
+    assert await records.documents("c", life) == {}
+    assert await records.garbage("c", life) == [("doc", generation, [])]
 
 
-def test_keyword_search_sees_only_visible_generations(records: Records) -> None:
-    first = records.begin_generation("c", "doc", owner="job")
-    records.intend_chunks("c", [chunk("a", first, "the heron waits by the river")])
-    assert records.keyword_search("c", "heron", 5) == []  # not switched in yet
-    records.switch("c", "doc", first, content_hash="h", chunks=1, source="doc.txt")
-    (hit,) = records.keyword_search("c", "Herons? rivers!", 5)
+async def test_jobs_keep_their_state_and_order(records: Records, life: Lifetime) -> None:
+    await records.save_job("j1", "queued", {"inputs": ["a"]}, life)
+    await records.save_job("j2", "queued", {"inputs": ["b"], "n": 1.5}, life)
+    await records.save_job("j1", "running", {"inputs": ["a"], "progress": None}, life)
+    assert await records.jobs(life, states=["running"]) == [
+        ("j1", "running", {"inputs": ["a"], "progress": None})
+    ]
+    assert [j for j, _, _ in await records.jobs(life)] == ["j1", "j2"]
+    assert await records.jobs(life, states=["succeeded"]) == []
+    assert await records.job("j2", life) == ("queued", {"inputs": ["b"], "n": 1.5})
+    assert await records.job("nope", life) is None
+
+
+async def test_collections_count_visible_documents(records: Records, life: Lifetime) -> None:
+    await records.touch_collection("c", "model", 384, life)
+    (empty,) = await records.collections(life)
+    assert (empty["name"], empty["documents"], empty["chunks"]) == ("c", 0, 0)
+    generation = await records.begin_generation("c", "doc", "job", life)
+    await records.switch("c", "doc", generation, life, content_hash="h", chunks=3, source="s")
+    (full,) = await records.collections(life)
+    assert (full["embedding_model"], full["dimensions"]) == ("model", 384)
+    assert (full["documents"], full["chunks"]) == (1, 3)
+    assert full["last_ingestion"] > 0
+
+
+async def test_keyword_search_sees_only_visible_generations(
+    records: Records, life: Lifetime
+) -> None:
+    first = await records.begin_generation("c", "doc", "job", life)
+    await records.intend_chunks("c", [chunk("a", first, "the heron waits by the river")], life)
+    assert await records.keyword_search("c", "heron", 5, life) == []  # not switched in yet
+    await records.switch("c", "doc", first, life, content_hash="h", chunks=1, source="doc.txt")
+    (hit,) = await records.keyword_search("c", "Herons? rivers!", 5, life)
     assert hit.text == "the heron waits by the river"
     assert hit.score > 0
-    second = records.begin_generation("c", "doc", owner="job")
-    records.intend_chunks("c", [chunk("b", second, "stones in the marsh")])
-    records.switch("c", "doc", second, content_hash="h2", chunks=1, source="doc.txt")
-    assert records.keyword_search("c", "heron", 5) == []
-    assert [h.generation for h in records.keyword_search("c", "marsh", 5)] == [second]
-    assert records.keyword_search("c", '"; DROP TABLE chunks; --', 5) == []
+    assert hit.bm25 == hit.score
+    assert await records.keyword_search("other", "heron", 5, life) == []
+    second = await records.begin_generation("c", "doc", "job", life)
+    await records.intend_chunks("c", [chunk("b", second, "stones in the marsh")], life)
+    await records.switch("c", "doc", second, life, content_hash="h2", chunks=1, source="doc.txt")
+    assert await records.keyword_search("c", "heron", 5, life) == []
+    assert [h.generation for h in await records.keyword_search("c", "marsh", 5, life)] == [second]
+    assert await records.keyword_search("c", '"; DROP TABLE chunks; --', 5, life) == []
+    assert await records.keyword_search("c", "?!", 5, life) == []
+
+
+async def test_keyword_search_ranks_the_better_match_first(
+    records: Records, life: Lifetime
+) -> None:
+    texts = {
+        "d1": "stones lie in the marsh near the road",
+        "d2": "the heron hunts fish in the marsh; the heron waits, the heron strikes",
+        "d3": "a heron flew over the hills",
+    }
+    for document_id, text in texts.items():
+        generation = await records.begin_generation("c", document_id, "job", life)
+        piece = Chunk(
+            f"{document_id}-0", document_id, 0, text, f"{document_id}.txt", (), generation
+        )
+        await records.intend_chunks("c", [piece], life)
+        await records.switch(
+            "c", document_id, generation, life, content_hash="h", chunks=1, source=piece.source
+        )
+    hits = await records.keyword_search("c", "heron marsh", 2, life)
+    assert [h.document_id for h in hits][:1] == ["d2"]
+    assert len(hits) == 2
+
+
+async def test_text_with_a_nul_byte_is_recorded(records: Records, life: Lifetime) -> None:
+    generation = await records.begin_generation("c", "doc", "job", life)
+    await records.intend_chunks("c", [chunk("a", generation, "heron\x00 river")], life)
+    await records.switch("c", "doc", generation, life, content_hash="h", chunks=1, source="s")
+    (hit,) = await records.keyword_search("c", "heron", 5, life)
+    assert "heron" in hit.text
+
+
+# -- PostgreSQL only ---------------------------------------------------------------------
+
+
+def server_queries(url: str, like: str) -> list[tuple[str, str]]:
+    """(state, query) of the server's other sessions whose query contains ``like``."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT state, query FROM pg_stat_activity "
+            "WHERE pid != pg_backend_pid() AND query LIKE %s",
+            (f"%{like}%",),
+        ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+async def test_a_cancelled_caller_cancels_its_query_on_the_server(database_url: str) -> None:
+    import psycopg
+
+    records = PostgresRecords(database_url)
+    await records.open(Lifetime.root("open"))
+    holder = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+    try:
+        # Another session holds the document's lock: begin_generation waits on the server.
+        await holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", ("c\x1fdoc",))
+        request = Lifetime.root("request")
+        returned = anyio.Event()
+
+        async def call() -> None:
+            with request:
+                await records.begin_generation("c", "doc", "w", request)
+            returned.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            with anyio.fail_after(30):
+                while not [
+                    q
+                    for q in server_queries(database_url, "pg_advisory_xact_lock")
+                    if q[0] == "active"
+                ]:
+                    await anyio.sleep(0.05)
+            request.cancel(Cause.CLIENT_DISCONNECTED)
+            with anyio.fail_after(10):
+                await returned.wait()
+        # The server stopped the query: nothing of ours is left running there.
+        assert [
+            q for q in server_queries(database_url, "pg_advisory_xact_lock") if q[0] == "active"
+        ] == []
+        life = Lifetime.root("after")
+        assert await records.garbage("c", life) == []  # the transaction rolled back
+        assert await records.begin_generation("c", "other", "w", life) == 1  # pool still good
+    finally:
+        await holder.close()
+        await records.aclose()
+
+
+async def test_an_unreachable_server_is_named_without_its_password() -> None:
+    from conftest import free_port
+
+    url = f"postgresql://ragline:s3cret@127.0.0.1:{free_port()}/ragline"
+    records = PostgresRecords(url, connect_timeout=1)
+    with pytest.raises(Unavailable) as raised:
+        await records.open(Lifetime.root("open"))
+    assert "127.0.0.1" in raised.value.message
+    assert "s3cret" not in raised.value.message
+    assert "s3cret" not in repr(records)
+    with pytest.raises(Unavailable):
+        await records.documents("c", Lifetime.root("call"))
+
+
+async def test_replicas_starting_together_apply_the_schema_once(database_url: str) -> None:
+    import psycopg
+
+    from ragline.providers.postgres import migrations
+
+    replicas = [PostgresRecords(database_url) for _ in range(4)]
+    async with anyio.create_task_group() as tg:
+        for replica in replicas:
+            tg.start_soon(replica.open, Lifetime.root("open"))
+    life = Lifetime.root("t")
+    await replicas[0].save_job("j", "queued", {}, life)
+    assert await replicas[3].job("j", life) == ("queued", {})
+    for replica in replicas:
+        await replica.aclose()
+    with psycopg.connect(database_url) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM ragline_migrations")]
+    assert versions == [v for v, _, _ in migrations()]
+
+
+async def test_a_dropped_connection_is_unavailable_then_recovers(database_url: str) -> None:
+    import psycopg
+
+    records = PostgresRecords(database_url, pool_size=2)
+    await records.open(Lifetime.root("open"))
+    life = Lifetime.root("t")
+    try:
+        await records.save_job("j", "queued", {}, life)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid != pg_backend_pid()"
+            )
+        outcomes: list[str] = []
+        for _ in range(4):
+            try:
+                await records.job("j", life)
+                outcomes.append("ok")
+            except Unavailable as exc:
+                outcomes.append(exc.message.split(" is ")[0])
+        assert set(outcomes) <= {"ok", f"PostgreSQL at {redact(database_url)}"}
+        assert outcomes[-1] == "ok"  # the pool replaced the dead connections by itself
+    finally:
+        await records.aclose()

@@ -18,6 +18,7 @@ from fake_embeddings import FakeEmbeddings, embeddings_server
 from ragline import Cause, Lifetime, Settings
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.openai import OpenAIEmbedder, OpenAIGenerator
+from ragline.records import SqliteRecords
 from ragline.runtime import Runtime
 from upstream import FakeUpstream
 
@@ -41,7 +42,9 @@ def settings(
 
 def is_open(runtime: Runtime) -> bool:
     try:
-        runtime.records.documents("default")
+        records = runtime.records
+        assert isinstance(records, SqliteRecords)
+        records.file.documents("default")
     except sqlite3.ProgrammingError:
         return False
     return True

@@ -14,6 +14,7 @@ from .errors import (
     RagLineError,
     StageTimeout,
     Unauthorized,
+    Unavailable,
     UpstreamError,
 )
 from .lifetime import CancelReason, Cause, Lifetime, LifetimeError
@@ -78,6 +79,7 @@ __all__ = [
     "ToolRegistry",
     "ToolSpec",
     "Unauthorized",
+    "Unavailable",
     "UpstreamError",
     "Usage",
     "create_app",

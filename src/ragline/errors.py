@@ -17,6 +17,7 @@ __all__ = [
     "RagLineError",
     "StageTimeout",
     "Unauthorized",
+    "Unavailable",
     "UpstreamError",
 ]
 
@@ -86,3 +87,9 @@ class UpstreamError(RagLineError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Unavailable(UpstreamError):
+    """An engine ragline depends on (the database) cannot be reached now; retry later."""
+
+    code = "unavailable"

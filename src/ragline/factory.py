@@ -14,9 +14,15 @@ from .chunking import Chunker, Tokenizer, minilm_tokenizer
 from .errors import RagLineError
 from .ingestion import Ingestor
 from .lifetime import Lifetime
-from .providers import Embedder, Generator, PromptComposer, QueryTransformer, VectorStore
+from .providers import (
+    Embedder,
+    Generator,
+    PromptComposer,
+    QueryTransformer,
+    Records,
+    VectorStore,
+)
 from .providers.prompt import DEFAULT_INSTRUCTIONS
-from .records import Records
 from .settings import Settings
 from .threads import ThreadBridge
 
@@ -30,6 +36,7 @@ __all__ = [
     "build_embedder",
     "build_generator",
     "build_ingestion",
+    "build_records",
     "build_store",
     "build_transformer",
     "open_parts",
@@ -146,6 +153,22 @@ def build_store(settings: Settings, bridge: ThreadBridge, *, dimensions: int) ->
     )
 
 
+def build_records(settings: Settings, bridge: ThreadBridge) -> Records:
+    """The record and job stores: SQLite under ``RAGLINE_DATA_DIR``, or the PostgreSQL at
+    ``RAGLINE_DATABASE_URL`` that every replica and worker shares."""
+    if settings.database_url:
+        from .providers.postgres import PostgresRecords
+
+        return PostgresRecords(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            connect_timeout=settings.database_connect_timeout,
+        )
+    from .records import SqliteRecords
+
+    return SqliteRecords(Path(settings.data_dir) / "records.sqlite", bridge)
+
+
 def build_composer(settings: Settings, generator: Generator) -> PromptComposer:
     """The prompt composer, its context sized for the model: the local model reads few,
     short passages (figures in docs/BENCHMARKS.md), an upstream model many."""
@@ -216,7 +239,7 @@ def build_ingestion(
     """The embedder and store (``embedder``/``store`` when given), the record store in
     ``RAGLINE_DATA_DIR``, and an :class:`Ingestor` over them."""
     built: list[object] = []
-    records = Records(Path(settings.data_dir) / "records.sqlite")
+    records = build_records(settings, bridge)
     built.append(records)  # first: it closes last, after what writes to it
     if embedder is None:
         embedder = build_embedder(settings, bridge)

@@ -28,8 +28,7 @@ from .chunking import Chunker
 from .documents import Document, DocumentProblem
 from .lifetime import CancelReason, Cause, Lifetime
 from .models import Chunk
-from .providers import Embedder, VectorStore
-from .records import Records
+from .providers import Embedder, RecordStore, VectorStore
 from .threads import CancelToken, ThreadBridge
 
 __all__ = ["IngestProgress", "Ingestor", "Stop", "chunk_id"]
@@ -129,7 +128,7 @@ class Ingestor:
         *,
         embedder: Embedder,
         store: VectorStore,
-        records: Records,
+        records: RecordStore,
         bridge: ThreadBridge,
         chunker: Chunker,
         batch_size: int = 64,
@@ -158,13 +157,11 @@ class Ingestor:
 
     async def collect_garbage(self, collection: str, lifetime: Lifetime) -> int:
         """Delete chunks of retired generations and of ones an interrupted run left."""
-        garbage = await self.bridge.call(lifetime, self.records.garbage, collection)
+        garbage = await self.records.garbage(collection, lifetime)
         for document_id, generation, ids in garbage:
             for start in range(0, len(ids), 1000):
                 await self.store.delete(ids[start : start + 1000], lifetime, collection=collection)
-            await self.bridge.call(
-                lifetime, self.records.forget, collection, document_id, generation
-            )
+            await self.records.forget(collection, document_id, generation, lifetime)
         return len(garbage)
 
     async def run(
@@ -189,7 +186,7 @@ class Ingestor:
             {"document_id": p.document_id, "source": p.source, "reason": p.reason} for p in problems
         )
         await self.collect_garbage(collection, lifetime)
-        existing = await self.bridge.call(lifetime, self.records.documents, collection)
+        existing = await self.records.documents(collection, lifetime)
         changed: list[tuple[Document, str]] = []
         for document in documents:
             content_hash = self._hash(document)
@@ -202,18 +199,14 @@ class Ingestor:
         if prune:
             present = {d.id for d in documents} | {p.document_id for p in problems}
             for document_id in set(existing) - present:
-                await self.bridge.call(lifetime, self.records.remove, collection, document_id)
+                await self.records.remove(collection, document_id, lifetime)
                 progress.documents_pruned += 1
         run = _Run(self, lifetime, collection, owner, stop, progress, on_progress)
         await run.write(changed)
         if progress.stopped is None:
             await self.collect_garbage(collection, lifetime)
-            await self.bridge.call(
-                lifetime,
-                self.records.touch_collection,
-                collection,
-                self.embedder.model,
-                self.embedder.dimensions,
+            await self.records.touch_collection(
+                collection, self.embedder.model, self.embedder.dimensions, lifetime
             )
         if on_progress is not None:
             on_progress(progress)
@@ -253,8 +246,8 @@ class _Run:
                     }
                 )
                 continue
-            generation = await ing.bridge.call(
-                lifetime, ing.records.begin_generation, self.collection, document.id, self.owner
+            generation = await ing.records.begin_generation(
+                self.collection, document.id, self.owner, lifetime
             )
             pending = _Pending(document, generation, content_hash, len(pieces))
             progress.chunks_total += len(pieces)
@@ -294,9 +287,7 @@ class _Run:
                 await self._store(in_flight)
             self.progress.stopped = self.stop.reason
             return False
-        await ing.bridge.call(
-            lifetime, ing.records.intend_chunks, self.collection, [c for _, c in batch]
-        )
+        await ing.records.intend_chunks(self.collection, [c for _, c in batch], lifetime)
         vectors: list[list[float]] = []
 
         async def embed() -> None:
@@ -328,12 +319,11 @@ class _Run:
             if pending.written == pending.chunks:
                 finished[id(pending)] = pending
         for pending in finished.values():
-            await ing.bridge.call(
-                lifetime,
-                ing.records.switch,
+            await ing.records.switch(
                 self.collection,
                 pending.document.id,
                 pending.generation,
+                lifetime,
                 content_hash=pending.content_hash,
                 chunks=pending.chunks,
                 source=pending.document.source,

@@ -23,7 +23,7 @@ from .documents import load_all
 from .errors import InvalidRequest, NotFound
 from .ingestion import Ingestor, IngestProgress, Stop
 from .lifetime import Cause, Lifetime
-from .records import Records
+from .providers import JobStore
 from .threads import CancelToken, ThreadBridge
 
 __all__ = ["JobQueue"]
@@ -40,7 +40,7 @@ class JobQueue:
         self,
         *,
         ingestor: Ingestor,
-        records: Records,
+        records: JobStore,
         bridge: ThreadBridge,
         folder: Path,
         roots: list[Path],
@@ -101,26 +101,26 @@ class JobQueue:
             "error": None,
             "cause": None,
         }
-        await self.bridge.call(lifetime, self.records.save_job, job_id, "queued", body)
+        await self.records.save_job(job_id, "queued", body, lifetime)
         self._wake.set()
         return job_id
 
     async def status(self, lifetime: Lifetime, job_id: str) -> dict[str, Any]:
         """The job's state, counts, rate, ETA and per-document errors."""
-        jobs = await self.bridge.call(lifetime, self.records.jobs)
-        for found_id, state, body in jobs:
-            if found_id == job_id:
-                live = self._live.get(job_id)
-                progress = live[1].as_dict() if live else body.get("progress")
-                return {
-                    "job_id": job_id,
-                    "state": state,
-                    "collection": body["collection"],
-                    "progress": progress,
-                    "error": body.get("error"),
-                    "cause": body.get("cause"),
-                }
-        raise NotFound(f"no ingestion job {job_id!r}", code="job_not_found")
+        found = await self.records.job(job_id, lifetime)
+        if found is None:
+            raise NotFound(f"no ingestion job {job_id!r}", code="job_not_found")
+        state, body = found
+        live = self._live.get(job_id)
+        progress = live[1].as_dict() if live else body.get("progress")
+        return {
+            "job_id": job_id,
+            "state": state,
+            "collection": body["collection"],
+            "progress": progress,
+            "error": body.get("error"),
+            "cause": body.get("cause"),
+        }
 
     async def cancel(self, lifetime: Lifetime, job_id: str) -> dict[str, Any]:
         """Stop a job at its next batch boundary (cause ``explicit``)."""
@@ -137,10 +137,10 @@ class JobQueue:
     # -- running -----------------------------------------------------------------------
     async def work(self, lifetime: Lifetime) -> None:
         """The worker loop: runs queued jobs one at a time, until the lifetime ends."""
-        for job_id, state, _ in await self.bridge.call(lifetime, self.records.jobs, "running"):
+        for job_id, state, _ in await self.records.jobs(lifetime, states=["running"]):
             log.info("resuming interrupted job", extra={"job_id": job_id, "state": state})
         while True:
-            jobs = await self.bridge.call(lifetime, self.records.jobs, "queued", "running")
+            jobs = await self.records.jobs(lifetime, states=["queued", "running"])
             if not jobs:
                 self._wake = anyio.Event()
                 await self._wake.wait()
@@ -202,12 +202,14 @@ class JobQueue:
         error: str | None = None,
         cause: str | None = None,
     ) -> None:
-        jobs = await self.bridge.call(lifetime, self.records.jobs)
-        body = next(b for j, _, b in jobs if j == job_id)
+        found = await self.records.job(job_id, lifetime)
+        if found is None:
+            return  # cannot happen: jobs are never deleted
+        body = found[1]
         if progress is not None:
             body["progress"] = progress.as_dict()
         body["error"], body["cause"] = error, cause
-        await self.bridge.call(lifetime, self.records.save_job, job_id, state, body)
+        await self.records.save_job(job_id, state, body, lifetime)
 
 
 def _load(token: CancelToken, inputs: list[Path], max_bytes: int) -> Any:

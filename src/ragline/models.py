@@ -19,6 +19,7 @@ __all__ = [
     "Chunk",
     "Document",
     "DocumentProblem",
+    "DocumentRecord",
     "Generation",
     "Hit",
     "Message",
@@ -219,6 +220,18 @@ class Hit:
     generation: int = 0
     similarity: float | None = None  # cosine similarity to the query, when searched dense
     bm25: float | None = None  # BM25 score, when searched by keywords
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRecord:
+    """What the record store knows of one visible document."""
+
+    document_id: str
+    content_hash: str
+    generation: int
+    chunks: int
+    source: str
+    updated_at: float
 
 
 @dataclass(frozen=True, slots=True)

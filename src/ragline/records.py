@@ -1,5 +1,6 @@
-"""The record store: which generation of each document is visible, and every chunk id
-ever written, in one small SQLite file beside the vector store.
+"""The embedded record store and job store: which generation of each document is
+visible, every chunk id ever written, and the ingestion jobs, in one small SQLite file
+beside the vector store (:class:`SqliteRecords`; PostgreSQL replaces it for many replicas).
 
 The vector store holds chunks; this file decides which of them exist. A document's new
 generation is written first, its chunk ids recorded here *before* they are upserted, and
@@ -19,13 +20,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .models import Chunk, Hit
+from .lifetime import Lifetime
+from .models import Chunk, DocumentRecord, Hit
+from .threads import ThreadBridge
 
-__all__ = ["DocumentRecord", "Records"]
+__all__ = ["SqliteRecords"]
 
 _SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -53,21 +55,105 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class DocumentRecord:
-    """What the record store knows of one visible document."""
+class SqliteRecords:
+    """The record store and job store in one SQLite file. Each call runs its blocking
+    query on the thread bridge under the caller's lifetime."""
 
-    document_id: str
-    content_hash: str
-    generation: int
-    chunks: int
-    source: str
-    updated_at: float
+    def __init__(self, path: str | Path, bridge: ThreadBridge) -> None:
+        self.path = Path(path)
+        self.file = _SqliteFile(self.path)
+        self.bridge = bridge
+
+    def close(self) -> None:
+        """Close the file."""
+        self.file.close()
+
+    async def documents(self, collection: str, lifetime: Lifetime) -> dict[str, DocumentRecord]:
+        return await self.bridge.call(lifetime, self.file.documents, collection)
+
+    async def active(
+        self, collection: str, document_ids: Sequence[str], lifetime: Lifetime
+    ) -> dict[str, int]:
+        return await self.bridge.call(lifetime, self.file.active, collection, document_ids)
+
+    async def begin_generation(
+        self, collection: str, document_id: str, owner: str, lifetime: Lifetime
+    ) -> int:
+        return await self.bridge.call(
+            lifetime, self.file.begin_generation, collection, document_id, owner
+        )
+
+    async def intend_chunks(
+        self, collection: str, chunks: Sequence[Chunk], lifetime: Lifetime
+    ) -> None:
+        await self.bridge.call(lifetime, self.file.intend_chunks, collection, chunks)
+
+    async def switch(
+        self,
+        collection: str,
+        document_id: str,
+        generation: int,
+        lifetime: Lifetime,
+        *,
+        content_hash: str,
+        chunks: int,
+        source: str,
+    ) -> None:
+        await self.bridge.call(
+            lifetime,
+            self.file.switch,
+            collection,
+            document_id,
+            generation,
+            content_hash=content_hash,
+            chunks=chunks,
+            source=source,
+        )
+
+    async def remove(self, collection: str, document_id: str, lifetime: Lifetime) -> None:
+        await self.bridge.call(lifetime, self.file.remove, collection, document_id)
+
+    async def garbage(
+        self, collection: str, lifetime: Lifetime, *, keep_owner: str | None = None
+    ) -> list[tuple[str, int, list[str]]]:
+        return await self.bridge.call(
+            lifetime, self.file.garbage, collection, keep_owner=keep_owner
+        )
+
+    async def forget(
+        self, collection: str, document_id: str, generation: int, lifetime: Lifetime
+    ) -> None:
+        await self.bridge.call(lifetime, self.file.forget, collection, document_id, generation)
+
+    async def keyword_search(
+        self, collection: str, query: str, limit: int, lifetime: Lifetime
+    ) -> list[Hit]:
+        return await self.bridge.call(lifetime, self.file.keyword_search, collection, query, limit)
+
+    async def touch_collection(
+        self, name: str, model: str, dimensions: int, lifetime: Lifetime
+    ) -> None:
+        await self.bridge.call(lifetime, self.file.touch_collection, name, model, dimensions)
+
+    async def collections(self, lifetime: Lifetime) -> list[dict[str, Any]]:
+        return await self.bridge.call(lifetime, self.file.collections)
+
+    async def save_job(
+        self, job_id: str, state: str, body: dict[str, Any], lifetime: Lifetime
+    ) -> None:
+        await self.bridge.call(lifetime, self.file.save_job, job_id, state, body)
+
+    async def jobs(
+        self, lifetime: Lifetime, *, states: Sequence[str] = ()
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        return await self.bridge.call(lifetime, self.file.jobs, *states)
+
+    async def job(self, job_id: str, lifetime: Lifetime) -> tuple[str, dict[str, Any]] | None:
+        return await self.bridge.call(lifetime, self.file.job, job_id)
 
 
-class Records:
-    """One SQLite connection behind a lock; every method is blocking and quick, so async
-    callers run them through the thread bridge."""
+class _SqliteFile:
+    """One SQLite connection behind a lock; every method is blocking and quick."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -356,3 +442,8 @@ class Records:
             args = states
         rows = self._query(sql + " ORDER BY created_at", args)
         return [(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    def job(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
+        """One job's (state, body), or None."""
+        rows = self._query("SELECT state, body FROM jobs WHERE job_id = ?", (job_id,))
+        return (rows[0][0], json.loads(rows[0][1])) if rows else None

@@ -3,9 +3,9 @@
 A document becomes visible when ingestion switches it to its new generation, in one
 transaction of the record store (see :mod:`ragline.ingestion`). Readers go through
 :class:`VisibleStore`, which drops hits of generations that are not switched in, and
-search keywords through :class:`RecordKeywords`. Both stand on two small protocols,
-:class:`GenerationIndex` and :class:`~ragline.providers.KeywordIndex`, which the record
-store implements here (SQLite, through the thread bridge).
+search keywords through :class:`RecordKeywords`. Both stand on the record store
+(:class:`~ragline.providers.RecordStore`, SQLite or PostgreSQL), which is a
+:class:`GenerationIndex` as it is.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from typing import Protocol, runtime_checkable
 
 from .lifetime import Lifetime
 from .models import Chunk, Hit
-from .providers import VectorStore
-from .records import Records
-from .threads import ThreadBridge
+from .providers import RecordStore, VectorStore
 
-__all__ = ["GenerationIndex", "RecordGenerations", "RecordKeywords", "VisibleStore"]
+__all__ = ["GenerationIndex", "RecordKeywords", "VisibleStore"]
 
 
 @runtime_checkable
@@ -31,19 +29,6 @@ class GenerationIndex(Protocol):
     ) -> dict[str, int]:
         """The switched-in generation of each of ``document_ids`` that has one."""
         ...
-
-
-class RecordGenerations:
-    """The record store's switched-in generations (SQLite, through the thread bridge)."""
-
-    def __init__(self, records: Records, bridge: ThreadBridge) -> None:
-        self.records = records
-        self.bridge = bridge
-
-    async def active(
-        self, collection: str, document_ids: Sequence[str], lifetime: Lifetime
-    ) -> dict[str, int]:
-        return await self.bridge.call(lifetime, self.records.active, collection, document_ids)
 
 
 class VisibleStore:
@@ -95,13 +80,10 @@ class VisibleStore:
 
 
 class RecordKeywords:
-    """BM25 over the record store's copy of the visible chunks' text (SQLite FTS5)."""
+    """Keyword search over the record store's copy of the visible chunks' text."""
 
-    def __init__(
-        self, records: Records, bridge: ThreadBridge, *, default_collection: str = "default"
-    ) -> None:
+    def __init__(self, records: RecordStore, *, default_collection: str = "default") -> None:
         self.records = records
-        self.bridge = bridge
         self.default_collection = default_collection
 
     async def search(
@@ -109,4 +91,4 @@ class RecordKeywords:
     ) -> list[Hit]:
         """The best ``top_k`` chunks for the query's words."""
         name = collection or self.default_collection
-        return await self.bridge.call(lifetime, self.records.keyword_search, name, query, top_k)
+        return await self.records.keyword_search(name, query, top_k, lifetime)

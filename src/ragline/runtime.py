@@ -33,7 +33,7 @@ from .providers import (
     QueryTransformer,
     VectorStore,
 )
-from .retrieval import RecordGenerations, RecordKeywords, VisibleStore
+from .retrieval import RecordKeywords, VisibleStore
 from .runs import Runs
 from .settings import Settings
 from .supervisor import Supervisor
@@ -101,12 +101,9 @@ class Runtime:
                 max_document_bytes=settings.max_document_bytes,
             )
             if settings.retrieval_mode == "hybrid":
-                keywords = RecordKeywords(
-                    self.records, self.threads, default_collection=settings.collection
-                )
+                keywords = RecordKeywords(self.records, default_collection=settings.collection)
             # Readers see only switched-in generations.
-            generations = RecordGenerations(self.records, self.threads)
-            store = VisibleStore(store, generations, default_collection=settings.collection)
+            store = VisibleStore(store, self.records, default_collection=settings.collection)
         else:
             embedder = store = None
         if transformer is None:
@@ -178,10 +175,8 @@ class Runtime:
         if not await folder.exists():
             return
         with self.lifetime.child("seed") as lifetime:
-            documents = await self.threads.call(
-                lifetime, self.records.documents, self.settings.collection
-            )
-            pending = await self.threads.call(lifetime, self.records.jobs, "queued", "running")
+            documents = await self.records.documents(self.settings.collection, lifetime)
+            pending = await self.records.jobs(lifetime, states=["queued", "running"])
             if not documents and not pending:
                 job_id = await self.jobs.submit(
                     lifetime, collection=None, prune=False, paths=[Path(folder)]

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     data_dir: str = "./.ragline"
     vector_uri: str | None = None  # http(s)://host:19530 for a Milvus server or cluster
     vector_token: SecretStr | None = None
+    # postgresql://user:password@host/db: shared state for many replicas (default: SQLite)
+    database_url: str | None = None
+    database_pool_size: int = Field(10, ge=1, le=1000)
+    database_connect_timeout: float = Field(5.0, gt=0)
     collection: str = Field("default", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
     # -- ingestion --------------------------------------------------------------------

@@ -7,19 +7,22 @@ inside themselves, so importing this package loads none.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..lifetime import Lifetime
-from ..models import ChatRequest, Chunk, Generation, Hit, Prompt
+from ..models import ChatRequest, Chunk, DocumentRecord, Generation, Hit, Prompt
 
 __all__ = [
     "EmbedKind",
     "Embedder",
     "Generator",
+    "JobStore",
     "KeywordIndex",
     "OnDelta",
     "PromptComposer",
     "QueryTransformer",
+    "RecordStore",
+    "Records",
     "VectorStore",
 ]
 
@@ -83,6 +86,114 @@ class KeywordIndex(Protocol):
     async def search(
         self, query: str, top_k: int, lifetime: Lifetime, *, collection: str | None = None
     ) -> list[Hit]: ...
+
+
+@runtime_checkable
+class RecordStore(Protocol):
+    """Which generation of each document is visible, every chunk id ever written (for
+    garbage collection) and the chunks' text (for BM25), per collection.
+
+    Ingestion reserves a generation, records its chunks *before* the vector store gets
+    them, and switches it in with one transaction; readers see only switched-in
+    generations. Chunks of generation 0 were written outside ingestion: always visible.
+    SQLite by default (:mod:`ragline.records`), PostgreSQL for many replicas
+    (:mod:`ragline.providers.postgres`); one conformance suite holds both to this.
+    """
+
+    async def documents(self, collection: str, lifetime: Lifetime) -> dict[str, DocumentRecord]:
+        """Every visible document of ``collection``."""
+        ...
+
+    async def active(
+        self, collection: str, document_ids: Sequence[str], lifetime: Lifetime
+    ) -> dict[str, int]:
+        """The visible generation of each of ``document_ids`` that has one."""
+        ...
+
+    async def begin_generation(
+        self, collection: str, document_id: str, owner: str, lifetime: Lifetime
+    ) -> int:
+        """Reserve the document's next generation, in state ``writing``."""
+        ...
+
+    async def intend_chunks(
+        self, collection: str, chunks: Sequence[Chunk], lifetime: Lifetime
+    ) -> None:
+        """Record chunks before they are written to the vector store."""
+        ...
+
+    async def switch(
+        self,
+        collection: str,
+        document_id: str,
+        generation: int,
+        lifetime: Lifetime,
+        *,
+        content_hash: str,
+        chunks: int,
+        source: str,
+    ) -> None:
+        """Make ``generation`` the visible one and retire the previous, atomically."""
+        ...
+
+    async def remove(self, collection: str, document_id: str, lifetime: Lifetime) -> None:
+        """Make a document invisible; its generations are retired."""
+        ...
+
+    async def garbage(
+        self, collection: str, lifetime: Lifetime, *, keep_owner: str | None = None
+    ) -> list[tuple[str, int, list[str]]]:
+        """Retired generations, and ones left ``writing`` by another owner, each as
+        (document_id, generation, chunk ids)."""
+        ...
+
+    async def forget(
+        self, collection: str, document_id: str, generation: int, lifetime: Lifetime
+    ) -> None:
+        """Drop a generation whose chunks are gone from the vector store."""
+        ...
+
+    async def keyword_search(
+        self, collection: str, query: str, limit: int, lifetime: Lifetime
+    ) -> list[Hit]:
+        """Visible chunks ranked for the query's words, best first."""
+        ...
+
+    async def touch_collection(
+        self, name: str, model: str, dimensions: int, lifetime: Lifetime
+    ) -> None:
+        """Note that ``name`` was ingested into now, with this embedding model."""
+        ...
+
+    async def collections(self, lifetime: Lifetime) -> list[dict[str, Any]]:
+        """Every collection with its documents, chunks, model and last ingestion."""
+        ...
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Ingestion jobs' persisted state, readable by every replica."""
+
+    async def save_job(
+        self, job_id: str, state: str, body: dict[str, Any], lifetime: Lifetime
+    ) -> None:
+        """Create or replace a job's state and body."""
+        ...
+
+    async def jobs(
+        self, lifetime: Lifetime, *, states: Sequence[str] = ()
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """Jobs as (id, state, body), oldest first, optionally only in ``states``."""
+        ...
+
+    async def job(self, job_id: str, lifetime: Lifetime) -> tuple[str, dict[str, Any]] | None:
+        """One job's (state, body), or None."""
+        ...
+
+
+@runtime_checkable
+class Records(RecordStore, JobStore, Protocol):
+    """A backend that keeps both: SQLite or PostgreSQL."""
 
 
 @runtime_checkable

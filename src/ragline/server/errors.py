@@ -13,6 +13,7 @@ from ..errors import (
     RagLineError,
     StageTimeout,
     Unauthorized,
+    Unavailable,
     UpstreamError,
 )
 from ..lifetime import CancelReason, Cause
@@ -34,6 +35,7 @@ _STATUS: list[tuple[type[RagLineError], int]] = [
     (NotFound, 404),
     (StageTimeout, 504),
     (Overloaded, 503),
+    (Unavailable, 503),  # before its parent
     (UpstreamError, 502),
 ]
 

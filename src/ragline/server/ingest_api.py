@@ -102,9 +102,7 @@ async def collections(request: Request) -> Response:
     runtime = request_context(request.scope).runtime
     if runtime.jobs is None:
         return JSONResponse({"collections": []})
-    found = await runtime.threads.call(
-        request_context(request.scope).lifetime, runtime.records.collections
-    )
+    found = await runtime.records.collections(request_context(request.scope).lifetime)
     return JSONResponse({"collections": found})
 
 
@@ -114,9 +112,7 @@ async def collection(request: Request) -> Response:
     runtime = request_context(request.scope).runtime
     found: list[dict[str, Any]] = []
     if runtime.jobs is not None:
-        found = await runtime.threads.call(
-            request_context(request.scope).lifetime, runtime.records.collections
-        )
+        found = await runtime.records.collections(request_context(request.scope).lifetime)
     for item in found:
         if item["name"] == name:
             return JSONResponse(item)
