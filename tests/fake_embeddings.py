@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -37,6 +38,7 @@ class FakeEmbeddings:
     dimensions: int = 16
     key: str = "test-key"
     fail_with: int | None = None
+    delay: float = 0.0  # seconds per request: a slow model, for jobs caught mid-way
     requests: list[tuple[str, dict[str, str], dict[str, Any]]] = field(default_factory=list)
     port: int = 0
 
@@ -54,6 +56,8 @@ class FakeEmbeddings:
 
     async def openai(self, request: Request) -> JSONResponse:
         body = await request.json()
+        if self.delay:
+            await anyio.sleep(self.delay)
         if (denied := self._check(request, body)) is not None:
             if denied.status_code == 401:  # OpenAI's error shape
                 return JSONResponse(

@@ -13,6 +13,7 @@ import anyio
 from .chunking import Chunker, Tokenizer, minilm_tokenizer
 from .errors import RagLineError
 from .ingestion import Ingestor
+from .jobs import JobQueue
 from .lifetime import Lifetime
 from .providers import (
     Embedder,
@@ -22,9 +23,11 @@ from .providers import (
     Records,
     VectorStore,
 )
+from .providers.postgres import PostgresJobParts
 from .providers.prompt import DEFAULT_INSTRUCTIONS
 from .settings import Settings
 from .threads import ThreadBridge
+from .workers import DistributedJobs
 
 __all__ = [
     "LOCAL_CONTEXT",
@@ -36,6 +39,7 @@ __all__ = [
     "build_embedder",
     "build_generator",
     "build_ingestion",
+    "build_jobs",
     "build_records",
     "build_store",
     "build_transformer",
@@ -157,9 +161,9 @@ def build_records(settings: Settings, bridge: ThreadBridge) -> Records:
     """The record and job stores: SQLite under ``RAGLINE_DATA_DIR``, or the PostgreSQL at
     ``RAGLINE_DATABASE_URL`` that every replica and worker shares."""
     if settings.database_url:
-        from .providers.postgres import PostgresRecords
+        from .providers.postgres import PostgresJobParts
 
-        return PostgresRecords(
+        return PostgresJobParts(
             settings.database_url,
             pool_size=settings.database_pool_size,
             connect_timeout=settings.database_connect_timeout,
@@ -256,6 +260,36 @@ def build_ingestion(
         batch_size=settings.ingest_batch_size,
     )
     return Ingestion(embedder, store, records, ingestor, built)
+
+
+def build_jobs(
+    settings: Settings, ingestion: Ingestion, bridge: ThreadBridge
+) -> JobQueue | DistributedJobs:
+    """Ingestion jobs: one at a time on this process's worker by default; with
+    ``RAGLINE_DATABASE_URL``, parts on procrastinate that every worker shares."""
+    roots = [Path(r) for r in settings.ingest_roots] or [Path.cwd()]
+    if isinstance(ingestion.records, PostgresJobParts):
+        return DistributedJobs(
+            ingestor=ingestion.ingestor,
+            records=ingestion.records,
+            bridge=bridge,
+            roots=roots,
+            default_collection=settings.collection,
+            max_document_bytes=settings.max_document_bytes,
+            part_documents=settings.ingest_part_documents,
+            heartbeat=settings.worker_heartbeat,
+            stalled_after=settings.worker_stalled_after,
+            concurrency=settings.worker_concurrency,
+        )
+    return JobQueue(
+        ingestor=ingestion.ingestor,
+        records=ingestion.records,
+        bridge=bridge,
+        folder=Path(settings.data_dir) / "jobs",
+        roots=roots,
+        default_collection=settings.collection,
+        max_document_bytes=settings.max_document_bytes,
+    )
 
 
 @runtime_checkable

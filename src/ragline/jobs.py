@@ -26,11 +26,26 @@ from .lifetime import Cause, Lifetime
 from .providers import JobStore
 from .threads import CancelToken, ThreadBridge
 
-__all__ = ["JobQueue"]
+__all__ = ["JobQueue", "allowed_path"]
 
 log = logging.getLogger("ragline.jobs")
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def allowed_path(raw: str, roots: list[Path]) -> Path:
+    """``raw`` as a path, only under one of ``roots``, and existing."""
+    path = Path(raw).expanduser().resolve()
+    if not any(path == root or root in path.parents for root in roots):
+        shown = ", ".join(str(r) for r in roots) or "none configured"
+        raise InvalidRequest(
+            f"path {raw!r} is outside the ingest roots ({shown}); set RAGLINE_INGEST_ROOTS",
+            param="paths",
+            code="path_not_allowed",
+        )
+    if not path.exists():
+        raise InvalidRequest(f"path {raw!r} does not exist", param="paths")
+    return path
 
 
 class JobQueue:
@@ -60,17 +75,7 @@ class JobQueue:
     # -- submitting --------------------------------------------------------------------
     def allowed_path(self, raw: str) -> Path:
         """A server-side path, only under a configured root."""
-        path = Path(raw).expanduser().resolve()
-        if not any(path == root or root in path.parents for root in self.roots):
-            roots = ", ".join(str(r) for r in self.roots) or "none configured"
-            raise InvalidRequest(
-                f"path {raw!r} is outside the ingest roots ({roots}); set RAGLINE_INGEST_ROOTS",
-                param="paths",
-                code="path_not_allowed",
-            )
-        if not path.exists():
-            raise InvalidRequest(f"path {raw!r} does not exist", param="paths")
-        return path
+        return allowed_path(raw, self.roots)
 
     async def submit(
         self,

@@ -114,11 +114,9 @@ class SqliteRecords:
         await self.bridge.call(lifetime, self.file.remove, collection, document_id)
 
     async def garbage(
-        self, collection: str, lifetime: Lifetime, *, keep_owner: str | None = None
+        self, collection: str, lifetime: Lifetime, *, owner: str | None = None
     ) -> list[tuple[str, int, list[str]]]:
-        return await self.bridge.call(
-            lifetime, self.file.garbage, collection, keep_owner=keep_owner
-        )
+        return await self.bridge.call(lifetime, self.file.garbage, collection, owner=owner)
 
     async def forget(
         self, collection: str, document_id: str, generation: int, lifetime: Lifetime
@@ -342,14 +340,13 @@ class _SqliteFile:
 
     # -- garbage ---------------------------------------------------------------------
     def garbage(
-        self, collection: str, *, keep_owner: str | None = None
+        self, collection: str, *, owner: str | None = None
     ) -> list[tuple[str, int, list[str]]]:
-        """Generations to delete: retired ones, and ones left ``writing`` by another owner
-        (an interrupted run). Each as (document_id, generation, chunk ids)."""
+        """See :meth:`ragline.providers.RecordStore.garbage`."""
         rows = self._query(
             "SELECT document_id, generation FROM generations WHERE collection = ? AND "
-            "(state = 'retired' OR (state = 'writing' AND (owner IS NOT ? OR ? IS NULL)))",
-            (collection, keep_owner, keep_owner),
+            "(state = 'retired' OR (state = 'writing' AND (? IS NULL OR owner IS ?)))",
+            (collection, owner, owner),
         )
         out = []
         for document_id, generation in rows:

@@ -19,6 +19,7 @@ from .factory import (
     build_composer,
     build_generator,
     build_ingestion,
+    build_jobs,
     build_transformer,
     open_parts,
 )
@@ -40,6 +41,7 @@ from .supervisor import Supervisor
 from .threads import ThreadBridge
 from .tools import ToolRegistry, search_tool
 from .tracing import Tracing, build_tracer_provider
+from .workers import DistributedJobs
 
 if TYPE_CHECKING:
     from .teams import TeamsChannel
@@ -82,24 +84,17 @@ class Runtime:
         if generator is None:
             generator = build_generator(settings, self.threads)
             self._parts.append(generator)
-        self.jobs: JobQueue | None = None
+        self.jobs: JobQueue | DistributedJobs | None = None
         keywords: KeywordIndex | None = None
         if settings.retrieval:
             ingestion = build_ingestion(settings, self.threads, embedder=embedder, store=store)
             self._parts[:0] = ingestion.built
             embedder, store = ingestion.embedder, ingestion.store
-            data = Path(settings.data_dir)
             self.records = ingestion.records
             self.ingestor = ingestion.ingestor
-            self.jobs = JobQueue(
-                ingestor=self.ingestor,
-                records=self.records,
-                bridge=self.threads,
-                folder=data / "jobs",
-                roots=[Path(r) for r in settings.ingest_roots] or [Path.cwd()],
-                default_collection=settings.collection,
-                max_document_bytes=settings.max_document_bytes,
-            )
+            self.jobs = build_jobs(settings, ingestion, self.threads)
+            if isinstance(self.jobs, DistributedJobs):
+                self._parts.append(self.jobs)
             if settings.retrieval_mode == "hybrid":
                 keywords = RecordKeywords(self.records, default_collection=settings.collection)
             # Readers see only switched-in generations.
@@ -236,7 +231,9 @@ class Runtime:
     async def _begin(self) -> None:
         """Everything is open: start the background work and be ready."""
         log.info("ready", extra={"providers_opened": len(self._opened)})
-        if self.jobs is not None:
+        if self.jobs is not None and (
+            self.settings.serve_jobs or not isinstance(self.jobs, DistributedJobs)
+        ):
             self.supervisor.start(self.lifetime.child("ingest-worker"), self.jobs.work)
             await self._seed()
         # An engine that came back during a drain window does not make it ready again.

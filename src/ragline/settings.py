@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     database_url: str | None = None
     database_pool_size: int = Field(10, ge=1, le=1000)
     database_connect_timeout: float = Field(5.0, gt=0)
+    # With a database: `ragline serve` takes ingestion parts too (else only `ragline worker`)
+    serve_jobs: bool = True
+    worker_concurrency: int = Field(1, ge=1, le=64)  # parts at once per worker process
+    worker_heartbeat: float = Field(10.0, gt=0)
+    worker_stalled_after: float = Field(30.0, gt=0)  # no heartbeat this long: retry its parts
+    ingest_part_documents: int = Field(64, ge=1)  # posted documents per part
     collection: str = Field("default", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
     # -- ingestion --------------------------------------------------------------------

@@ -88,6 +88,29 @@ def _ingest(args: argparse.Namespace) -> int:
     return result
 
 
+def _worker(args: argparse.Namespace) -> int:
+    import anyio
+    from pydantic import ValidationError
+
+    from ..errors import RagLineError
+    from ..logs import configure_logging
+    from ..settings import Settings
+    from .worker import work
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"ragline: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        result: int = anyio.run(work, settings)
+    except RagLineError as exc:  # an engine that is down at start
+        print(f"ragline worker: {exc.message}", file=sys.stderr)
+        return 1
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ragline`` console script."""
     parser = argparse.ArgumentParser(prog="ragline", description=__doc__)
@@ -114,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ingest.add_argument("--api-key", help="bearer key for the server (default: RAGLINE_API_KEY)")
     ingest.set_defaults(func=_ingest)
+    worker = commands.add_parser(
+        "worker", help="run ingestion parts from the shared queue (needs RAGLINE_DATABASE_URL)"
+    )
+    worker.set_defaults(func=_worker)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

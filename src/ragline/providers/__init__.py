@@ -141,10 +141,12 @@ class RecordStore(Protocol):
         ...
 
     async def garbage(
-        self, collection: str, lifetime: Lifetime, *, keep_owner: str | None = None
+        self, collection: str, lifetime: Lifetime, *, owner: str | None = None
     ) -> list[tuple[str, int, list[str]]]:
-        """Retired generations, and ones left ``writing`` by another owner, each as
-        (document_id, generation, chunk ids)."""
+        """Generations to delete, each as (document_id, generation, chunk ids): retired
+        ones, and ones left ``writing`` by an interrupted run. With ``owner``, only that
+        owner's (a retried task's earlier attempt: other writers may be alive); without,
+        every one (a single writer)."""
         ...
 
     async def forget(

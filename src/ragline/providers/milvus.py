@@ -153,8 +153,21 @@ class MilvusStore:
             metric_type="COSINE",
             params={"M": 16, "efConstruction": 200},
         )
-        with self._reached():
-            self._client.create_collection(name, schema=schema, index_params=index)
+        try:
+            with self._reached():
+                self._client.create_collection(name, schema=schema, index_params=index)
+        except UpstreamError:
+            # Another replica or worker may have created it at the same moment (the
+            # server then refuses ours): use theirs once it is ready.
+            for _ in range(20):
+                try:
+                    if self._prepare(token, name):
+                        return
+                except UpstreamError:
+                    pass
+                if token.wait(0.25):
+                    break
+            raise
 
     async def search(
         self,

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from ..errors import InvalidRequest, NotFound
 from ..jobs import JobQueue
 from ..models import CollectionName
+from ..workers import DistributedJobs
 from .boundary import Policy, PolicyRoute, request_context
 from .validation import parse_json, validate
 
@@ -38,7 +39,7 @@ class IngestRequest(BaseModel):
     prune: bool = False
 
 
-def _jobs(request: Request) -> JobQueue:
+def _jobs(request: Request) -> JobQueue | DistributedJobs:
     jobs = request_context(request.scope).runtime.jobs
     if jobs is None:
         raise InvalidRequest(

@@ -1,0 +1,226 @@
+"""ragline on many machines, on one: a real PostgreSQL (pip wheel), a ``milvus-lite
+server`` process, two ``ragline serve`` replica processes and ``ragline worker``
+processes, all sharing state through the engines only (each has its own data dir)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import psycopg
+import pytest
+from anyio.abc import Process
+
+from conftest import free_port, milvus_server
+from fake_embeddings import FakeEmbeddings, embeddings_server
+
+pytestmark = pytest.mark.anyio
+
+WORDS = ["heron", "river", "reed", "fish", "water", "stone", "light", "wind", "marsh", "dawn"]
+
+
+def text(seed: int, words: int = 60) -> str:
+    return " ".join(WORDS[(seed * 7 + i * 3) % len(WORDS)] + str(i % 10) for i in range(words))
+
+
+@dataclass
+class Cluster:
+    database_url: str
+    env: dict[str, str]
+    root: Path
+    processes: list[Process] = field(default_factory=list)
+
+    async def start(self, *argv: str, **env: str) -> Process:
+        """A ``ragline`` process of the cluster, with a data dir and a log file of its own."""
+        name = f"p{len(self.processes)}"
+        environment = {**os.environ, **self.env, "RAGLINE_DATA_DIR": str(self.root / name), **env}
+        log = os.open(self.root / f"{name}.log", os.O_WRONLY | os.O_CREAT)  # for post-mortems
+        try:
+            process = await anyio.open_process(
+                [sys.executable, "-m", "ragline", *argv],
+                env=environment,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        finally:
+            os.close(log)
+        self.processes.append(process)
+        return process
+
+    async def serve(self, **env: str) -> str:
+        """A ``ragline serve`` replica, once ready: its URL."""
+        port = free_port()
+        process = await self.start("serve", "--port", str(port), **env)
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as http:
+            with anyio.fail_after(120):
+                while True:
+                    assert process.returncode is None, "the replica exited"
+                    try:
+                        if (await http.get(f"{url}/readyz")).status_code == 200:
+                            return url
+                    except httpx.TransportError:
+                        pass
+                    await anyio.sleep(0.1)
+
+    def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.database_url) as conn:
+            return conn.execute(sql.encode(), args).fetchall()
+
+
+@asynccontextmanager
+async def cluster(
+    tmp_path: Path, database_url: str, embeddings: FakeEmbeddings
+) -> AsyncIterator[Cluster]:
+    async with AsyncExitStack() as stack:
+        vector_uri = await stack.enter_async_context(milvus_server(tmp_path / "milvus"))
+        await stack.enter_async_context(embeddings_server(embeddings))
+        made = Cluster(
+            database_url,
+            {
+                "RAGLINE_DATABASE_URL": database_url,
+                "RAGLINE_VECTOR_URI": vector_uri,
+                "RAGLINE_EMBEDDINGS_PROVIDER": "openai",
+                "RAGLINE_EMBEDDINGS_BASE_URL": f"{embeddings.url}/v1",
+                "RAGLINE_EMBEDDINGS_API_KEY": embeddings.key,
+                "RAGLINE_EMBEDDINGS_MODEL": "fake-embedding",
+                "RAGLINE_EMBEDDINGS_DIMENSIONS": str(embeddings.dimensions),
+                "RAGLINE_EMBEDDINGS_BATCH_SIZE": "2",
+                "RAGLINE_LLM_PROVIDER": "openai",
+                "RAGLINE_LLM_BASE_URL": "http://127.0.0.1:9/v1",
+                "RAGLINE_RETRIEVAL_MODE": "hybrid",
+                "RAGLINE_INGEST_BATCH_SIZE": "2",
+                "RAGLINE_INGEST_PART_DOCUMENTS": "10",
+                "RAGLINE_CHUNK_TOKENS": "24",
+                "RAGLINE_CHUNK_OVERLAP": "4",
+                "RAGLINE_WORKER_HEARTBEAT": "0.5",
+                "RAGLINE_WORKER_STALLED_AFTER": "3",
+                "RAGLINE_SHUTDOWN_GRACE": "3",
+            },
+            tmp_path,
+        )
+        try:
+            yield made
+        finally:
+            for process in made.processes:
+                if process.returncode is None:
+                    process.kill()
+                    with anyio.move_on_after(10, shield=True):
+                        await process.wait()
+
+
+async def wait_for_state(http: httpx.AsyncClient, url: str, job_id: str, *states: str) -> Any:
+    with anyio.fail_after(120):
+        while True:
+            status = (await http.get(f"{url}/api/v1/ingest/{job_id}")).json()
+            if status["state"] in states:
+                return status
+            await anyio.sleep(0.05)
+
+
+async def test_documents_ingested_through_one_replica_are_found_through_another(
+    tmp_path: Path, database_url: str
+) -> None:
+    documents = [{"id": f"d{i}", "text": text(i)} for i in range(12)]
+    documents.append({"id": "code", "text": "The error code XQ-7731 means a broken heron."})
+    async with cluster(tmp_path, database_url, FakeEmbeddings()) as made:
+        a = await made.serve()
+        b = await made.serve()
+        async with httpx.AsyncClient(timeout=30) as http:
+            answer = await http.post(f"{a}/api/v1/ingest", json={"documents": documents})
+            assert answer.status_code == 202, answer.text
+            job_id = answer.json()["job_id"]
+            status = await wait_for_state(http, b, job_id, "succeeded", "failed", "cancelled")
+            assert status["state"] == "succeeded", status["error"]
+            assert len(status["parts"]) == 2  # 13 documents, 10 a part: any worker takes each
+            assert status["progress"]["documents"]["done"] == 13
+            # Dense and keyword search through the other replica see the same documents.
+            found = await http.post(
+                f"{b}/api/v1/retrieve", json={"query": "XQ-7731 broken heron", "top_k": 3}
+            )
+            assert found.status_code == 200, found.text
+            assert found.json()["hits"][0]["document_id"] == "code"
+            collection = (await http.get(f"{b}/api/v1/collections/default")).json()
+            assert collection["documents"] == 13
+        (count,) = made.rows("SELECT count(*) FROM chunks")[0]
+        assert count == collection["chunks"]
+
+
+async def test_a_cancel_on_one_replica_stops_a_job_running_elsewhere_at_a_batch_boundary(
+    tmp_path: Path, database_url: str
+) -> None:
+    documents = [{"id": f"d{i}", "text": text(i, 120)} for i in range(40)]
+    slow = FakeEmbeddings(delay=0.1)
+    async with cluster(tmp_path, database_url, slow) as made:
+        a = await made.serve()  # takes parts
+        # API only; one part, so the job is caught running on A
+        b = await made.serve(RAGLINE_SERVE_JOBS="false", RAGLINE_INGEST_PART_DOCUMENTS="100")
+        async with httpx.AsyncClient(timeout=30) as http:
+            job_id = (await http.post(f"{b}/api/v1/ingest", json={"documents": documents})).json()[
+                "job_id"
+            ]
+            with anyio.fail_after(60):
+                while True:
+                    status = (await http.get(f"{b}/api/v1/ingest/{job_id}")).json()
+                    progress = status["progress"]
+                    if progress and progress["chunks"]["done"] >= 4:
+                        break
+                    await anyio.sleep(0.05)
+            cancelled = await http.delete(f"{b}/api/v1/ingest/{job_id}")
+            assert cancelled.status_code == 202  # accepted: it stops at a batch boundary
+            status = await wait_for_state(http, a, job_id, "cancelled", "succeeded", "failed")
+        assert status["state"] == "cancelled"
+        assert status["cause"] == "explicit"
+        assert status["progress"]["documents"]["done"] < 40
+        assert {p["state"] for p in status["parts"]} == {"cancelled"}
+        # Nothing half-visible: every visible document has all its chunks, no more.
+        visible = made.rows("SELECT document_id, generation, chunks FROM documents")
+        for document_id, generation, chunks in visible:
+            (written,) = made.rows(
+                "SELECT count(*) FROM chunks WHERE document_id = %s AND generation = %s",
+                document_id,
+                generation,
+            )[0]
+            assert written == chunks
+
+
+async def test_a_worker_killed_mid_job_is_replaced_and_the_result_equals_a_clean_run(
+    tmp_path: Path, database_url: str
+) -> None:
+    documents = [{"id": f"d{i}", "text": text(i, 120)} for i in range(20)]
+    slow = FakeEmbeddings(delay=0.05)
+    async with cluster(tmp_path, database_url, slow) as made:
+        # API only, and one part: the worker is caught in the middle of it
+        api = await made.serve(RAGLINE_SERVE_JOBS="false", RAGLINE_INGEST_PART_DOCUMENTS="100")
+        first = await made.start("worker")
+        async with httpx.AsyncClient(timeout=30) as http:
+            job_id = (
+                await http.post(f"{api}/api/v1/ingest", json={"documents": documents})
+            ).json()["job_id"]
+            with anyio.fail_after(60):
+                while not made.rows(
+                    "SELECT 1 FROM documents"
+                ):  # some documents switched in, the part is mid-way
+                    await anyio.sleep(0.05)
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+            (switched,) = made.rows("SELECT count(*) FROM documents")[0]
+            assert 0 < switched < 20
+            await made.start("worker")
+            status = await wait_for_state(http, api, job_id, "succeeded", "failed", "cancelled")
+        assert status["state"] == "succeeded", status
+        documents_count, chunks_sum = made.rows("SELECT count(*), sum(chunks) FROM documents")[0]
+        assert documents_count == 20
+        (chunk_rows,) = made.rows("SELECT count(*) FROM chunks")[0]
+        assert chunk_rows == chunks_sum  # the killed attempt's half-written chunks are gone
+        (writing,) = made.rows("SELECT count(*) FROM generations WHERE state != 'active'")[0]
+        assert writing == 0
