@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,8 +21,9 @@ import psycopg
 import pytest
 from anyio.abc import Process
 
-from conftest import free_port, milvus_server
+from conftest import free_port, milvus_server, upstream_running
 from fake_embeddings import FakeEmbeddings, embeddings_server
+from upstream import Behavior, FakeUpstream, tool_results
 
 pytestmark = pytest.mark.anyio
 
@@ -79,11 +81,18 @@ class Cluster:
 
 @asynccontextmanager
 async def cluster(
-    tmp_path: Path, database_url: str, embeddings: FakeEmbeddings
+    tmp_path: Path,
+    database_url: str,
+    embeddings: FakeEmbeddings,
+    upstream: FakeUpstream | None = None,
 ) -> AsyncIterator[Cluster]:
     async with AsyncExitStack() as stack:
         vector_uri = await stack.enter_async_context(milvus_server(tmp_path / "milvus"))
         await stack.enter_async_context(embeddings_server(embeddings))
+        llm = "http://127.0.0.1:9/v1"
+        if upstream is not None:
+            await stack.enter_async_context(upstream_running(upstream))
+            llm = upstream.base_url
         made = Cluster(
             database_url,
             {
@@ -96,7 +105,8 @@ async def cluster(
                 "RAGLINE_EMBEDDINGS_DIMENSIONS": str(embeddings.dimensions),
                 "RAGLINE_EMBEDDINGS_BATCH_SIZE": "2",
                 "RAGLINE_LLM_PROVIDER": "openai",
-                "RAGLINE_LLM_BASE_URL": "http://127.0.0.1:9/v1",
+                "RAGLINE_LLM_BASE_URL": llm,
+                "RAGLINE_LLM_MODEL": "fake-model",
                 "RAGLINE_RETRIEVAL_MODE": "hybrid",
                 "RAGLINE_INGEST_BATCH_SIZE": "2",
                 "RAGLINE_INGEST_PART_DOCUMENTS": "10",
@@ -224,3 +234,89 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_result_equals_a_clean
         assert chunk_rows == chunks_sum  # the killed attempt's half-written chunks are gone
         (writing,) = made.rows("SELECT count(*) FROM generations WHERE state != 'active'")[0]
         assert writing == 0
+
+
+def searching_then_slow(body: dict[str, Any]) -> Behavior:
+    """An agent's model: first it calls the search tool, then it answers slowly; a
+    question with "forever" is answered for as long as anyone listens."""
+    if "forever" in str(body["messages"]):
+        return Behavior(tokens=100_000, interval=0.05)
+    if not tool_results(body):
+        return Behavior(tokens=0, tool_calls=[("search", '{"query": "heron"}')])
+    return Behavior(tokens=30, interval=0.05)
+
+
+async def read_events(
+    http: httpx.AsyncClient, url: str, *, after: int | None = None, stop_at: int | None = None
+) -> list[tuple[int, str]]:
+    """A run's SSE events as (id, event name); hangs up after id ``stop_at``."""
+    headers = {"last-event-id": str(after)} if after is not None else {}
+    seen: list[tuple[int, str]] = []
+    ident, name = -1, ""
+    async with http.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("id: "):
+                ident = int(line[4:])
+            elif line.startswith("event: "):
+                name = line[7:]
+            elif line == "" and name:
+                seen.append((ident, name))
+                if name == "done" or ident == stop_at:
+                    break
+                name = ""
+    return seen
+
+
+async def test_a_runs_events_resume_on_another_replica(tmp_path: Path, database_url: str) -> None:
+    upstream = FakeUpstream(searching_then_slow)
+    async with cluster(tmp_path, database_url, FakeEmbeddings(), upstream) as made:
+        a = await made.serve()
+        b = await made.serve()
+        async with httpx.AsyncClient(timeout=60) as http:
+            started = await http.post(f"{a}/api/v1/runs", json={"query": "where is the heron?"})
+            assert started.status_code == 202, started.text
+            run_id = started.json()["run_id"]
+            # B knows the run at once, though A runs it.
+            assert (await http.get(f"{b}/api/v1/runs/{run_id}")).json()["state"] == "running"
+            first = await read_events(http, f"{a}/api/v1/runs/{run_id}/events", stop_at=1)
+            rest = await read_events(http, f"{b}/api/v1/runs/{run_id}/events", after=first[-1][0])
+            whole = await read_events(http, f"{a}/api/v1/runs/{run_id}/events")
+            final = (await http.get(f"{b}/api/v1/runs/{run_id}")).json()
+        assert [i for i, _ in first] == [0, 1]
+        assert first + rest == whole  # resumed after id 1: nothing lost, nothing twice
+        assert whole[-1][1] == "done"
+        assert "tool_result" in {name for _, name in whole}
+        assert final["state"] == "completed"
+        assert final["text"].startswith("t0 t1")
+
+
+async def test_a_delete_on_one_replica_stops_a_run_on_another_at_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    upstream = FakeUpstream(searching_then_slow)
+    async with cluster(tmp_path, database_url, FakeEmbeddings(), upstream) as made:
+        a = await made.serve()
+        b = await made.serve()
+        async with httpx.AsyncClient(timeout=60) as http:
+            started = await http.post(f"{a}/api/v1/runs", json={"query": "talk forever"})
+            run_id = started.json()["run_id"]
+            (call,) = await upstream.wait_for_calls(1)
+            with anyio.fail_after(30):
+                while len(call.token_times) < 3:
+                    await anyio.sleep(0.02)
+            cancelled = await http.delete(f"{b}/api/v1/runs/{run_id}")
+            assert cancelled.status_code == 202
+            asked = time.monotonic()
+            with anyio.fail_after(10):
+                await call.closed.wait()  # A closed its upstream call: the model stopped
+            tokens_after = call.tokens_after(asked + 1.0)  # generous on a shared machine
+            with anyio.fail_after(10):
+                while (await http.get(f"{b}/api/v1/runs/{run_id}")).json()["state"] == "running":
+                    await anyio.sleep(0.05)
+            final = (await http.get(f"{b}/api/v1/runs/{run_id}")).json()
+            events = await read_events(http, f"{b}/api/v1/runs/{run_id}/events")
+        assert tokens_after == 0
+        assert final["state"] == "cancelled"
+        assert final["cause"] == "explicit"
+        assert events[-1][1] == "done"

@@ -23,8 +23,8 @@ from .providers import (
     Records,
     VectorStore,
 )
-from .providers.postgres import PostgresJobParts
 from .providers.prompt import DEFAULT_INSTRUCTIONS
+from .providers.shared import PostgresShared
 from .settings import Settings
 from .threads import ThreadBridge
 from .workers import DistributedJobs
@@ -161,9 +161,9 @@ def build_records(settings: Settings, bridge: ThreadBridge) -> Records:
     """The record and job stores: SQLite under ``RAGLINE_DATA_DIR``, or the PostgreSQL at
     ``RAGLINE_DATABASE_URL`` that every replica and worker shares."""
     if settings.database_url:
-        from .providers.postgres import PostgresJobParts
+        from .providers.shared import PostgresShared
 
-        return PostgresJobParts(
+        return PostgresShared(
             settings.database_url,
             pool_size=settings.database_pool_size,
             connect_timeout=settings.database_connect_timeout,
@@ -268,7 +268,7 @@ def build_jobs(
     """Ingestion jobs: one at a time on this process's worker by default; with
     ``RAGLINE_DATABASE_URL``, parts on procrastinate that every worker shares."""
     roots = [Path(r) for r in settings.ingest_roots] or [Path.cwd()]
-    if isinstance(ingestion.records, PostgresJobParts):
+    if isinstance(ingestion.records, PostgresShared):
         return DistributedJobs(
             ingestor=ingestion.ingestor,
             records=ingestion.records,

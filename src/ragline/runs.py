@@ -4,6 +4,10 @@ A run's lifetime is detached from its request (it keeps the request's values and
 context, ignores its end) and obeys shutdown, an explicit cancel and its own timeout.
 Runs are kept in memory: the last ``kept`` finished ones can be read back; a restart
 forgets them (a run in flight at shutdown ends ``cancelled`` with cause ``shutdown``).
+
+With a shared database (``store``), the replica running a run also saves its snapshot
+and events there as they come, so that every replica can read and follow it, and a
+cancel on any replica reaches it at once through a notice (:mod:`ragline.notices`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import Any, Literal
 import anyio
 
 from .agent import Agent, AgentResult, LoopLimits
-from .errors import NotFound, Overloaded, RagLineError, StageTimeout
+from .errors import NotFound, Overloaded, RagLineError, StageTimeout, UpstreamError
 from .lifetime import Cause, Lifetime
 from .models import ChatRequest
+from .providers.shared import PostgresShared
 from .supervisor import Supervisor
 from .tools import ToolRegistry
 
@@ -33,6 +38,8 @@ RunState = Literal["running", "completed", "failed", "cancelled"]
 # A run whose loop is stuck past its own deadline (a stage that ignores it) is still
 # ended this long after.
 _BACKSTOP = 5.0
+# How long a run's last save may take once it has ended (cancelled, or shut down).
+_LAST_SAVE = 2.0
 
 
 @dataclass(eq=False)
@@ -49,6 +56,7 @@ class Run:
     result: AgentResult = field(default_factory=AgentResult)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     changed: anyio.Event = field(default_factory=anyio.Event)
+    saved: int = 0  # events saved to the shared store so far
 
     @property
     def finished(self) -> bool:
@@ -100,7 +108,9 @@ class Runs:
         timeout: float | None,
         max_active: int,
         kept: int,
+        store: PostgresShared | None = None,
     ) -> None:
+        self.store = store
         self.agent = agent
         self.supervisor = supervisor
         self.timeout = timeout
@@ -129,7 +139,17 @@ class Runs:
         run = Run(id=run_id, request=request, lifetime=lifetime)
 
         async def work(life: Lifetime) -> None:
-            await self._work(run, life, tools, limits)
+            if self.store is None:
+                await self._work(run, life, tools, limits)
+                return
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._persist, run, life)
+                    await self._work(run, life, tools, limits)
+                    tg.cancel_scope.cancel()
+            finally:
+                with life.last_words(_LAST_SAVE) as words:
+                    await self.save(run, words)
 
         self.supervisor.start(lifetime, work)  # may refuse: then nothing is registered
         self._runs[run_id] = run
@@ -172,6 +192,52 @@ class Runs:
             self._active -= 1
             run.close()
             self._forget_old()
+
+    async def _persist(self, run: Run, lifetime: Lifetime) -> None:
+        while True:
+            changed = run.changed
+            await self.save(run, lifetime)
+            await changed.wait()
+
+    async def save(self, run: Run, lifetime: Lifetime) -> None:
+        """Save the run's snapshot and new events to the shared store, if there is one.
+        A database that is down loses the news, not the run."""
+        if self.store is None:
+            return
+        first = run.saved
+        events = [(first + i, name, data) for i, (name, data) in enumerate(run.events[first:])]
+        try:
+            await self.store.save_run(run.id, run.state, run.snapshot(), events, lifetime)
+        except UpstreamError as exc:
+            log.warning("run not saved: %s", exc.message, extra={"run_id": run.id})
+            return
+        run.saved = first + len(events)
+
+    async def snapshot(self, run_id: str, lifetime: Lifetime) -> dict[str, Any]:
+        """The run's snapshot, from this replica or, failing that, the shared store."""
+        run = self._runs.get(run_id)
+        if run is not None:
+            return run.snapshot()
+        found = await self.store.run(run_id, lifetime) if self.store is not None else None
+        if found is None:
+            raise NotFound(f"no run {run_id!r}", code="run_not_found")
+        return found
+
+    async def cancel_anywhere(self, run_id: str, lifetime: Lifetime) -> dict[str, Any]:
+        """Cancel a run here, or tell the replica that runs it; its snapshot."""
+        if run_id in self._runs:
+            return self.cancel(run_id).snapshot()
+        found = await self.snapshot(run_id, lifetime)
+        if found["state"] == "running" and self.store is not None:
+            await self.store.notify_cancel(f"run:{run_id}", lifetime)
+        return found
+
+    def on_notice(self, key: str) -> None:
+        """A cancel notice from another replica: ``run:<id>`` cancels that run here."""
+        kind, _, run_id = key.partition(":")
+        run = self._runs.get(run_id)
+        if kind == "run" and run is not None and not run.finished:
+            run.lifetime.cancel(Cause.EXPLICIT, "cancelled through the API on another replica")
 
     def get(self, run_id: str) -> Run:
         """The run called ``run_id``."""

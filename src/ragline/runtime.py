@@ -26,14 +26,17 @@ from .factory import (
 from .jobs import JobQueue
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
+from .notices import Notices
 from .providers import (
     Embedder,
     Generator,
     KeywordIndex,
     PromptComposer,
     QueryTransformer,
+    Records,
     VectorStore,
 )
+from .providers.shared import PostgresShared
 from .retrieval import RecordKeywords, VisibleStore
 from .runs import Runs
 from .settings import Settings
@@ -86,11 +89,12 @@ class Runtime:
             self._parts.append(generator)
         self.jobs: JobQueue | DistributedJobs | None = None
         keywords: KeywordIndex | None = None
+        records: Records | None = None
         if settings.retrieval:
             ingestion = build_ingestion(settings, self.threads, embedder=embedder, store=store)
             self._parts[:0] = ingestion.built
             embedder, store = ingestion.embedder, ingestion.store
-            self.records = ingestion.records
+            self.records = records = ingestion.records
             self.ingestor = ingestion.ingestor
             self.jobs = build_jobs(settings, ingestion, self.threads)
             if isinstance(self.jobs, DistributedJobs):
@@ -130,13 +134,19 @@ class Runtime:
             metrics=self.metrics,
             limits=LoopLimits.from_settings(settings),
         )
+        # With a shared database, runs are readable and cancellable from every replica.
+        shared = records if isinstance(records, PostgresShared) else None
+        self.notices = Notices(shared) if shared is not None else None
         self.runs = Runs(
             self.agent,
             self.supervisor,
             timeout=settings.run_timeout,
             max_active=settings.runs_max_active,
             kept=settings.runs_kept,
+            store=shared,
         )
+        if self.notices is not None:
+            self.notices.on_cancel.append(self.runs.on_notice)
         self.teams: TeamsChannel | None = None
         if settings.bot_enabled:
             from .teams import TeamsChannel
@@ -231,6 +241,8 @@ class Runtime:
     async def _begin(self) -> None:
         """Everything is open: start the background work and be ready."""
         log.info("ready", extra={"providers_opened": len(self._opened)})
+        if self.notices is not None:
+            self.supervisor.start(self.lifetime.child("notices"), self.notices.listen)
         if self.jobs is not None and (
             self.settings.serve_jobs or not isinstance(self.jobs, DistributedJobs)
         ):

@@ -29,7 +29,7 @@ from .errors import InvalidRequest, NotFound, RagLineError
 from .ingestion import Ingestor, IngestProgress, Stop
 from .jobs import TERMINAL, allowed_path
 from .lifetime import Cause, Lifetime
-from .providers.postgres import PostgresJobParts
+from .providers.shared import PostgresShared
 from .threads import CancelToken, ThreadBridge
 
 __all__ = ["DistributedJobs"]
@@ -52,7 +52,7 @@ class DistributedJobs:
         self,
         *,
         ingestor: Ingestor,
-        records: PostgresJobParts,
+        records: PostgresShared,
         bridge: ThreadBridge,
         roots: list[Path],
         default_collection: str,
@@ -281,8 +281,8 @@ class DistributedJobs:
                 stop.request(Cause.EXPLICIT, "cancelled through the API")
 
         async def watch() -> None:
-            async for key in self.records.cancel_notices(lifetime, ready=cancelled_before):
-                if key == f"job:{job_id}":
+            async for channel, key in self.records.notices(lifetime, ready=cancelled_before):
+                if channel == "ragline_cancel" and key == f"job:{job_id}":
                     stop.request(Cause.EXPLICIT, "cancelled through the API")
 
         try:

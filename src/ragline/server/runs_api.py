@@ -12,9 +12,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ..agent import LoopLimits, check_tools
-from ..errors import InvalidRequest, Overloaded
+from ..errors import InvalidRequest, NotFound, Overloaded
 from ..lifetime import Cause
 from ..models import ChatRequest, CollectionName, Message
+from ..notices import Notices
+from ..providers.shared import PostgresShared
 from ..runs import Run
 from ..runtime import Runtime
 from ..tools import ToolRegistry
@@ -84,28 +86,33 @@ async def start(request: Request) -> Response:
     run = runtime.runs.start(
         chat, ctx.lifetime, tools=tools, limits=body.limits(runtime.agent.limits)
     )
+    await runtime.runs.save(run, ctx.lifetime)  # every replica can read it from now on
     headers = {"location": f"/api/v1/runs/{run.id}"}
     return JSONResponse({"run_id": run.id, "state": run.state}, status_code=202, headers=headers)
 
 
 async def status(request: Request) -> Response:
     """``GET /api/v1/runs/{run_id}`` → state, steps, usage."""
-    runtime = request_context(request.scope).runtime
-    return JSONResponse(runtime.runs.get(request.path_params["run_id"]).snapshot())
+    ctx = request_context(request.scope)
+    return JSONResponse(
+        await ctx.runtime.runs.snapshot(request.path_params["run_id"], ctx.lifetime)
+    )
 
 
 async def cancel(request: Request) -> Response:
     """``DELETE /api/v1/runs/{run_id}``: cancel with cause ``explicit`` → 202."""
-    runtime = request_context(request.scope).runtime
-    run = runtime.runs.cancel(request.path_params["run_id"])
-    return JSONResponse({"run_id": run.id, "state": run.state}, status_code=202)
-
-
-async def events(request: Request) -> RunEvents:
-    """``GET /api/v1/runs/{run_id}/events`` → server-sent events of the run's steps,
-    from the start (or after ``Last-Event-ID``), ending with ``done``."""
     ctx = request_context(request.scope)
-    run = ctx.runtime.runs.get(request.path_params["run_id"])
+    run_id = request.path_params["run_id"]
+    found = await ctx.runtime.runs.cancel_anywhere(run_id, ctx.lifetime)
+    return JSONResponse({"run_id": run_id, "state": found["state"]}, status_code=202)
+
+
+async def events(request: Request) -> RunEvents | SharedRunEvents:
+    """``GET /api/v1/runs/{run_id}/events`` → server-sent events of the run's steps,
+    from the start (or after ``Last-Event-ID``), ending with ``done``; on any replica."""
+    ctx = request_context(request.scope)
+    run_id = request.path_params["run_id"]
+    runs = ctx.runtime.runs
     after = request.headers.get("last-event-id")
     first = 0
     if after is not None:
@@ -113,7 +120,13 @@ async def events(request: Request) -> RunEvents:
             first = int(after) + 1
         except ValueError:
             raise InvalidRequest("Last-Event-ID must be an event number") from None
-    return RunEvents(ctx, run, max(first, 0))
+    try:
+        return RunEvents(ctx, runs.get(run_id), max(first, 0))
+    except NotFound:
+        if runs.store is None or ctx.runtime.notices is None:
+            raise
+    await runs.snapshot(run_id, ctx.lifetime)  # 404 if no replica has it
+    return SharedRunEvents(ctx, runs.store, ctx.runtime.notices, run_id, max(first, 0))
 
 
 class RunEvents:
@@ -159,6 +172,45 @@ class RunEvents:
                     await write_new(False)  # noqa: ASYNC102
             raise
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class SharedRunEvents:
+    """A run that another replica runs, read from the shared store: its saved events,
+    then each news as that replica saves it, until ``done``."""
+
+    def __init__(
+        self,
+        ctx: RequestContext,
+        store: PostgresShared,
+        notices: Notices,
+        run_id: str,
+        first: int,
+    ) -> None:
+        self.raw_headers = list(SSE_HEADERS)
+        self.ctx, self.store, self.notices = ctx, store, notices
+        self.run_id = run_id
+        self.first = first
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        sent = self.first
+        while True:
+            news = self.notices.news(self.run_id)  # before reading: no news is missed
+            found = await self.store.run_events(self.run_id, sent, self.ctx.lifetime)
+            if found:
+                body = b"".join(_event(n, name, data) for n, name, data in found)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                sent = found[-1][0] + 1
+                if found[-1][1] == "done":
+                    break
+                continue
+            # A notice wakes the reader at once; the timeout covers a lost connection.
+            with anyio.move_on_after(_RECHECK):
+                await news.wait()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+_RECHECK = 2.0  # seconds a reader of another replica's run waits without news
 
 
 def _event(n: int, name: str, data: dict[str, Any]) -> bytes:

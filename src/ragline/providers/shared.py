@@ -1,0 +1,222 @@
+"""What replicas and workers share through PostgreSQL beyond the records: the parts of
+ingestion jobs with their inputs, background runs with their events, and notices that
+reach every process (LISTEN/NOTIFY on ``ragline_cancel``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+
+from ..errors import UpstreamError
+from ..lifetime import Lifetime
+from .postgres import PostgresRecords
+
+__all__ = ["PostgresShared"]
+
+
+class PostgresShared(PostgresRecords):
+    """The record and job stores, plus what cluster mode shares through the database:
+    a job's parts and their inputs, and cancel notices that reach every replica."""
+
+    async def create_job(
+        self,
+        job_id: str,
+        body: dict[str, Any],
+        parts: Sequence[tuple[list[str], list[tuple[str, bytes]]]],
+        lifetime: Lifetime,
+    ) -> None:
+        """The job, queued, with its parts: each (server paths, files), in one transaction."""
+        from psycopg.types.json import Jsonb
+
+        now = time.time()
+        async with self._connection(lifetime, transaction=True) as conn:
+            await conn.execute(
+                "INSERT INTO jobs VALUES (%s, 'queued', %s, %s, %s)",
+                (job_id, Jsonb(body), now, now),
+            )
+            for index, (paths, files) in enumerate(parts):
+                inputs = [*paths, *(f"file:{name}" for name, _ in files)]
+                await conn.execute(
+                    "INSERT INTO job_parts (job_id, part, inputs) VALUES (%s, %s, %s)",
+                    (job_id, index, Jsonb(inputs)),
+                )
+                for name, data in files:
+                    await conn.execute(
+                        "INSERT INTO job_files VALUES (%s, %s, %s, %s)", (job_id, index, name, data)
+                    )
+
+    async def set_task(self, job_id: str, part: int, task_id: int, lifetime: Lifetime) -> None:
+        """Note the procrastinate job that runs a part."""
+        await self._execute(
+            lifetime,
+            "UPDATE job_parts SET task_id = %s WHERE job_id = %s AND part = %s",
+            (task_id, job_id, part),
+        )
+
+    async def part(
+        self, job_id: str, part: int, lifetime: Lifetime
+    ) -> tuple[dict[str, Any], str, list[str], list[tuple[str, bytes]]]:
+        """A part's job body, its state, its server paths and its files."""
+        rows = await self._rows(
+            lifetime,
+            "SELECT j.body, p.state, p.inputs FROM job_parts p JOIN jobs j USING (job_id) "
+            "WHERE p.job_id = %s AND p.part = %s",
+            (job_id, part),
+        )
+        if not rows:
+            raise UpstreamError(f"ingestion job {job_id} has no part {part}")
+        body, state, inputs = rows[0]
+        files = await self._rows(
+            lifetime,
+            "SELECT name, data FROM job_files WHERE job_id = %s AND part = %s ORDER BY name",
+            (job_id, part),
+        )
+        paths = [i for i in inputs if not i.startswith("file:")]
+        return dict(body), str(state), paths, [(str(n), bytes(d)) for n, d in files]
+
+    async def parts(self, job_id: str, lifetime: Lifetime) -> list[dict[str, Any]]:
+        """Every part of a job: part, state, task_id, progress, error."""
+        rows = await self._rows(
+            lifetime,
+            "SELECT part, state, task_id, progress, error FROM job_parts "
+            "WHERE job_id = %s ORDER BY part",
+            (job_id,),
+        )
+        keys = ("part", "state", "task_id", "progress", "error")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    async def save_part(
+        self,
+        job_id: str,
+        part: int,
+        state: str,
+        lifetime: Lifetime,
+        *,
+        progress: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """A part's new state; the job's follows in the same transaction: running once
+        a part runs, and when every part has ended, cancelled if any was (or a cancel
+        was asked for), else failed if any failed, else succeeded."""
+        from psycopg.types.json import Jsonb
+
+        async with self._connection(lifetime, transaction=True) as conn:
+            cursor = await conn.execute(
+                "SELECT state, body FROM jobs WHERE job_id = %s FOR UPDATE", (job_id,)
+            )
+            job = await cursor.fetchone()
+            await conn.execute(
+                "UPDATE job_parts SET state = %s, progress = COALESCE(%s, progress), "
+                "error = COALESCE(%s, error) WHERE job_id = %s AND part = %s",
+                (state, Jsonb(progress) if progress is not None else None, error, job_id, part),
+            )
+            if job is None or job[0] in ("succeeded", "failed", "cancelled"):
+                return
+            cursor = await conn.execute("SELECT state FROM job_parts WHERE job_id = %s", (job_id,))
+            states = {row[0] for row in await cursor.fetchall()}
+            if states & {"queued", "running"}:
+                new = "running" if "running" in states or job[0] == "running" else "queued"
+            elif "cancelled" in states or job[1].get("cancel_requested"):
+                new = "cancelled"
+            elif "failed" in states:
+                new = "failed"
+            else:
+                new = "succeeded"
+            await conn.execute(
+                "UPDATE jobs SET state = %s, updated_at = %s WHERE job_id = %s",
+                (new, time.time(), job_id),
+            )
+
+    async def request_cancel(self, job_id: str, lifetime: Lifetime) -> None:
+        """Mark a job cancelled-on-request and tell every replica (NOTIFY)."""
+        async with self._connection(lifetime, transaction=True) as conn:
+            await conn.execute(
+                "UPDATE jobs SET body = body || '{\"cancel_requested\": true}'::jsonb, "
+                "updated_at = %s WHERE job_id = %s",
+                (time.time(), job_id),
+            )
+            await conn.execute("SELECT pg_notify('ragline_cancel', %s)", (f"job:{job_id}",))
+
+    async def notify_cancel(self, key: str, lifetime: Lifetime) -> None:
+        """Tell every replica that the work called ``key`` (``run:<id>``) is cancelled."""
+        await self._execute(lifetime, "SELECT pg_notify('ragline_cancel', %s)", (key,))
+
+    # -- runs ------------------------------------------------------------------------
+    async def save_run(
+        self,
+        run_id: str,
+        state: str,
+        snapshot: dict[str, Any],
+        events: Sequence[tuple[int, str, dict[str, Any]]],
+        lifetime: Lifetime,
+    ) -> None:
+        """A run's snapshot and its new events, in one transaction; every replica is told
+        (``NOTIFY ragline_run``) so that its readers follow at once."""
+        from psycopg.types.json import Jsonb
+
+        now = time.time()
+        async with self._connection(lifetime, transaction=True) as conn:
+            await conn.execute(
+                "INSERT INTO runs VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE "
+                "SET state = excluded.state, snapshot = excluded.snapshot, "
+                "updated_at = excluded.updated_at",
+                (run_id, state, Jsonb(snapshot), now, now),
+            )
+            if events:
+                await conn.execute(
+                    "INSERT INTO run_events SELECT %s, * FROM unnest(%s::int[], %s::text[], "
+                    "%s::jsonb[]) ON CONFLICT DO NOTHING",
+                    (
+                        run_id,
+                        [seq for seq, _, _ in events],
+                        [name for _, name, _ in events],
+                        [Jsonb(data) for _, _, data in events],
+                    ),
+                )
+            await conn.execute("SELECT pg_notify('ragline_run', %s)", (run_id,))
+
+    async def run(self, run_id: str, lifetime: Lifetime) -> dict[str, Any] | None:
+        """A run's last saved snapshot, or None."""
+        rows = await self._rows(lifetime, "SELECT snapshot FROM runs WHERE run_id = %s", (run_id,))
+        return dict(rows[0][0]) if rows else None
+
+    async def run_events(
+        self, run_id: str, first: int, lifetime: Lifetime
+    ) -> list[tuple[int, str, dict[str, Any]]]:
+        """A run's saved events from number ``first`` on."""
+        rows = await self._rows(
+            lifetime,
+            "SELECT seq, event, data FROM run_events WHERE run_id = %s AND seq >= %s ORDER BY seq",
+            (run_id, first),
+        )
+        return [(int(r[0]), str(r[1]), dict(r[2])) for r in rows]
+
+    async def notices(
+        self, lifetime: Lifetime, *, ready: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[tuple[str, str]]:
+        """Notices from any replica as (channel, payload): ``ragline_cancel`` (``job:<id>``,
+        ``run:<id>``) and ``ragline_run`` (a run's id, when it has news). On a connection
+        of its own: LISTEN ties it up. ``ready`` runs once listening, to catch up with
+        what came before."""
+        from psycopg import AsyncConnection, Error
+
+        await lifetime.checkpoint()
+        try:
+            conn = await AsyncConnection.connect(self.url, autocommit=True)
+        except Error as exc:
+            raise self._failure(exc) from None
+        try:
+            await conn.execute("LISTEN ragline_cancel")
+            await conn.execute("LISTEN ragline_run")
+            if ready is not None:
+                await ready()
+            async for notice in conn.notifies():
+                yield notice.channel, notice.payload
+        except Error as exc:
+            raise self._failure(exc) from None
+        finally:
+            with anyio.move_on_after(1, shield=True):
+                await conn.close()
