@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +21,9 @@ import psycopg
 import pytest
 from anyio.abc import Process
 
-from conftest import free_port, milvus_server, upstream_running
+from conftest import bot_settings, free_port, milvus_server, serve, upstream_running
 from fake_embeddings import FakeEmbeddings, embeddings_server
+from teams_fakes import FakeTeams
 from upstream import Behavior, FakeUpstream, tool_results
 
 pytestmark = pytest.mark.anyio
@@ -320,3 +321,59 @@ async def test_a_delete_on_one_replica_stops_a_run_on_another_at_once(
         assert final["state"] == "cancelled"
         assert final["cause"] == "explicit"
         assert events[-1][1] == "done"
+
+
+@asynccontextmanager
+async def teams_replicas(
+    tmp_path: Path, database_url: str, behave: Callable[[dict[str, Any]], Behavior]
+) -> AsyncIterator[tuple[FakeTeams, FakeUpstream, list[str]]]:
+    """Two replicas (in this process, sharing nothing but the database) behind the fake
+    Teams and the fake model."""
+    upstream = FakeUpstream(behave)
+    async with (
+        upstream_running(upstream),
+        FakeTeams.running() as teams,
+        serve(
+            bot_settings(upstream, teams, database_url=database_url, data_dir=str(tmp_path / "a"))
+        ) as a,
+        serve(
+            bot_settings(upstream, teams, database_url=database_url, data_dir=str(tmp_path / "b"))
+        ) as b,
+    ):
+        yield teams, upstream, [f"{a.url}/api/messages", f"{b.url}/api/messages"]
+
+
+async def test_an_activity_delivered_to_two_replicas_is_answered_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with teams_replicas(
+        tmp_path, database_url, lambda body: Behavior(tokens=5, interval=0.05)
+    ) as (teams, upstream, urls):
+        activity = teams.activity("what is ragline?", kind="groupChat")
+        conversation = activity["conversation"]["id"]
+        async with anyio.create_task_group() as tg:
+            for url in urls:
+                tg.start_soon(teams.deliver, url, activity)
+        await teams.wait_for(lambda: teams.messages(conversation), timeout=60)
+        await anyio.sleep(1.0)  # a second answer would have come by now
+        assert len(teams.messages(conversation)) == 1
+        assert len(upstream.calls) == 1
+
+
+async def test_one_conversations_turns_on_two_replicas_are_answered_in_order(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with teams_replicas(
+        tmp_path, database_url, lambda body: Behavior(tokens=6, interval=0.2)
+    ) as (teams, upstream, urls):
+        first = teams.activity("q0", kind="groupChat")
+        second = teams.activity("q1", kind="groupChat")
+        conversation = first["conversation"]["id"]
+        assert second["conversation"]["id"] == conversation
+        await teams.deliver(urls[0], first)
+        await teams.deliver(urls[1], second)
+        await teams.wait_for(lambda: len(teams.messages(conversation)) == 2, timeout=60)
+        calls = {call.query.split()[-1]: call for call in upstream.calls}
+        assert calls["q0"].token_times[-1] <= calls["q1"].received_at  # one after the other
+        replies = [m["replyToId"] for m in teams.messages(conversation)]
+        assert replies == [first["id"], second["id"]]

@@ -20,6 +20,7 @@ from .factory import (
     build_generator,
     build_ingestion,
     build_jobs,
+    build_records,
     build_transformer,
     open_parts,
 )
@@ -134,7 +135,11 @@ class Runtime:
             metrics=self.metrics,
             limits=LoopLimits.from_settings(settings),
         )
-        # With a shared database, runs are readable and cancellable from every replica.
+        # With a shared database, runs and Teams turns are coordinated across replicas
+        # through it, also when retrieval (and so ingestion) is off.
+        if records is None and settings.database_url:
+            records = build_records(settings, self.threads)
+            self._parts.insert(0, records)
         shared = records if isinstance(records, PostgresShared) else None
         self.notices = Notices(shared) if shared is not None else None
         self.runs = Runs(
@@ -152,7 +157,14 @@ class Runtime:
             from .teams import TeamsChannel
 
             self.teams = TeamsChannel(
-                settings, pipeline, self.supervisor, self.metrics, self.tracing, agent=self.agent
+                settings,
+                pipeline,
+                self.supervisor,
+                self.metrics,
+                self.tracing,
+                agent=self.agent,
+                shared=shared,
+                notices=self.notices,
             )
             self._parts.append(self.teams)
 

@@ -194,6 +194,50 @@ class PostgresShared(PostgresRecords):
         )
         return [(int(r[0]), str(r[1]), dict(r[2])) for r in rows]
 
+    # -- Teams activities ------------------------------------------------------------
+    async def accept_activity(
+        self, conversation_id: str, activity_id: str, window: float, lifetime: Lifetime
+    ) -> int | None:
+        """Record an accepted activity: its place in its conversation, or None when any
+        replica accepted it within ``window`` seconds (a redelivery)."""
+        now = time.time()
+        async with self._connection(lifetime, transaction=True) as conn:
+            # Forget what is past the window (and done), so a late redelivery is served.
+            await conn.execute(
+                "DELETE FROM bot_activities WHERE conversation_id = %s AND activity_id = %s "
+                "AND accepted_at < %s",
+                (conversation_id, activity_id, now - window),
+            )
+            cursor = await conn.execute(
+                "INSERT INTO bot_activities (conversation_id, activity_id, accepted_at) "
+                "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING seq",
+                (conversation_id, activity_id, now),
+            )
+            row = await cursor.fetchone()
+        return int(row[0]) if row else None
+
+    async def turn_clear(
+        self, conversation_id: str, seq: int, stale_before: float, lifetime: Lifetime
+    ) -> bool:
+        """Whether every earlier activity of the conversation is done (one accepted
+        before ``stale_before`` counts as done: its replica died mid-turn)."""
+        rows = await self._rows(
+            lifetime,
+            "SELECT 1 FROM bot_activities WHERE conversation_id = %s AND seq < %s "
+            "AND NOT done AND accepted_at >= %s LIMIT 1",
+            (conversation_id, seq, stale_before),
+        )
+        return not rows
+
+    async def finish_activity(self, conversation_id: str, seq: int, lifetime: Lifetime) -> None:
+        """An activity's turn has ended; the conversation's next turn, on any replica,
+        may start (``NOTIFY ragline_run 'conversation:<id>'``)."""
+        async with self._connection(lifetime, transaction=True) as conn:
+            await conn.execute("UPDATE bot_activities SET done = true WHERE seq = %s", (seq,))
+            await conn.execute(
+                "SELECT pg_notify('ragline_run', %s)", (f"conversation:{conversation_id}",)
+            )
+
     async def notices(
         self, lifetime: Lifetime, *, ready: Callable[[], Awaitable[None]] | None = None
     ) -> AsyncIterator[tuple[str, str]]:

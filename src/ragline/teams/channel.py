@@ -11,6 +11,8 @@ from ..chat import ChatPipeline
 from ..errors import Unauthorized
 from ..lifetime import Lifetime
 from ..metrics import Metrics
+from ..notices import Notices
+from ..providers.shared import PostgresShared
 from ..settings import Settings
 from ..supervisor import Supervisor
 from ..tracing import Tracing
@@ -40,6 +42,8 @@ class TeamsChannel:
         tracing: Tracing,
         *,
         agent: Agent | None = None,
+        shared: PostgresShared | None = None,
+        notices: Notices | None = None,
     ) -> None:
         self.settings = settings
         self._metrics = metrics
@@ -87,6 +91,8 @@ class TeamsChannel:
             max_pending=s.bot_max_pending_turns,
             turn_timeout=s.bot_turn_timeout,
             pace=s.bot_stream_interval,
+            shared=shared,
+            notices=notices,
         )
         if s.bot_auth == "off":
             log.warning("Teams channel without authentication (RAGLINE_BOT_AUTH=off)")
@@ -115,7 +121,7 @@ class TeamsChannel:
         """Accept an authenticated activity. Invokes run now and return their response;
         everything else is queued and ``None`` is returned at once."""
         if activity.type != "invoke":
-            self.dispatcher.accept(activity, lifetime)
+            await self.dispatcher.accept(activity, lifetime)
             return None
         response = await self.dispatcher.invoke(activity, lifetime)
         return response or InvokeResponse(status=200, body=None)

@@ -6,6 +6,10 @@ redelivery is dropped. The activities of one conversation run one after another 
 order they arrived, on a worker that the application's supervisor owns; different
 conversations run side by side, at most ``max_concurrent`` at a time.
 
+With a shared database (many replicas), an activity is also recorded there when
+accepted: a redelivery to another replica is dropped too, and a turn waits until every
+earlier activity of its conversation, on any replica, is done.
+
 Each turn runs in a lifetime detached from its webhook request (created when the
 activity is accepted, so it keeps the request's values and trace context): the request's
 end never cancels it, shutdown does, and its own processing timeout bounds it. A timeout
@@ -24,6 +28,8 @@ import anyio
 from ..errors import Overloaded, RagLineError, StageTimeout
 from ..lifetime import Cause, Lifetime
 from ..metrics import Metrics
+from ..notices import Notices
+from ..providers.shared import PostgresShared
 from ..supervisor import Supervisor
 from ..tracing import Tracing, mark_cancelled, mark_failed
 from .activity import Activity, InvokeResponse
@@ -32,6 +38,9 @@ from .streaming import Pacer
 
 __all__ = ["Dispatcher"]
 
+_LAST_SAVE = 2.0  # seconds to record that a turn ended, after it ended
+_RECHECK = 1.0  # seconds a waiting turn looks again without a notice
+
 log = logging.getLogger("ragline.teams")
 
 
@@ -39,6 +48,7 @@ log = logging.getLogger("ragline.teams")
 class _Turn:
     activity: Activity
     lifetime: Lifetime
+    seq: int | None = None  # its place in the conversation, across replicas
 
 
 @dataclass(eq=False)
@@ -64,7 +74,11 @@ class Dispatcher:
         turn_timeout: float | None,
         pace: float,
         max_conversations: int = 10_000,
+        shared: PostgresShared | None = None,
+        notices: Notices | None = None,
     ) -> None:
+        self.shared = shared
+        self.notices = notices
         self.bot = bot
         self._supervisor = supervisor
         self._metrics = metrics
@@ -79,26 +93,37 @@ class Dispatcher:
         self._conversations: OrderedDict[str, _Conversation] = OrderedDict()
         self.pending = 0
 
-    def accept(self, activity: Activity, request: Lifetime) -> bool:
+    async def accept(self, activity: Activity, request: Lifetime) -> bool:
         """Queue ``activity``'s turn; ``False`` if it is a redelivery of one accepted
-        within the window. Raises :class:`Overloaded` when too much is pending."""
+        within the window (by any replica). Raises :class:`Overloaded` when too much is
+        pending."""
         if self._duplicate(activity):
-            self._metrics.bot_duplicates.inc()
-            log.info(
-                "dropped a redelivered activity",
-                extra={"activity_id": activity.id, "conversation_id": activity.conversation.id},
-            )
+            self._drop(activity)
             return False
         if self.pending >= self._max_pending:
             self._seen.pop(activity.key, None)  # a later redelivery may be served
             raise Overloaded("too many bot turns pending; retry later")
+        seq = None
+        if self.shared is not None and activity.id:
+            seq = await self.shared.accept_activity(
+                activity.conversation.id, activity.id, self._window, request
+            )
+            if seq is None:  # another replica accepted it
+                self._drop(activity)
+                return False
         lifetime = request.detach(
             "bot-turn",
             timeout=self.turn_timeout,
             values={"activity_id": activity.id, "conversation_id": activity.conversation.id},
         )
         conversation = self._conversation(activity.conversation.id)
-        conversation.queue.append(_Turn(activity, lifetime))
+        # In their conversation's order: two requests may have been recorded in one
+        # order and arrived here in the other (the running turn, first, stays first).
+        queue, position = conversation.queue, len(conversation.queue)
+        first = 1 if conversation.working else 0
+        while seq is not None and position > first and (queue[position - 1].seq or 0) > seq:
+            position -= 1
+        queue.insert(position, _Turn(activity, lifetime, seq))
         self.pending += 1
         if not conversation.working:
             conversation.working = True
@@ -106,6 +131,13 @@ class Dispatcher:
             key = activity.conversation.id
             self._supervisor.start(worker, lambda lt: self._work(key, conversation, lt))
         return True
+
+    def _drop(self, activity: Activity) -> None:
+        self._metrics.bot_duplicates.inc()
+        log.info(
+            "dropped a redelivered activity",
+            extra={"activity_id": activity.id, "conversation_id": activity.conversation.id},
+        )
 
     def pacer(self, conversation_id: str) -> Pacer:
         """The pacer of a conversation's Connector requests."""
@@ -179,6 +211,7 @@ class Dispatcher:
         response = None
         try:
             with lifetime:  # attaches the webhook request's trace context
+                await self._my_turn(turn)
                 response = await self._traced(TurnContext(activity, lifetime, self.bot, pacer))
             reason = lifetime.reason
             if reason is not None:
@@ -208,7 +241,37 @@ class Dispatcher:
                 raise
         finally:
             self._metrics.bot_turns.labels(activity.type, outcome).inc()
+            if turn.seq is not None and self.shared is not None:
+                # last_words is a shielded scope with a deadline (flake8-async cannot see it)
+                with lifetime.last_words(_LAST_SAVE) as words:
+                    await self._finish(turn.activity.conversation.id, turn.seq, words)  # noqa: ASYNC102
         return response
+
+    async def _my_turn(self, turn: _Turn) -> None:
+        """Wait until every earlier activity of the conversation, on any replica, is
+        done. One accepted longer ago than a turn may last is not waited for: its
+        replica died."""
+        if turn.seq is None or self.shared is None:
+            return
+        conversation = turn.activity.conversation.id
+        longest = (self.turn_timeout or 3600.0) + _LAST_SAVE
+        while True:
+            news = self.notices.news(f"conversation:{conversation}") if self.notices else None
+            stale = time.time() - longest
+            if await self.shared.turn_clear(conversation, turn.seq, stale, turn.lifetime):
+                return
+            with anyio.move_on_after(_RECHECK):  # a lost notice costs this much at most
+                if news is not None:
+                    await news.wait()
+                else:
+                    await anyio.sleep_forever()
+
+    async def _finish(self, conversation: str, seq: int, lifetime: Lifetime) -> None:
+        assert self.shared is not None
+        try:
+            await self.shared.finish_activity(conversation, seq, lifetime)
+        except RagLineError as exc:  # the next turn then waits out its staleness
+            log.warning("bot turn not marked done: %s", exc.message)
 
     async def _traced(self, ctx: TurnContext) -> InvokeResponse | None:
         activity, lifetime = ctx.activity, ctx.lifetime
