@@ -11,7 +11,7 @@ WHEELS ?= $(HOME)/.cache/ragline/wheels
 LLAMA_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install serve playground test lint typecheck unit bench bench-quick bench-retrieval bench-answers clean
+.PHONY: install serve cluster playground test lint typecheck unit bench bench-quick bench-retrieval bench-answers clean
 
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
@@ -33,6 +33,11 @@ install: $(STAMP)
 # First start: the project's own docs/ go into the default collection while it is empty.
 serve: $(STAMP)
 	RAGLINE_SEED_DOCS=$${RAGLINE_SEED_DOCS-docs} $(BIN)/ragline serve --host $(HOST) --port $(PORT)
+
+# The cluster mode on one machine: PostgreSQL and a Milvus server from pip, two replicas on
+# ports 8001-8002 and a worker (docs/DEPLOY.md). Ctrl-C stops everything.
+cluster: $(STAMP)
+	$(BIN)/ragline cluster --replicas 2 --workers 1
 
 # The Microsoft 365 Agents Playground (Teams, locally) against `RAGLINE_BOT_AUTH=off make serve`.
 # It listens on every interface unless told otherwise: the preload binds it to 127.0.0.1.

