@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from anyio.abc import Process
 
 from conftest import bot_settings, free_port, milvus_server, serve, upstream_running
 from fake_embeddings import FakeEmbeddings, embeddings_server
+from ragline import Settings
+from ragline.settings import redact
 from teams_fakes import FakeTeams
 from upstream import Behavior, FakeUpstream, tool_results
 
@@ -377,3 +380,76 @@ async def test_one_conversations_turns_on_two_replicas_are_answered_in_order(
         assert calls["q0"].token_times[-1] <= calls["q1"].received_at  # one after the other
         replies = [m["replyToId"] for m in teams.messages(conversation)]
         assert replies == [first["id"], second["id"]]
+
+
+async def test_a_database_down_at_start_is_named_and_ready_once_it_is_up(
+    tmp_path: Path, postgres_server: str
+) -> None:
+    """The database does not exist yet (as good as down): the replica serves, /readyz says
+    why, requests get a 503, never a 500; once the database is there, it becomes ready."""
+    base, _, query = postgres_server.partition("?")
+    name = f"later_{uuid.uuid4().hex[:12]}"
+    url = f"{base.rsplit('/', 1)[0]}/{name}?{query}"
+    upstream = FakeUpstream()
+    async with (
+        embeddings_server(FakeEmbeddings()) as fake,
+        upstream_running(upstream),
+        serve(
+            Settings(
+                data_dir=str(tmp_path / "data"),
+                database_url=url,
+                llm_provider="openai",
+                llm_base_url=upstream.base_url,
+                embeddings_provider="openai",
+                embeddings_base_url=f"{fake.url}/v1",
+                embeddings_api_key=fake.key,  # type: ignore[arg-type]
+                embeddings_dimensions=fake.dimensions,
+            )
+        ) as running,
+        httpx.AsyncClient(base_url=running.url, timeout=30) as http,
+    ):
+        before = await http.get("/readyz")
+        collections = await http.get("/api/v1/collections")
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"'.encode())
+        with anyio.fail_after(60):
+            while (await http.get("/readyz")).status_code != 200:
+                await anyio.sleep(0.1)
+        after = await http.get("/api/v1/collections")
+    assert before.status_code == 503
+    assert f"PostgreSQL at {redact(url)}" in before.json()["reason"]
+    assert collections.status_code == 503
+    assert collections.json()["error"]["code"] == "unavailable"
+    assert after.status_code == 200
+
+
+async def test_a_database_that_drops_mid_request_is_a_503_never_a_500(
+    tmp_path: Path, database_url: str
+) -> None:
+    upstream = FakeUpstream()
+    async with (
+        embeddings_server(FakeEmbeddings()) as fake,
+        upstream_running(upstream),
+        serve(
+            Settings(
+                data_dir=str(tmp_path / "data"),
+                database_url=database_url,
+                llm_provider="openai",
+                llm_base_url=upstream.base_url,
+                embeddings_provider="openai",
+                embeddings_base_url=f"{fake.url}/v1",
+                embeddings_api_key=fake.key,  # type: ignore[arg-type]
+                embeddings_dimensions=fake.dimensions,
+            )
+        ) as running,
+        httpx.AsyncClient(base_url=running.url, timeout=30) as http,
+    ):
+        assert (await http.get("/api/v1/collections")).status_code == 200
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid != pg_backend_pid()"
+            )
+        statuses = [(await http.get("/api/v1/collections")).status_code for _ in range(5)]
+    assert set(statuses) <= {200, 503}
+    assert statuses[-1] == 200  # recovered by itself
