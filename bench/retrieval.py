@@ -413,7 +413,7 @@ def report(results: Results, data: Path, cluster: bool = False) -> str:
                 results.hybrid,
             ),
             ("cluster dense: MiniLM → milvus-lite server HNSW, top 100 chunks", results.pipeline),
-            ("cluster keywords alone: PostgreSQL full-text (english, ts_rank_cd)", results.bm25),
+            ("cluster BM25 alone: PostgreSQL (english stemming, stop words)", results.bm25),
         ]
     rows += [
         ("exact search over the same vectors, top 100 chunks", results.exact),

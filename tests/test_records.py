@@ -296,3 +296,33 @@ async def test_a_dropped_connection_is_unavailable_then_recovers(database_url: s
         assert outcomes[-1] == "ok"  # the pool replaced the dead connections by itself
     finally:
         await records.aclose()
+
+
+async def test_bm25_statistics_follow_what_is_recorded_and_forgotten(database_url: str) -> None:
+    import psycopg
+
+    records = PostgresRecords(database_url)
+    life = Lifetime.root("t")
+    await records.open(life)
+    try:
+        first = await records.begin_generation("c", "doc", "job", life)
+        await records.intend_chunks(
+            "c",
+            [chunk("a", first, "herons wait"), chunk("b", first, "the heron and the marsh")],
+            life,
+        )
+        second = await records.begin_generation("c", "doc", "job", life)
+        await records.intend_chunks("c", [chunk("c", second, "stones in the marsh")], life)
+        await records.forget("c", "doc", first, life)
+        with psycopg.connect(database_url) as conn:
+            kept = conn.execute("SELECT chunks, total_length FROM chunk_stats").fetchall()
+            terms = dict(conn.execute("SELECT term, df FROM term_stats WHERE df > 0").fetchall())
+            recomputed = dict(
+                conn.execute(
+                    "SELECT w.lexeme, count(*) FROM chunks c, unnest(c.words) w GROUP BY 1"
+                ).fetchall()
+            )
+        assert kept == [(1, 2)]  # "stones", "marsh": "in" and "the" are stop words
+        assert terms == recomputed == {"stone": 1, "marsh": 1}
+    finally:
+        await records.aclose()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -48,8 +48,8 @@ def migrations() -> list[tuple[int, str, str]]:
 
 class PostgresRecords:
     """:class:`~ragline.providers.RecordStore` and :class:`~ragline.providers.JobStore`
-    on PostgreSQL. Keyword search is PostgreSQL's full-text search (English stemming,
-    ``ts_rank_cd``); cluster deployments rank BM25 on the Milvus server instead."""
+    on PostgreSQL. Keyword search is BM25 over PostgreSQL's full-text index (English
+    stemming and stop words), with the statistics kept beside the chunks."""
 
     def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
         self.url = url
@@ -128,7 +128,9 @@ class PostgresRecords:
         except Error as exc:
             raise self._failure(exc) from None
 
-    async def _rows(self, lifetime: Lifetime, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+    async def _rows(
+        self, lifetime: Lifetime, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[Any]:
         async with self._connection(lifetime) as conn:
             cursor = await conn.execute(sql, args)
             return await cursor.fetchall()
@@ -188,39 +190,64 @@ class PostgresRecords:
     ) -> None:
         if not chunks:
             return
-        # One statement for the batch; PostgreSQL text cannot hold NUL, keyword search
-        # loses nothing without it.
-        await self._execute(
-            lifetime,
-            "INSERT INTO chunks (collection, chunk_id, document_id, generation, chunk_index, "
-            "source, text) SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::int[], "
-            "%s::int[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING",
-            (
-                collection,
-                [c.id for c in chunks],
-                [c.document_id for c in chunks],
-                [c.generation for c in chunks],
-                [c.chunk_index for c in chunks],
-                [_text(c.source) for c in chunks],
-                [_text(c.text) for c in chunks],
-            ),
-        )
+        # One statement for the batch, with the BM25 statistics it adds. PostgreSQL text
+        # cannot hold NUL; keyword search loses nothing without it.
+        async with self._connection(lifetime, transaction=True) as conn:
+            await _lock_stats(conn, collection)
+            await conn.execute(
+                "WITH new AS (INSERT INTO chunks (collection, chunk_id, document_id, "
+                "generation, chunk_index, source, text, length) "
+                "SELECT %(c)s, u.*, (SELECT COALESCE(sum(array_length(positions, 1)), 0) "
+                "FROM unnest(to_tsvector('english', u.text))) "
+                "FROM unnest(%(ids)s::text[], %(docs)s::text[], %(gens)s::int[], "
+                "%(idx)s::int[], %(srcs)s::text[], %(texts)s::text[]) "
+                "AS u(chunk_id, document_id, generation, chunk_index, source, text) "
+                "ON CONFLICT DO NOTHING RETURNING words, length), "
+                "counted AS (INSERT INTO chunk_stats AS s "
+                "SELECT %(c)s, count(*), COALESCE(sum(length), 0) FROM new "
+                "ON CONFLICT (collection) DO UPDATE SET chunks = s.chunks + excluded.chunks, "
+                "total_length = s.total_length + excluded.total_length) "
+                "INSERT INTO term_stats AS t SELECT %(c)s, w.lexeme, count(*) "
+                "FROM new, unnest(new.words) w GROUP BY w.lexeme ORDER BY w.lexeme "
+                "ON CONFLICT (collection, term) DO UPDATE SET df = t.df + excluded.df",
+                {
+                    "c": collection,
+                    "ids": [c.id for c in chunks],
+                    "docs": [c.document_id for c in chunks],
+                    "gens": [c.generation for c in chunks],
+                    "idx": [c.chunk_index for c in chunks],
+                    "srcs": [_text(c.source) for c in chunks],
+                    "texts": [_text(c.text) for c in chunks],
+                },
+            )
 
     async def keyword_search(
         self, collection: str, query: str, limit: int, lifetime: Lifetime
     ) -> list[Hit]:
+        """BM25 (k1 1.2, b 0.75, as FTS5) over the visible chunks that share a stemmed
+        word with the query, found through the GIN index."""
         words = re.findall(r"\w+", query.lower())
         if not words:
             return []
         rows = await self._rows(
             lifetime,
-            "SELECT c.document_id, c.chunk_index, c.text, c.source, "
-            "ts_rank_cd(c.words, q) AS score, c.generation "
-            "FROM chunks c JOIN documents d ON d.collection = c.collection "
-            "AND d.document_id = c.document_id AND d.generation = c.generation, "
-            "to_tsquery('english', %s) q "
-            "WHERE c.collection = %s AND c.words @@ q ORDER BY score DESC, c.chunk_id LIMIT %s",
-            (" | ".join(words), collection, limit),
+            "WITH q AS (SELECT to_tsquery('english', %(any)s) AS q), "
+            "terms AS (SELECT DISTINCT unnest(tsvector_to_array(to_tsvector('english', "
+            "%(text)s))) AS term), "
+            "s AS (SELECT chunks::float8 AS n, GREATEST(total_length::float8 / "
+            "GREATEST(chunks, 1), 1) AS avgdl FROM chunk_stats WHERE collection = %(c)s), "
+            "idf AS (SELECT t.term, ln(1 + (s.n - t.df + 0.5) / (t.df + 0.5)) AS idf "
+            "FROM term_stats t JOIN terms USING (term), s WHERE t.collection = %(c)s), "
+            "found AS (SELECT c.* FROM chunks c JOIN documents d ON "
+            "d.collection = c.collection AND d.document_id = c.document_id "
+            "AND d.generation = c.generation, q WHERE c.collection = %(c)s AND c.words @@ q.q) "
+            "SELECT f.document_id, f.chunk_index, f.text, f.source, "
+            "sum(i.idf * array_length(w.positions, 1) * 2.2 / (array_length(w.positions, 1) "
+            "+ 1.2 * (0.25 + 0.75 * f.length / s.avgdl))) AS score, f.generation "
+            "FROM found f CROSS JOIN LATERAL unnest(f.words) w JOIN idf i ON i.term = w.lexeme, "
+            "s GROUP BY f.chunk_id, f.document_id, f.chunk_index, f.text, f.source, "
+            "f.generation ORDER BY score DESC, f.chunk_id LIMIT %(limit)s",
+            {"any": " | ".join(words), "text": " ".join(words), "c": collection, "limit": limit},
         )
         return [
             Hit(
@@ -301,15 +328,23 @@ class PostgresRecords:
     async def forget(
         self, collection: str, document_id: str, generation: int, lifetime: Lifetime
     ) -> None:
-        key = (collection, document_id, generation)
+        key = {"c": collection, "d": document_id, "g": generation}
         async with self._connection(lifetime, transaction=True) as conn:
+            await _lock_stats(conn, collection)
             await conn.execute(
-                "DELETE FROM chunks WHERE collection = %s AND document_id = %s AND generation = %s",
+                "WITH gone AS (DELETE FROM chunks WHERE collection = %(c)s AND "
+                "document_id = %(d)s AND generation = %(g)s RETURNING words, length), "
+                "counted AS (UPDATE chunk_stats SET chunks = chunks - (SELECT count(*) "
+                "FROM gone), total_length = total_length - (SELECT COALESCE(sum(length), 0) "
+                "FROM gone) WHERE collection = %(c)s) "
+                "UPDATE term_stats t SET df = t.df - g.n FROM (SELECT w.lexeme, count(*) AS n "
+                "FROM gone, unnest(gone.words) w GROUP BY w.lexeme) g "
+                "WHERE t.collection = %(c)s AND t.term = g.lexeme",
                 key,
             )
             await conn.execute(
-                "DELETE FROM generations WHERE collection = %s AND document_id = %s "
-                "AND generation = %s AND state != 'active'",
+                "DELETE FROM generations WHERE collection = %(c)s AND document_id = %(d)s "
+                "AND generation = %(g)s AND state != 'active'",
                 key,
             )
 
@@ -388,6 +423,14 @@ async def _migrate(conn: AsyncConnection[Any]) -> None:
                     "INSERT INTO ragline_migrations (version, name) VALUES (%s, %s)",
                     (version, name),
                 )
+
+
+async def _lock_stats(conn: AsyncConnection[Any], collection: str) -> None:
+    # The BM25 statistics of a collection change one transaction at a time: workers
+    # writing to it at once would otherwise lock term rows in clashing orders.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (f"stats\x1f{collection}",)
+    )
 
 
 def _text(value: str) -> str:
