@@ -453,3 +453,28 @@ async def test_a_database_that_drops_mid_request_is_a_503_never_a_500(
         statuses = [(await http.get("/api/v1/collections")).status_code for _ in range(5)]
     assert set(statuses) <= {200, 503}
     assert statuses[-1] == 200  # recovered by itself
+
+
+async def test_prune_across_parts_removes_what_no_part_saw(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with cluster(tmp_path, database_url, FakeEmbeddings()) as made:
+        a = await made.serve(RAGLINE_INGEST_PART_DOCUMENTS="2")
+        async with httpx.AsyncClient(timeout=30) as http:
+            everything = [{"id": f"d{i}", "text": text(i)} for i in range(6)]
+            first = await http.post(f"{a}/api/v1/ingest", json={"documents": everything})
+            await wait_for_state(http, a, first.json()["job_id"], "succeeded")
+            kept = everything[:3]  # two parts: d0 d1, and d2
+            again = await http.post(f"{a}/api/v1/ingest", json={"documents": kept, "prune": True})
+            status = await wait_for_state(
+                http, a, again.json()["job_id"], "succeeded", "failed", "cancelled"
+            )
+        assert status["state"] == "succeeded"
+        assert len(status["parts"]) == 2
+        assert status["progress"]["documents"]["pruned"] == 3
+        assert status["progress"]["documents"]["skipped"] == 3  # unchanged: not rewritten
+        assert sorted(r[0] for r in made.rows("SELECT document_id FROM documents")) == [
+            "d0",
+            "d1",
+            "d2",
+        ]

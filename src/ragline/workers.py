@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 from .documents import load_all
-from .errors import InvalidRequest, NotFound, RagLineError
+from .errors import NotFound, RagLineError
 from .ingestion import Ingestor, IngestProgress, Stop
 from .jobs import TERMINAL, allowed_path
 from .lifetime import Cause, Lifetime
@@ -125,13 +125,6 @@ class DistributedJobs:
         uploads: list[tuple[str, bytes]] | None = None,
     ) -> str:
         """Persist a job and its parts, and defer one task per part; returns its id."""
-        if prune:
-            raise InvalidRequest(
-                "prune is not available with RAGLINE_DATABASE_URL yet: a job's parts run "
-                "on several workers and none sees the whole input",
-                param="prune",
-                code="prune_unsupported",
-            )
         parts: list[tuple[list[str], list[tuple[str, bytes]]]] = [([str(p)], []) for p in paths]
         documents = documents or []
         for start in range(0, len(documents), self.part_documents):
@@ -144,7 +137,7 @@ class DistributedJobs:
         job_id = uuid.uuid4().hex
         body = {
             "collection": collection or self.default_collection,
-            "prune": False,
+            "prune": prune,  # once every part has succeeded (see PostgresShared.save_part)
             "inputs": [p for paths_, _ in parts for p in paths_],
             "parts": len(parts),
             "submitted": time.time(),
@@ -177,11 +170,14 @@ class DistributedJobs:
         ]
         errors = [p["error"] for p in parts if p["error"]]
         cancelled = state == "cancelled" or (state not in TERMINAL and body.get("cancel_requested"))
+        summed = _summed([p for p in progress if p])
+        if summed is not None and body.get("pruned"):
+            summed["documents"]["pruned"] = body["pruned"]
         return {
             "job_id": job_id,
             "state": state,
             "collection": body["collection"],
-            "progress": _summed([p for p in progress if p]),
+            "progress": summed,
             "parts": [{"part": p["part"], "state": p["state"]} for p in parts],
             "error": "; ".join(errors) or None,
             "cause": str(Cause.EXPLICIT) if cancelled else body.get("cause"),
@@ -238,13 +234,22 @@ class DistributedJobs:
                 return
             await self.records.save_part(job_id, part, "running", lifetime)
             progress = self._live[(job_id, part)] = IngestProgress()
+            seen: list[str] = []
             try:
-                error = await self._ingest(lifetime, job_id, part, body, paths, files, progress)
+                error = await self._ingest(
+                    lifetime, job_id, part, body, paths, files, progress, seen
+                )
             finally:
                 self._live.pop((job_id, part), None)
             final = "cancelled" if progress.stopped else "failed" if error else "succeeded"
             await self.records.save_part(
-                job_id, part, final, lifetime, progress=progress.as_dict(), error=error
+                job_id,
+                part,
+                final,
+                lifetime,
+                progress=progress.as_dict(),
+                error=error,
+                documents=seen,
             )
         if lifetime.reason is not None:  # our own shutdown: another start retries it
             with anyio.move_on_after(1, shield=True):
@@ -262,6 +267,7 @@ class DistributedJobs:
         paths: list[str],
         files: list[tuple[str, bytes]],
         progress: IngestProgress,
+        seen: list[str],
     ) -> str | None:
         """Ingest one part, stopping at a batch boundary on a cancel notice; its progress
         is saved as it goes, for every replica to read. Returns the part's error, if it
@@ -295,6 +301,7 @@ class DistributedJobs:
                     documents, problems = await self.bridge.run(
                         lifetime, _load, inputs, self.max_document_bytes
                     )
+                    seen += [d.id for d in documents] + [p.document_id for p in problems]
                     await self.ingestor.run(
                         documents,
                         lifetime,

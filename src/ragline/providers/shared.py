@@ -97,10 +97,13 @@ class PostgresShared(PostgresRecords):
         *,
         progress: dict[str, Any] | None = None,
         error: str | None = None,
+        documents: list[str] | None = None,
     ) -> None:
-        """A part's new state; the job's follows in the same transaction: running once
-        a part runs, and when every part has ended, cancelled if any was (or a cancel
-        was asked for), else failed if any failed, else succeeded."""
+        """A part's new state (with the ids of the ``documents`` it saw); the job's
+        follows in the same transaction: running once a part runs, and when every part
+        has ended, cancelled if any was (or a cancel was asked for), else failed if any
+        failed, else succeeded, when a job with ``prune`` also removes the documents
+        that none of its parts saw."""
         from psycopg.types.json import Jsonb
 
         async with self._connection(lifetime, transaction=True) as conn:
@@ -110,8 +113,16 @@ class PostgresShared(PostgresRecords):
             job = await cursor.fetchone()
             await conn.execute(
                 "UPDATE job_parts SET state = %s, progress = COALESCE(%s, progress), "
-                "error = COALESCE(%s, error) WHERE job_id = %s AND part = %s",
-                (state, Jsonb(progress) if progress is not None else None, error, job_id, part),
+                "error = COALESCE(%s, error), documents = COALESCE(%s, documents) "
+                "WHERE job_id = %s AND part = %s",
+                (
+                    state,
+                    Jsonb(progress) if progress is not None else None,
+                    error,
+                    Jsonb(documents) if documents is not None else None,
+                    job_id,
+                    part,
+                ),
             )
             if job is None or job[0] in ("succeeded", "failed", "cancelled"):
                 return
@@ -125,9 +136,23 @@ class PostgresShared(PostgresRecords):
                 new = "failed"
             else:
                 new = "succeeded"
+            pruned = 0
+            if new == "succeeded" and job[1].get("prune"):
+                cursor = await conn.execute(
+                    "WITH seen AS (SELECT jsonb_array_elements_text(documents) AS id "
+                    "FROM job_parts WHERE job_id = %(j)s), "
+                    "gone AS (DELETE FROM documents WHERE collection = %(c)s "
+                    "AND document_id NOT IN (SELECT id FROM seen) RETURNING document_id) "
+                    "UPDATE generations SET state = 'retired' WHERE collection = %(c)s "
+                    "AND state = 'active' AND document_id IN (SELECT document_id FROM gone) "
+                    "RETURNING document_id",
+                    {"j": job_id, "c": job[1]["collection"]},
+                )
+                pruned = len(await cursor.fetchall())
             await conn.execute(
-                "UPDATE jobs SET state = %s, updated_at = %s WHERE job_id = %s",
-                (new, time.time(), job_id),
+                "UPDATE jobs SET state = %s, updated_at = %s, "
+                "body = jsonb_set(body, '{pruned}', to_jsonb(%s::int)) WHERE job_id = %s",
+                (new, time.time(), pruned, job_id),
             )
 
     async def request_cancel(self, job_id: str, lifetime: Lifetime) -> None:
