@@ -11,7 +11,7 @@ WHEELS ?= $(HOME)/.cache/ragline/wheels
 LLAMA_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install serve cluster playground test lint typecheck unit bench bench-quick bench-retrieval bench-answers clean
+.PHONY: install serve cluster bench-cluster playground test lint typecheck unit bench bench-quick bench-retrieval bench-answers clean
 
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
@@ -33,6 +33,13 @@ install: $(STAMP)
 # First start: the project's own docs/ go into the default collection while it is empty.
 serve: $(STAMP)
 	RAGLINE_SEED_DOCS=$${RAGLINE_SEED_DOCS-docs} $(BIN)/ragline serve --host $(HOST) --port $(PORT)
+
+# The cluster mode measured (docs/BENCHMARKS.md section 8): Cranfield on PostgreSQL and a
+# Milvus server, then ingestion with 1 and 2 workers, cancels across replicas, a take-over.
+bench-cluster: $(STAMP)
+	$(BIN)/python bench/retrieval.py --cluster
+	$(BIN)/python bench/cluster.py
+	$(BIN)/python bench/report.py --cluster-only
 
 # The cluster mode on one machine: PostgreSQL and a Milvus server from pip, two replicas on
 # ports 8001-8002 and a worker (docs/DEPLOY.md). Ctrl-C stops everything.

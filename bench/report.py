@@ -318,6 +318,29 @@ def plots(targets: dict[str, Any], folder: Path) -> list[str]:
 
 
 ANSWERS_HEADING = "## 7. Answers"
+CLUSTER_HEADING = "## 8. Cluster"
+
+
+def cluster(results: Path) -> list[str]:
+    """`make bench-cluster`: retrieval on the cluster path, and bench/cluster.py."""
+    lines = [
+        "`make bench-cluster`: the cluster mode's topology on this machine "
+        "(`ragline cluster`: PostgreSQL from its wheel, a `milvus-lite server` process, "
+        "replicas and workers as processes). Retrieval first: the same Cranfield run as "
+        "section 6, with the records and BM25 in PostgreSQL and the vectors on the Milvus "
+        "server (`bench/retrieval.py --cluster`); the aim is hybrid nDCG@10 within 0.01 of "
+        "section 6's. Then `bench/cluster.py`.",
+        "",
+    ]
+    for name in ("retrieval-cluster.md", "cluster.md"):
+        found = results / name
+        table = (
+            found.read_text().rstrip()
+            if found.exists()
+            else f"Not part of this run (`{name}` missing)."
+        )
+        lines += [table, ""]
+    return lines
 
 
 def answers(results: Path) -> list[str]:
@@ -488,18 +511,34 @@ def main(results: Path, out: Path) -> None:
         else:
             doc += [f"Not part of this run (`{name}` missing).", ""]
     doc += ["## 7. Answers", "", *answers(results), ""]
+    doc += [CLUSTER_HEADING, "", *cluster(results), ""]
     out.write_text("\n".join(doc) + "\n")
     print(f"wrote {out} and {len(made)} plots in {images}")
 
 
 def update_answers(results: Path, out: Path) -> None:
     """Rewrite only the answers section of an existing report (`make bench-answers`)."""
-    text = out.read_text()
-    head, found, _ = text.partition(ANSWERS_HEADING)
-    if not found:
-        head = text.rstrip() + "\n\n"
-    out.write_text(head + "\n".join([ANSWERS_HEADING, "", *answers(results)]).rstrip() + "\n")
+    _replace_section(out, ANSWERS_HEADING, answers(results))
     print(f"updated the answers section of {out}")
+
+
+def update_cluster(results: Path, out: Path) -> None:
+    """Rewrite only the cluster section of an existing report (`make bench-cluster`)."""
+    _replace_section(out, CLUSTER_HEADING, cluster(results))
+    print(f"updated the cluster section of {out}")
+
+
+def _replace_section(out: Path, heading: str, lines: list[str]) -> None:
+    """``heading``'s section of ``out`` becomes ``lines``; the others stay as they are."""
+    text = out.read_text()
+    head, found, rest = text.partition(heading)
+    if not found:
+        head, rest = text.rstrip() + "\n\n", ""
+    _, next_heading, tail = rest.partition("\n## ")
+    section = "\n".join([heading, "", *lines]).rstrip() + "\n"
+    if next_heading:
+        section += "\n## " + tail
+    out.write_text(head + section)
 
 
 if __name__ == "__main__":
@@ -509,8 +548,13 @@ if __name__ == "__main__":
     parser.add_argument(
         "--answers-only", action="store_true", help="rewrite only the answers section"
     )
+    parser.add_argument(
+        "--cluster-only", action="store_true", help="rewrite only the cluster section"
+    )
     arguments = parser.parse_args()
     if arguments.answers_only:
         update_answers(arguments.results, arguments.out)
+    elif arguments.cluster_only:
+        update_cluster(arguments.results, arguments.out)
     else:
         main(arguments.results, arguments.out)

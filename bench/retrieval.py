@@ -409,7 +409,7 @@ def report(results: Results, data: Path, cluster: bool = False) -> str:
     if cluster:
         rows = [
             (
-                "cluster hybrid: dense + PostgreSQL full-text (ts_rank_cd), rank fusion",
+                "cluster hybrid: dense + BM25 in PostgreSQL, rank fusion",
                 results.hybrid,
             ),
             ("cluster dense: MiniLM → milvus-lite server HNSW, top 100 chunks", results.pipeline),
