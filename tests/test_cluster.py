@@ -22,7 +22,14 @@ import psycopg
 import pytest
 from anyio.abc import Process
 
-from conftest import bot_settings, free_port, milvus_server, serve, upstream_running
+from conftest import (
+    Running,
+    bot_settings,
+    free_port,
+    milvus_server,
+    serve,
+    upstream_running,
+)
 from fake_embeddings import FakeEmbeddings, embeddings_server
 from ragline import Settings
 from ragline.settings import redact
@@ -328,22 +335,25 @@ async def test_a_delete_on_one_replica_stops_a_run_on_another_at_once(
 
 @asynccontextmanager
 async def teams_replicas(
-    tmp_path: Path, database_url: str, behave: Callable[[dict[str, Any]], Behavior]
+    tmp_path: Path,
+    database_url: str,
+    behave: Callable[[dict[str, Any]], Behavior],
+    into: list[Running] | None = None,
 ) -> AsyncIterator[tuple[FakeTeams, FakeUpstream, list[str]]]:
     """Two replicas (in this process, sharing nothing but the database) behind the fake
-    Teams and the fake model."""
+    Teams and the fake model; ``into`` receives the two servers."""
     upstream = FakeUpstream(behave)
-    async with (
-        upstream_running(upstream),
-        FakeTeams.running() as teams,
-        serve(
-            bot_settings(upstream, teams, database_url=database_url, data_dir=str(tmp_path / "a"))
-        ) as a,
-        serve(
-            bot_settings(upstream, teams, database_url=database_url, data_dir=str(tmp_path / "b"))
-        ) as b,
-    ):
-        yield teams, upstream, [f"{a.url}/api/messages", f"{b.url}/api/messages"]
+    async with upstream_running(upstream), FakeTeams.running() as teams:
+
+        def config(name: str) -> Settings:
+            return bot_settings(
+                upstream, teams, database_url=database_url, data_dir=str(tmp_path / name)
+            )
+
+        async with serve(config("a")) as a, serve(config("b")) as b:
+            if into is not None:
+                into += [a, b]
+            yield teams, upstream, [f"{a.url}/api/messages", f"{b.url}/api/messages"]
 
 
 async def test_an_activity_delivered_to_two_replicas_is_answered_once(
@@ -478,3 +488,24 @@ async def test_prune_across_parts_removes_what_no_part_saw(
             "d1",
             "d2",
         ]
+
+
+async def test_a_replicas_shutdown_interrupts_only_its_own_turns(
+    tmp_path: Path, database_url: str
+) -> None:
+    servers: list[Running] = []
+    async with teams_replicas(
+        tmp_path, database_url, lambda body: Behavior(tokens=15, interval=0.2), servers
+    ) as (teams, upstream, urls):
+        here = teams.activity("on a", kind="groupChat")
+        there = teams.activity("on b", kind="groupChat", conversation_id="19:other@thread.v2")
+        await teams.deliver(urls[0], here)
+        await teams.deliver(urls[1], there)
+        await upstream.wait_for_calls(2)
+        servers[0].server.stop()  # replica A shuts down while both turns stream
+        await teams.wait_for(lambda: teams.messages("19:other@thread.v2"), timeout=60)
+        calls = {call.query.split()[-1]: call for call in upstream.calls}
+        with anyio.fail_after(30):
+            await calls["a"].closed.wait()
+    assert calls["b"].finished  # B's turn ran to its end
+    assert not calls["a"].finished  # A's was cut by A's shutdown
