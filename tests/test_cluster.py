@@ -32,6 +32,7 @@ from conftest import (
 )
 from fake_embeddings import FakeEmbeddings, embeddings_server
 from ragline import Settings
+from ragline.chunking import Chunker, minilm_tokenizer
 from ragline.settings import redact
 from teams_fakes import FakeTeams
 from upstream import Behavior, FakeUpstream, tool_results
@@ -84,6 +85,22 @@ class Cluster:
                     except httpx.TransportError:
                         pass
                     await anyio.sleep(0.1)
+
+    async def milvus_count(self, collection: str = "default") -> int:
+        """Chunks in the Milvus server's collection."""
+        from pymilvus import MilvusClient
+
+        def count() -> int:
+            client = MilvusClient(uri=self.env["RAGLINE_VECTOR_URI"])
+            try:
+                rows = client.query(
+                    collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
+                )
+                return int(rows[0]["count(*)"])
+            finally:
+                client.close()
+
+        return await anyio.to_thread.run_sync(count)
 
     def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.database_url) as conn:
@@ -169,7 +186,10 @@ async def test_documents_ingested_through_one_replica_are_found_through_another(
                 f"{b}/api/v1/retrieve", json={"query": "XQ-7731 broken heron", "top_k": 3}
             )
             assert found.status_code == 200, found.text
-            assert found.json()["hits"][0]["document_id"] == "code"
+            best = found.json()["hits"][0]
+            assert best["document_id"] == "code"
+            assert best["bm25"] is not None  # found by BM25 (in PostgreSQL) ...
+            assert best["similarity"] is not None  # ... and by the vectors (on Milvus)
             collection = (await http.get(f"{b}/api/v1/collections/default")).json()
             assert collection["documents"] == 13
         (count,) = made.rows("SELECT count(*) FROM chunks")[0]
@@ -245,6 +265,10 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_result_equals_a_clean
         assert chunk_rows == chunks_sum  # the killed attempt's half-written chunks are gone
         (writing,) = made.rows("SELECT count(*) FROM generations WHERE state != 'active'")[0]
         assert writing == 0
+        # Equal to a clean run: every chunk the chunker makes, once, and no more in Milvus.
+        chunker = Chunker(minilm_tokenizer(), size=24, overlap=4)
+        assert chunks_sum == sum(len(chunker.split(d["text"])) for d in documents)
+        assert await made.milvus_count() == chunks_sum
 
 
 def searching_then_slow(body: dict[str, Any]) -> Behavior:

@@ -104,7 +104,7 @@ class DistributedJobs:
         except Exception as exc:  # noqa: BLE001 - procrastinate's connect errors, as ours
             with anyio.move_on_after(2, shield=True):
                 await self.app.close_async()
-            raise self.records._failure(exc) from None
+            raise self.records.error_for(exc) from None
 
     async def aclose(self) -> None:
         await self.app.close_async()

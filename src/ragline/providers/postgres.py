@@ -84,7 +84,7 @@ class PostgresRecords:
         except Error as exc:
             with anyio.move_on_after(2, shield=True):
                 await pool.close(timeout=1)
-            raise self._failure(exc) from None
+            raise self.error_for(exc) from None
         except BaseException:
             with anyio.move_on_after(2, shield=True):
                 await pool.close(timeout=1)
@@ -97,7 +97,7 @@ class PostgresRecords:
         if pool is not None:
             await pool.close(timeout=1)
 
-    def _failure(self, exc: Exception) -> UpstreamError:
+    def error_for(self, exc: Exception) -> UpstreamError:
         """psycopg's error as ours: a lost or refused connection is :class:`Unavailable`
         (503), any other a 502; the server named, its password withheld."""
         from psycopg import OperationalError
@@ -126,7 +126,7 @@ class PostgresRecords:
                 else:
                     yield conn
         except Error as exc:
-            raise self._failure(exc) from None
+            raise self.error_for(exc) from None
 
     async def _rows(
         self, lifetime: Lifetime, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()

@@ -276,7 +276,7 @@ class PostgresShared(PostgresRecords):
         try:
             conn = await AsyncConnection.connect(self.url, autocommit=True)
         except Error as exc:
-            raise self._failure(exc) from None
+            raise self.error_for(exc) from None
         try:
             await conn.execute("LISTEN ragline_cancel")
             await conn.execute("LISTEN ragline_run")
@@ -285,7 +285,7 @@ class PostgresShared(PostgresRecords):
             async for notice in conn.notifies():
                 yield notice.channel, notice.payload
         except Error as exc:
-            raise self._failure(exc) from None
+            raise self.error_for(exc) from None
         finally:
             with anyio.move_on_after(1, shield=True):
                 await conn.close()
