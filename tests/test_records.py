@@ -326,3 +326,23 @@ async def test_bm25_statistics_follow_what_is_recorded_and_forgotten(database_ur
         assert terms == recomputed == {"stone": 1, "marsh": 1}
     finally:
         await records.aclose()
+
+
+async def test_only_the_newest_finished_runs_are_kept(database_url: str) -> None:
+    from ragline.providers.shared import PostgresShared
+
+    shared = PostgresShared(database_url)
+    life = Lifetime.root("t")
+    await shared.open(life)
+    try:
+        await shared.save_run("live", "running", {"state": "running"}, [(0, "step", {})], life)
+        for n in range(3):
+            events = [(0, "step", {}), (1, "done", {"n": n})]
+            await shared.save_run(f"r{n}", "completed", {"n": n}, events, life, kept=2)
+        assert await shared.run("r0", life) is None  # the oldest finished one went
+        assert await shared.run_events("r0", 0, life) == []
+        assert (await shared.run("r2", life)) == {"n": 2}
+        assert [e[1] for e in await shared.run_events("r1", 1, life)] == ["done"]
+        assert (await shared.run("live", life)) == {"state": "running"}  # never a running one
+    finally:
+        await shared.aclose()

@@ -208,7 +208,14 @@ class Runs:
         first = run.saved
         events = [(first + i, name, data) for i, (name, data) in enumerate(run.events[first:])]
         try:
-            await self.store.save_run(run.id, run.state, run.snapshot(), events, lifetime)
+            await self.store.save_run(
+                run.id,
+                run.state,
+                run.snapshot(),
+                events,
+                lifetime,
+                kept=self.kept if run.finished else None,
+            )
         except UpstreamError as exc:
             log.warning("run not saved: %s", exc.message, extra={"run_id": run.id})
             return

@@ -177,9 +177,12 @@ class PostgresShared(PostgresRecords):
         snapshot: dict[str, Any],
         events: Sequence[tuple[int, str, dict[str, Any]]],
         lifetime: Lifetime,
+        *,
+        kept: int | None = None,
     ) -> None:
         """A run's snapshot and its new events, in one transaction; every replica is told
-        (``NOTIFY ragline_run``) so that its readers follow at once."""
+        (``NOTIFY ragline_run``) so that its readers follow at once. With ``kept``, only
+        that many finished runs are kept, the newest."""
         from psycopg.types.json import Jsonb
 
         now = time.time()
@@ -202,6 +205,12 @@ class PostgresShared(PostgresRecords):
                     ),
                 )
             await conn.execute("SELECT pg_notify('ragline_run', %s)", (run_id,))
+            if kept is not None:
+                await conn.execute(
+                    "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM runs "
+                    "WHERE state != 'running' ORDER BY updated_at DESC OFFSET %s)",
+                    (kept,),
+                )
 
     async def run(self, run_id: str, lifetime: Lifetime) -> dict[str, Any] | None:
         """A run's last saved snapshot, or None."""
