@@ -42,9 +42,11 @@ def behave(body: dict[str, object]) -> Behavior:
 
 
 @asynccontextmanager
-async def server_process(port: int, upstream: FakeUpstream, **env: str) -> AsyncIterator[Process]:
+async def server_process(
+    port: int, upstream: FakeUpstream, *args: str, **env: str
+) -> AsyncIterator[Process]:
     """``ragline serve`` in a child process, killed if the test fails before it exits."""
-    process = await start_server(port, upstream, **env)
+    process = await start_server(port, upstream, *args, **env)
     try:
         yield process
     finally:
@@ -54,7 +56,7 @@ async def server_process(port: int, upstream: FakeUpstream, **env: str) -> Async
                 await process.wait()
 
 
-async def start_server(port: int, upstream: FakeUpstream, **env: str) -> Process:
+async def start_server(port: int, upstream: FakeUpstream, *args: str, **env: str) -> Process:
     environment = {
         **os.environ,
         "RAGLINE_LLM_PROVIDER": "openai",
@@ -66,7 +68,7 @@ async def start_server(port: int, upstream: FakeUpstream, **env: str) -> Process
         **env,
     }
     process = await anyio.open_process(
-        [sys.executable, "-m", "ragline", "serve", "--port", str(port)],
+        [sys.executable, "-m", "ragline", "serve", "--port", str(port), *args],
         env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -156,6 +158,62 @@ async def test_sigterm_cancels_every_stream_and_exits_within_the_grace() -> None
     assert len(access) == STREAMS + 1
     assert all(line["status"] == 503 and line["cause"] == "shutdown" for line in access)
     assert process.returncode in (0, -signal.SIGTERM)
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+async def test_with_two_worker_processes_sigterm_cancels_every_stream_in_both() -> None:
+    """``serve --workers 2``: two processes accept on one socket; SIGTERM to the parent
+    reaches both, each cancels its streams with cause shutdown, and all exit."""
+    upstream = FakeUpstream(behave)
+    port = free_port()
+    async with (
+        upstream_running(upstream),
+        server_process(port, upstream, "--workers", "2") as process,
+    ):
+        children = children_of(process.pid)
+        streams = await open_streams(port, 8)
+        with anyio.fail_after(30):
+            calls = await upstream.wait_for_calls(8)
+        exited_after = await sigterm(process)
+        bodies = [await client.read_all() for client in streams]
+        for client in streams:
+            await client.close()
+    assert len(children) == 2
+    assert not any(alive(child) for child in children)
+    assert exited_after < GRACE + 2, f"exit took {exited_after:.2f}s"
+    for body in bodies:
+        assert b'"cause":"shutdown"' in body
+    for call in calls:
+        assert call.closed.is_set()
+        assert not call.finished
+
+
+async def test_several_workers_refuse_state_that_one_process_owns(tmp_path: Path) -> None:
+    process = await anyio.run_process(
+        [sys.executable, "-m", "ragline", "serve", "--workers", "2"],
+        env={**os.environ, "RAGLINE_DATA_DIR": str(tmp_path), "RAGLINE_LLM_PROVIDER": "openai"},
+        check=False,
+    )
+    assert process.returncode == 2
+    assert b"RAGLINE_VECTOR_URI" in process.stderr
+    assert b"RAGLINE_DATABASE_URL" in process.stderr
 
 
 def short_or_long(body: dict[str, object]) -> Behavior:

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     # -- server ------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)  # server processes on one socket (`serve --workers`)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     allow_public_without_auth: bool = False
     max_body_bytes: int = Field(1_048_576, ge=1024)

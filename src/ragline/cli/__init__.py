@@ -31,19 +31,37 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     import json
     import os
+    import socket
 
+    from ..server.processes import FD_VARIABLE, check_workers, run_workers
     from .ingest import server_file
 
+    workers = args.workers if args.workers is not None else settings.workers
+    inherited = os.environ.get(FD_VARIABLE)
     try:
-        app = create_app(settings)
+        check_workers(settings, workers)
+        app = None if workers > 1 and inherited is None else create_app(settings)
     except ValueError as exc:  # settings that do not fit together
         print(f"ragline: {exc}", file=sys.stderr)
         return 2
-    server = build_server(app, host=host, port=port)
+    if inherited is not None:  # one of --workers N: serve on the parent's socket
+        assert app is not None
+        listener = socket.socket(fileno=int(inherited))
+        try:
+            build_server(app, host=host, port=port).run(sockets=[listener])
+        except KeyboardInterrupt:
+            return 130
+        return 0
     # Tell `ragline ingest` who owns the data directory (Milvus Lite allows one process).
     marker = server_file(settings)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"url": f"http://{host}:{port}", "pid": os.getpid()}))
+    if app is None:
+        try:
+            return run_workers(host, port, workers)
+        finally:
+            marker.unlink(missing_ok=True)
+    server = build_server(app, host=host, port=port)
     try:
         server.run()
     except KeyboardInterrupt:
@@ -133,6 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1, RAGLINE_HOST)")
     serve.add_argument("--port", type=int, help="port to bind (default 8000, RAGLINE_PORT)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes on one socket (default 1, RAGLINE_WORKERS); more than one "
+        "needs the state they share outside them (docs/DEPLOY.md)",
+    )
     serve.set_defaults(func=_serve)
     ask = commands.add_parser("ask", help="stream an answer in the terminal (Ctrl-C stops it)")
     ask.add_argument("question")
