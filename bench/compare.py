@@ -31,6 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import load
 from client import Connection
 from procs import cpu_seconds, rss_bytes
 
@@ -296,6 +297,28 @@ async def overhead(target: Target, server: Server, tokens: int, runs: int) -> di
     return {"runs": results}
 
 
+# -- 3b. per request -----------------------------------------------------------------------
+def _ms(times: list[float], q: float) -> float:
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+
+async def per_request(target: Target, server: Server, quick: bool) -> dict[str, Any]:
+    """20-token completions, whole and streamed: each request's time one after another on
+    one keep-alive connection, then requests per second at 64 concurrent connections."""
+    count, seconds = (50, 2.0) if quick else (1000, 10.0)
+    result: dict[str, Any] = {}
+    for kind, stream in (("whole", False), ("streamed", True)):
+        path, body = target.request("[bench tag=req tokens=20]", stream=stream)
+        await load.sequential(server.port, path, body, 20)  # warm
+        times = await load.sequential(server.port, path, body, count)
+        result[kind] = {"p50_ms": _ms(times, 0.5), "p99_ms": _ms(times, 0.99), "n": count}
+        result[f"{kind}_throughput"] = await asyncio.to_thread(
+            load.throughput, server.port, path, body, connections=64, seconds=seconds
+        )
+    return result
+
+
 # -- 4. concurrency ----------------------------------------------------------------------
 async def concurrency(
     target: Target, upstream: Upstream, workdir: Path, count: int
@@ -355,6 +378,9 @@ async def concurrency(
 
 
 # -- the run -------------------------------------------------------------------------------
+SECTIONS = {"disconnect", "overhead", "requests", "shutdown", "concurrency"}
+
+
 def targets(quick: bool, only: set[str]) -> list[Target]:
     found = [
         Target("direct"),
@@ -392,30 +418,36 @@ async def main(args: argparse.Namespace) -> None:
     workdir.mkdir(exist_ok=True)
     report: dict[str, Any] = {"quick": quick, "targets": {}}
     previous = out / "compare.json"
-    if args.only and previous.exists():  # a partial rerun keeps the other targets' results
+    if (args.only or args.sections) and previous.exists():  # a partial rerun keeps the rest
         report["targets"] = json.loads(previous.read_text())["targets"]
     only = set(filter(None, args.only.split(",")))
     chosen = [t for t in targets(quick, only) if not only or t.name in only]
+    sections = set(filter(None, args.sections.split(","))) or SECTIONS
     async with upstream_process() as upstream:
         for target in chosen:
             print(f"== {target.name}", flush=True)
             result: dict[str, Any] = {}
             async with running(target, upstream, workdir) as server:
                 await warm_up(target, server)
-                if target.launch is not None:  # "direct" has no proxy to leave
+                # "direct" has no proxy to leave
+                if target.launch is not None and "disconnect" in sections:
                     result["disconnect"] = await disconnects(target, server, upstream, trials)
                     print("   disconnects done", flush=True)
-                result["overhead"] = await overhead(target, server, tokens, runs)
-                print("   overhead done", flush=True)
-            if target.launch is not None:
+                if "overhead" in sections:
+                    result["overhead"] = await overhead(target, server, tokens, runs)
+                    print("   overhead done", flush=True)
+                if "requests" in sections:
+                    result["requests"] = await per_request(target, server, quick)
+                    print("   per request done", flush=True)
+            if target.launch is not None and "shutdown" in sections:
                 result["shutdown"] = await shutdown(target, upstream, workdir, streams)
                 print("   shutdown done", flush=True)
-            if target.launch is not None:
+            if target.launch is not None and "concurrency" in sections:
                 result["concurrency"] = [
                     await concurrency(target, upstream, workdir, n) for n in sizes
                 ]
                 print("   concurrency done", flush=True)
-            report["targets"][target.name] = result
+            report["targets"][target.name] = {**report["targets"].get(target.name, {}), **result}
             (out / "compare.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {out / 'compare.json'}")
 
@@ -425,5 +457,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--only", default="")
+    parser.add_argument(
+        "--sections", default="", help=f"a comma list of {', '.join(sorted(SECTIONS))} (all)"
+    )
     parser.add_argument("--out", default=str(HERE / "results"))
     asyncio.run(main(parser.parse_args()))

@@ -38,6 +38,21 @@ async def test_streams_pieces_and_takes_the_upstream_usage() -> None:
     assert upstream.calls[0].body["stream_options"] == {"include_usage": True}
 
 
+async def test_a_finished_stream_leaves_its_connection_to_the_next_request() -> None:
+    # Reading the body's end after [DONE] returns the connection to the pool: closing it
+    # instead made every request open a new one (2x the per-request cost).
+    upstream = FakeUpstream(lambda body: Behavior(tokens=3))
+    async with upstream_running(upstream):
+        gen = generator(upstream)
+        for _ in range(3):
+            with Lifetime.root() as root:
+                out = await gen.generate(PROMPT, root, Generation())
+            assert out.text == "t0 t1 t2 "
+        await gen.aclose()
+    assert len(upstream.calls) == 3
+    assert upstream.connections == 1
+
+
 async def test_cancellation_closes_the_upstream_and_keeps_partial_usage() -> None:
     upstream = FakeUpstream(lambda body: Behavior(tokens=100, gate_after=2))
     into = Generation()

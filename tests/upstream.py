@@ -78,6 +78,7 @@ class FakeUpstream:
     def __init__(self, behave: Callable[[dict[str, Any]], Behavior] | None = None) -> None:
         self.behave = behave or (lambda body: Behavior())
         self.calls: list[Call] = []
+        self.connections = 0  # TCP connections accepted
         self.port = 0
         self._arrived = anyio.Event()
 
@@ -98,6 +99,7 @@ class FakeUpstream:
         await listener.serve(self._connection)
 
     async def _connection(self, stream: SocketStream) -> None:
+        self.connections += 1
         conn = h11.Connection(h11.SERVER)
         async with stream:
             while True:

@@ -29,6 +29,7 @@ __all__ = ["OpenAIEmbedder", "OpenAIGenerator"]
 log = logging.getLogger("ragline.providers.openai")
 
 _MAX_ERROR_BODY = 4096
+_AFTER_DONE = 1.0  # seconds to read the end of a stream after its [DONE]
 
 
 class OpenAIGenerator:
@@ -112,7 +113,7 @@ class OpenAIGenerator:
             start + self._first_token_timeout if self._first_token_timeout else math.inf
         )
         scope = anyio.CancelScope(deadline=min(first_deadline, total_deadline))
-        first_seen = False
+        first_seen = finished = False
         try:
             with scope:
                 log.debug(
@@ -127,6 +128,11 @@ class OpenAIGenerator:
                             await self._raise_for(response)
                         rest = ""
                         async for text in response.aiter_text():
+                            if finished:
+                                # After [DONE] only the body's end is left: reading it
+                                # returns the connection to the pool (a break would close
+                                # it, and every request would open a new one).
+                                continue
                             # Everything that arrived in one read goes on as one piece:
                             # a fast upstream's tokens cost one write downstream, not one
                             # each.
@@ -139,7 +145,12 @@ class OpenAIGenerator:
                             if piece and on_delta is not None:
                                 await on_delta(piece)
                             if done:
-                                break
+                                finished = True
+                                # An upstream that holds the stream open after [DONE]
+                                # gets a moment, not the rest of the deadline.
+                                scope.deadline = min(
+                                    scope.deadline, anyio.current_time() + _AFTER_DONE
+                                )
         except anyio.get_cancelled_exc_class():
             into.upstream_closed_at = time.monotonic()
             raise
@@ -150,7 +161,7 @@ class OpenAIGenerator:
         except httpx.HTTPError as exc:
             raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}") from None
         into.upstream_closed_at = time.monotonic()
-        if scope.cancelled_caught:
+        if scope.cancelled_caught and not finished:
             if first_seen:
                 raise StageTimeout("generate", self._total_timeout, "upstream total timeout")
             raise StageTimeout(
