@@ -99,7 +99,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def ragline_launch(extra: dict[str, str] | None = None) -> Launch:
+def ragline_launch(extra: dict[str, str] | None = None, workers: int = 1) -> Launch:
     def launch(port: int, upstream: str, workdir: Path) -> tuple[list[str], dict[str, str]]:
         env = {
             **os.environ,
@@ -114,6 +114,7 @@ def ragline_launch(extra: dict[str, str] | None = None) -> Launch:
             **(extra or {}),
         }
         argv = [sys.executable, "-m", "ragline", "serve", "--port", str(port)]
+        argv += ["--workers", str(workers)] if workers > 1 else []
         return argv, env
 
     return launch
@@ -386,7 +387,10 @@ def targets(quick: bool, only: set[str]) -> list[Target]:
         Target("direct"),
         Target("ragline", launch=ragline_launch(), ready_path="/readyz"),
     ]
-    if quick or (only and only <= {"direct", "ragline"}):
+    if not quick:
+        # Two server processes on one socket (`serve --workers 2`): a second core's worth.
+        found.append(Target("ragline-2w", launch=ragline_launch(workers=2), ready_path="/readyz"))
+    if quick or (only and only <= {"direct", "ragline", "ragline-2w"}):
         return found
     from peers import PEERS, command, install
 
