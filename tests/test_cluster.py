@@ -416,6 +416,26 @@ async def test_one_conversations_turns_on_two_replicas_are_answered_in_order(
         assert replies == [first["id"], second["id"]]
 
 
+@asynccontextmanager
+async def replica_in_process(tmp_path: Path, database_url: str) -> AsyncIterator[Running]:
+    """One replica on uvicorn in this process, on ``database_url``, with fake embeddings
+    and a fake model."""
+    upstream = FakeUpstream()
+    async with embeddings_server(FakeEmbeddings()) as fake, upstream_running(upstream):
+        settings = Settings(
+            data_dir=str(tmp_path / "data"),
+            database_url=database_url,
+            llm_provider="openai",
+            llm_base_url=upstream.base_url,
+            embeddings_provider="openai",
+            embeddings_base_url=f"{fake.url}/v1",
+            embeddings_api_key=fake.key,  # type: ignore[arg-type]
+            embeddings_dimensions=fake.dimensions,
+        )
+        async with serve(settings) as running:
+            yield running
+
+
 async def test_a_database_down_at_start_is_named_and_ready_once_it_is_up(
     tmp_path: Path, postgres_server: str
 ) -> None:
@@ -424,22 +444,8 @@ async def test_a_database_down_at_start_is_named_and_ready_once_it_is_up(
     base, _, query = postgres_server.partition("?")
     name = f"later_{uuid.uuid4().hex[:12]}"
     url = f"{base.rsplit('/', 1)[0]}/{name}?{query}"
-    upstream = FakeUpstream()
     async with (
-        embeddings_server(FakeEmbeddings()) as fake,
-        upstream_running(upstream),
-        serve(
-            Settings(
-                data_dir=str(tmp_path / "data"),
-                database_url=url,
-                llm_provider="openai",
-                llm_base_url=upstream.base_url,
-                embeddings_provider="openai",
-                embeddings_base_url=f"{fake.url}/v1",
-                embeddings_api_key=fake.key,  # type: ignore[arg-type]
-                embeddings_dimensions=fake.dimensions,
-            )
-        ) as running,
+        replica_in_process(tmp_path, url) as running,
         httpx.AsyncClient(base_url=running.url, timeout=30) as http,
     ):
         before = await http.get("/readyz")
@@ -460,22 +466,8 @@ async def test_a_database_down_at_start_is_named_and_ready_once_it_is_up(
 async def test_a_database_that_drops_mid_request_is_a_503_never_a_500(
     tmp_path: Path, database_url: str
 ) -> None:
-    upstream = FakeUpstream()
     async with (
-        embeddings_server(FakeEmbeddings()) as fake,
-        upstream_running(upstream),
-        serve(
-            Settings(
-                data_dir=str(tmp_path / "data"),
-                database_url=database_url,
-                llm_provider="openai",
-                llm_base_url=upstream.base_url,
-                embeddings_provider="openai",
-                embeddings_base_url=f"{fake.url}/v1",
-                embeddings_api_key=fake.key,  # type: ignore[arg-type]
-                embeddings_dimensions=fake.dimensions,
-            )
-        ) as running,
+        replica_in_process(tmp_path, database_url) as running,
         httpx.AsyncClient(base_url=running.url, timeout=30) as http,
     ):
         assert (await http.get("/api/v1/collections")).status_code == 200
