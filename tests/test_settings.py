@@ -57,6 +57,7 @@ def test_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_secrets_stay_out_of_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAGLINE_API_KEYS", "s3cret-key")
     monkeypatch.setenv("RAGLINE_LLM_API_KEY", "upstream-s3cret")
+    monkeypatch.setenv("RAGLINE_DATABASE_URL", "postgresql://ragline:db-s3cret@db/ragline")
     shown = repr(Settings())
     assert "s3cret" not in shown
 

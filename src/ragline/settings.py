@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     vector_uri: str | None = None  # http(s)://host:19530 for a Milvus server or cluster
     vector_token: SecretStr | None = None
     # postgresql://user:password@host/db: shared state for many replicas (default: SQLite)
-    database_url: str | None = None
+    database_url: str | None = Field(None, repr=False)  # its password: never in a repr
     database_pool_size: int = Field(10, ge=1, le=1000)
     database_connect_timeout: float = Field(5.0, gt=0)
     # With a database: `ragline serve` takes ingestion parts too (else only `ragline worker`)
