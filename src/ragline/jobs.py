@@ -26,7 +26,7 @@ from .lifetime import Cause, Lifetime
 from .providers import JobStore
 from .threads import CancelToken, ThreadBridge
 
-__all__ = ["JobQueue", "allowed_path"]
+__all__ = ["JobQueue", "allowed_path", "load_inputs"]
 
 log = logging.getLogger("ragline.jobs")
 
@@ -160,7 +160,7 @@ class JobQueue:
         try:
             inputs = [Path(p) for p in body["inputs"]]
             documents, problems = await self.bridge.run(
-                lifetime, _load, inputs, self.max_document_bytes
+                lifetime, load_inputs, inputs, self.max_document_bytes
             )
             await self.ingestor.run(
                 documents,
@@ -217,7 +217,8 @@ class JobQueue:
         await self.records.save_job(job_id, state, body, lifetime)
 
 
-def _load(token: CancelToken, inputs: list[Path], max_bytes: int) -> Any:
+def load_inputs(token: CancelToken, inputs: list[Path], max_bytes: int) -> Any:
+    """A job's inputs as (documents, problems), on the thread bridge."""
     return load_all(inputs, max_bytes=max_bytes)
 
 

@@ -24,10 +24,9 @@ from typing import Any
 
 import anyio
 
-from .documents import load_all
 from .errors import NotFound, RagLineError
 from .ingestion import Ingestor, IngestProgress, Stop
-from .jobs import TERMINAL, allowed_path
+from .jobs import TERMINAL, allowed_path, load_inputs
 from .lifetime import Cause, Lifetime
 from .providers.shared import PostgresShared
 from .threads import CancelToken, ThreadBridge
@@ -299,7 +298,7 @@ class DistributedJobs:
                     inputs = [Path(p) for p in paths]
                     inputs += await self.bridge.run(lifetime, _write, Path(scratch), files)
                     documents, problems = await self.bridge.run(
-                        lifetime, _load, inputs, self.max_document_bytes
+                        lifetime, load_inputs, inputs, self.max_document_bytes
                     )
                     seen += [d.id for d in documents] + [p.document_id for p in problems]
                     await self.ingestor.run(
@@ -328,10 +327,6 @@ def _write(token: CancelToken, folder: Path, files: list[tuple[str, bytes]]) -> 
         (folder / name).write_bytes(data)
         written.append(folder / name)
     return written
-
-
-def _load(token: CancelToken, inputs: list[Path], max_bytes: int) -> Any:
-    return load_all(inputs, max_bytes=max_bytes)
 
 
 def _summed(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
