@@ -85,6 +85,7 @@ bench-answers: $(STAMP)
 # side, the local model, retrieval and ingestion; then docs/BENCHMARKS.md and its plots.
 bench: $(STAMP)
 	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/memory.py --json bench/results/memory.json
 	$(BIN)/python bench/local.py
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/answers.py

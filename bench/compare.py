@@ -382,15 +382,26 @@ async def concurrency(
 SECTIONS = {"disconnect", "overhead", "requests", "shutdown", "concurrency"}
 
 
-def targets(quick: bool, only: set[str]) -> list[Target]:
+def targets(quick: bool, only: set[str], base: str = "") -> list[Target]:
     found = [
         Target("direct"),
         Target("ragline", launch=ragline_launch(), ready_path="/readyz"),
     ]
+    if base:
+        # The same ragline from another checkout (an issue's base commit), so that a
+        # change is measured against what it changed in one run on one machine.
+        source = str(Path(base).resolve() / "src")
+        found.append(
+            Target(
+                "ragline-base",
+                launch=ragline_launch({"PYTHONPATH": source}),
+                ready_path="/readyz",
+            )
+        )
     if not quick:
         # Two server processes on one socket (`serve --workers 2`): a second core's worth.
         found.append(Target("ragline-2w", launch=ragline_launch(workers=2), ready_path="/readyz"))
-    if quick or (only and only <= {"direct", "ragline", "ragline-2w"}):
+    if quick or (only and only <= {"direct", "ragline", "ragline-2w", "ragline-base"}):
         return found
     from peers import PEERS, command, install
 
@@ -425,7 +436,7 @@ async def main(args: argparse.Namespace) -> None:
     if (args.only or args.sections) and previous.exists():  # a partial rerun keeps the rest
         report["targets"] = json.loads(previous.read_text())["targets"]
     only = set(filter(None, args.only.split(",")))
-    chosen = [t for t in targets(quick, only) if not only or t.name in only]
+    chosen = [t for t in targets(quick, only, args.base) if not only or t.name in only]
     sections = set(filter(None, args.sections.split(","))) or SECTIONS
     async with upstream_process() as upstream:
         for target in chosen:
@@ -465,4 +476,7 @@ if __name__ == "__main__":
         "--sections", default="", help=f"a comma list of {', '.join(sorted(SECTIONS))} (all)"
     )
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument(
+        "--base", default="", help="a checkout of another commit, measured as ragline-base"
+    )
     asyncio.run(main(parser.parse_args()))

@@ -26,11 +26,21 @@ import matplotlib.pyplot as plt
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-ORDER = ["direct", "ragline", "ragline-2w", "naive", "litellm", "litellm-cancel", "langserve"]
+ORDER = [
+    "direct",
+    "ragline",
+    "ragline-base",
+    "ragline-2w",
+    "naive",
+    "litellm",
+    "litellm-cancel",
+    "langserve",
+]
 LABEL = {
     "direct": "direct to the upstream",
     "ragline": "ragline",
     "ragline-2w": "ragline, 2 worker processes",
+    "ragline-base": "ragline at the base commit",
     "naive": "naive FastAPI + openai SDK",
     "litellm": "LiteLLM proxy (defaults)",
     "litellm-cancel": "LiteLLM proxy, cancel_on_disconnect",
@@ -71,7 +81,7 @@ def machine() -> str:
 def versions() -> str:
     ours = ", ".join(
         f"{name} {metadata.version(name)}"
-        for name in ("ragline", "uvicorn", "starlette", "httpx", "anyio")
+        for name in ("ragline", "uvicorn", "starlette", "aiohttp", "httpx", "anyio")
     )
     try:
         from peers import PEERS
@@ -204,13 +214,87 @@ def concurrency_table(targets: dict[str, Any]) -> list[str]:
 LIMITS = {
     "close": "a lone hang-up closes the upstream in a few ms; the slowest trials wait behind "
     "other work on the event loop (2 shared cores)",
-    "cpu": "what is left per token is httpx/httpcore parsing each chunked frame with h11 and "
-    "decoding each upstream event's JSON (py-spy); one upstream read already becomes one "
+    "cpu": "what is left per token is decoding each upstream event's JSON, the repetition "
+    "guard and the SSE write downstream (py-spy); one upstream read already becomes one "
     "downstream write",
-    "rss": "each held stream keeps a uvicorn connection, an httpx/httpcore connection with its "
-    "h11 state, a lifetime, spans and two small tasks (the disconnect watcher and the "
-    "writer)",
+    "rss": "what a held stream keeps is Python objects spread over every layer: the "
+    "coroutine frames, tasks and cancel scopes of the request, uvicorn's connection with "
+    "its h11 state, aiohttp's upstream connection; `bench/memory.py` counts each (section 4)",
+    "latency": "the rest is spread thin (py-spy): uvicorn's h11 parsing, Starlette routing, "
+    "pydantic validation, anyio's cancel scopes (each asks sniffio which loop runs), JSON "
+    "both ways; no one part is above 5%",
+    "throughput": "the load generator shares the 2 cores with the server and the upstream, "
+    "and the server is one process on one core",
+    "workers": "2 workers, the client processes and the upstream share 2 cores",
 }
+
+
+def memory_table(results: Path) -> list[str]:
+    """Where a held stream's memory goes, from `bench/memory.py` (tracemalloc)."""
+    found = results / "memory.json"
+    if not found.exists():
+        return []
+    memory = json.loads(found.read_text())
+    lines = [
+        f"Where a held stream's memory goes (`bench/memory.py`: tracemalloc in a ragline "
+        f"holding {memory['streams']} streams; each allocation is counted against the "
+        f"innermost library that asked for it). Python heap per stream: "
+        f"{memory['heap_per_stream_kib']:.1f} KiB; the rest of the RSS is the allocator's "
+        "slack and the kernel's socket buffers, which tracemalloc does not see.",
+        "",
+        "| allocated by | KiB per held stream |",
+        "|---|---|",
+    ]
+    for name, kib in memory["by_package_kib"].items():
+        if kib >= 0.1:
+            lines.append(f"| {name} | {kib:.1f} |")
+    lines += ["", "The largest single places:", "", "| where | KiB per held stream |", "|---|---|"]
+    for name, kib in list(memory["by_line_kib"].items())[:10]:
+        lines.append(f"| `{name}` | {kib:.2f} |")
+    return [*lines, ""]
+
+
+def request_aims(targets: dict[str, Any]) -> list[tuple[str, str, bool, str]]:
+    """Per-request aims: added latency, throughput against the naive proxy, workers."""
+    ours = targets["ragline"].get("requests")
+    direct = targets.get("direct", {}).get("requests")
+    if not ours or not direct:
+        return []
+    rows = []
+    p50 = ours["whole"]["p50_ms"] - direct["whole"]["p50_ms"]
+    p99 = ours["whole"]["p99_ms"] - direct["whole"]["p99_ms"]
+    rows.append(
+        (
+            "added latency per whole request: p50 ≤ 0.5 ms, p99 ≤ 1.0 ms",
+            f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+            p50 <= 0.5 and p99 <= 1.0,
+            LIMITS["latency"],
+        )
+    )
+    rate = ours["whole_throughput"]["requests_per_s"]
+    naive = targets.get("naive", {}).get("requests")
+    if naive:
+        theirs = naive["whole_throughput"]["requests_per_s"]
+        rows.append(
+            (
+                "whole requests/s at 64 connections ≥ 3× the naive proxy's",
+                f"{rate:.0f} against {theirs:.0f} ({rate / theirs:.2f}×)",
+                rate >= 3 * theirs,
+                LIMITS["throughput"],
+            )
+        )
+    two = targets.get("ragline-2w", {}).get("requests")
+    if two:
+        theirs = two["whole_throughput"]["requests_per_s"]
+        rows.append(
+            (
+                "2 worker processes ≥ 1.7× the throughput of 1",
+                f"{theirs:.0f} against {rate:.0f} ({theirs / rate:.2f}×)",
+                theirs >= 1.7 * rate,
+                LIMITS["workers"],
+            )
+        )
+    return rows
 
 
 def aims(targets: dict[str, Any]) -> list[str]:
@@ -254,6 +338,18 @@ def aims(targets: dict[str, Any]) -> list[str]:
         rows.append(
             ("≤ 25 µs proxy CPU per streamed token", f"{cpu:.1f} µs", cpu <= 25, LIMITS["cpu"])
         )
+        base_runs = targets.get("ragline-base", {}).get("overhead", {}).get("runs", [])
+        if base_runs:
+            base = statistics.median(r["cpu_us_per_token"] for r in base_runs)
+            rows.append(
+                (
+                    "CPU per streamed token at most half the base commit's (same run)",
+                    f"{cpu:.1f} µs against {base:.1f} µs ({cpu / base:.2f}×)",
+                    cpu <= base / 2,
+                    LIMITS["cpu"],
+                )
+            )
+    rows += request_aims(targets)
     for result in ours.get("concurrency", []):
         rss = result["rss_per_stream_kib"]
         rows.append(
@@ -306,6 +402,30 @@ def plots(targets: dict[str, Any], folder: Path) -> list[str]:
         fig.savefig(folder / "disconnect.png", dpi=110)
         plt.close(fig)
         made.append("disconnect.png")
+    direct = targets.get("direct", {}).get("requests")
+    shown = [n for n in names(targets) if n != "direct" and targets[n].get("requests")]
+    if shown and direct:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+        width = 0.4
+        for i, kind in enumerate(("whole", "streamed")):
+            xs = [j + i * width for j in range(len(shown))]
+            added = [targets[n]["requests"][kind]["p50_ms"] - direct[kind]["p50_ms"] for n in shown]
+            rates = [targets[n]["requests"][f"{kind}_throughput"]["requests_per_s"] for n in shown]
+            left.bar(xs, added, width, label=kind)
+            right.bar(xs, rates, width, label=kind)
+        for ax, title in (
+            (left, "added latency per request, p50 (ms)"),
+            (right, "requests/s at 64 connections"),
+        ):
+            ax.set_xticks([j + width / 2 for j in range(len(shown))], [LABEL[n] for n in shown])
+            ax.tick_params(axis="x", labelrotation=20, labelsize=6)
+            ax.set_title(title)
+            ax.legend(fontsize=7)
+        left.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+        fig.tight_layout()
+        fig.savefig(folder / "requests.png", dpi=110)
+        plt.close(fig)
+        made.append("requests.png")
     shown = [n for n in names(targets) if n != "direct" and targets[n].get("overhead")]
     if shown:
         fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -532,6 +652,8 @@ def main(results: Path, out: Path) -> None:
         *requests_table(targets),
         "",
     ]
+    if "requests.png" in made:
+        doc += ["![per request](bench/requests.png)", ""]
     doc += [
         "## 4. Concurrency",
         "",
@@ -544,6 +666,7 @@ def main(results: Path, out: Path) -> None:
     ]
     if "concurrency.png" in made:
         doc += ["![held streams](bench/concurrency.png)", ""]
+    doc += memory_table(results)
     for number, (title, name) in enumerate(
         (("Local model and embeddings", "local.md"), ("Retrieval and ingestion", "retrieval.md")),
         start=5,

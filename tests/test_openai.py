@@ -20,7 +20,9 @@ def generator(upstream: FakeUpstream, **options: float | None) -> OpenAIGenerato
 
 
 async def test_streams_pieces_and_takes_the_upstream_usage() -> None:
-    upstream = FakeUpstream(lambda body: Behavior(tokens=3))
+    # Tokens apart in time arrive as pieces of their own (those that arrive in one read
+    # go on as one piece).
+    upstream = FakeUpstream(lambda body: Behavior(tokens=3, interval=0.05))
     pieces: list[str] = []
 
     async def on_delta(text: str) -> None:

@@ -103,7 +103,7 @@ async def test_an_engine_down_at_start_leaves_the_runtime_up_not_ready_and_close
         assert not runtime.supervisor.running_now
         assert not is_open(runtime)
         assert embedder._client.is_closed
-        assert all(client.is_closed for client in generator._clients._clients)
+        assert generator._client.is_closed
         assert store._client is None
 
 

@@ -103,8 +103,9 @@ class Lifetime:
         else:
             self._cancel_parent = parent.root_lifetime if detached else parent
         # Registered at creation, weakly: a cancellation must reach every descendant,
-        # whether or not the lifetimes between them were ever entered.
-        self._children: weakref.WeakSet[Lifetime] = weakref.WeakSet()
+        # whether or not the lifetimes between them were ever entered. Made on the first
+        # child: most lifetimes are leaves, and a WeakSet costs 1.7 KiB per held stream.
+        self._children: weakref.WeakSet[Lifetime] | None = None
         self._reason: CancelReason | None = None
         self._scope: anyio.CancelScope | None = None
         self._entered = False
@@ -113,8 +114,13 @@ class Lifetime:
         self._deadline_mono: float | None = None
         self._context = otel_context.get_current() if detached else None
         if self._cancel_parent is not None:
-            self._cancel_parent._children.add(self)
+            self._cancel_parent._adopt(self)
         self._context_token: object | None = None
+
+    def _adopt(self, child: Lifetime) -> None:
+        if self._children is None:
+            self._children = weakref.WeakSet()
+        self._children.add(child)
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -213,7 +219,7 @@ class Lifetime:
             self._reason = CancelReason(Cause(cause), self.path, time.monotonic(), detail)
         if self._scope is not None and not self._exited:
             self._scope.cancel()
-        for child in list(self._children):
+        for child in list(self._children or ()):
             child._cancel_from_parent()
 
     def _cancel_from_parent(self) -> None:
@@ -221,7 +227,7 @@ class Lifetime:
         self._parent_propagated = True
         if self._scope is not None and not self._exited:
             self._scope.cancel()
-        for child in list(self._children):
+        for child in list(self._children or ()):
             child._cancel_from_parent()
 
     # -- scope ----------------------------------------------------------------------
@@ -255,7 +261,7 @@ class Lifetime:
         if reason is not None and reason.cause is Cause.DEADLINE and reason.origin == self.path:
             # Our deadline cancelled our own scope only: descendants running in other
             # tasks (a tool on the supervisor) learn of it here.
-            for child in list(self._children):
+            for child in list(self._children or ()):
                 child._cancel_from_parent()
         self._exited = True
         if self._context_token is not None:

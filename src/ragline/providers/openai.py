@@ -22,7 +22,8 @@ from ..errors import StageTimeout, UpstreamError
 from ..lifetime import Lifetime
 from ..models import Generation, Message, Prompt, Sampling, ToolCall
 from . import EmbedKind, OnDelta
-from ._http import ClientShards, check_vectors, error_message, post_json, unit
+from ._http import check_vectors, error_message, post_json, unit
+from ._transport import Answer, StreamingClient
 
 __all__ = ["OpenAIEmbedder", "OpenAIGenerator"]
 
@@ -62,15 +63,11 @@ class OpenAIGenerator:
         self._max_tokens = max_tokens
         self._sampling = sampling or Sampling()  # the settings'; unset parameters are the server's
         # Read and pool waits are bounded by our own first-token and total deadlines.
-        self._clients = ClientShards(
-            max_connections,
-            httpx.Timeout(connect=connect_timeout, read=None, write=connect_timeout, pool=None),
-        )
-        self._connect_timeout = connect_timeout
+        self._client = StreamingClient(max_connections, connect_timeout, stage="generate")
 
     async def aclose(self) -> None:
-        """Close the connection pools."""
-        await self._clients.aclose()
+        """Close the connection pool."""
+        await self._client.aclose()
 
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -120,46 +117,36 @@ class OpenAIGenerator:
                     "upstream request queued",
                     extra={"model": self.model, "request_id": lifetime.get("request_id")},
                 )
-                with self._clients.client() as client:
-                    async with client.stream(
-                        "POST", self._url, json=self._body(prompt), headers=self._headers(lifetime)
-                    ) as response:
-                        if response.status_code >= 400:
-                            await self._raise_for(response)
-                        rest = ""
-                        async for text in response.aiter_text():
-                            if finished:
-                                # After [DONE] only the body's end is left: reading it
-                                # returns the connection to the pool (a break would close
-                                # it, and every request would open a new one).
-                                continue
-                            # Everything that arrived in one read goes on as one piece:
-                            # a fast upstream's tokens cost one write downstream, not one
-                            # each.
-                            *lines, rest = (rest + text).split("\n")
-                            piece, moved, done = self._events(lines, into, lifetime)
-                            if moved and not first_seen:
-                                # A tool call's first fragment counts as a first token.
-                                first_seen = True
-                                scope.deadline = total_deadline
-                            if piece and on_delta is not None:
-                                await on_delta(piece)
-                            if done:
-                                finished = True
-                                # An upstream that holds the stream open after [DONE]
-                                # gets a moment, not the rest of the deadline.
-                                scope.deadline = min(
-                                    scope.deadline, anyio.current_time() + _AFTER_DONE
-                                )
+                body = json.dumps(self._body(prompt)).encode()
+                async with self._client.post(self._url, body, self._headers(lifetime)) as answer:
+                    if answer.status >= 400:
+                        await self._raise_for(answer)
+                    rest = ""
+                    async for text in answer.text():
+                        if finished:
+                            # After [DONE] only the body's end is left: reading it
+                            # returns the connection to the pool (a break would close
+                            # it, and every request would open a new one).
+                            continue
+                        # Everything that arrived in one read goes on as one piece:
+                        # a fast upstream's tokens cost one write downstream, not one
+                        # each.
+                        *lines, rest = (rest + text).split("\n")
+                        piece, moved, done = self._events(lines, into, lifetime)
+                        if moved and not first_seen:
+                            # A tool call's first fragment counts as a first token.
+                            first_seen = True
+                            scope.deadline = total_deadline
+                        if piece and on_delta is not None:
+                            await on_delta(piece)
+                        if done:
+                            finished = True
+                            # An upstream that holds the stream open after [DONE]
+                            # gets a moment, not the rest of the deadline.
+                            scope.deadline = min(scope.deadline, anyio.current_time() + _AFTER_DONE)
         except anyio.get_cancelled_exc_class():
             into.upstream_closed_at = time.monotonic()
             raise
-        except httpx.TimeoutException as exc:
-            raise StageTimeout(
-                "generate", self._connect_timeout, f"upstream timed out: {type(exc).__name__}"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}") from None
         into.upstream_closed_at = time.monotonic()
         if scope.cancelled_caught and not finished:
             if first_seen:
@@ -229,19 +216,13 @@ class OpenAIGenerator:
                 into.completion_tokens += 1
         return piece
 
-    async def _raise_for(self, response: httpx.Response) -> None:
-        body = b""
-        async for part in response.aiter_bytes():
-            body += part
-            if len(body) > _MAX_ERROR_BODY:
-                break
+    async def _raise_for(self, answer: Answer) -> None:
+        body = await answer.head(_MAX_ERROR_BODY)
         try:
             message = error_message(json.loads(body))
         except ValueError:
             message = body[:200].decode("utf-8", "replace")
-        raise UpstreamError(
-            f"upstream answered {response.status_code}: {message}", status=response.status_code
-        )
+        raise UpstreamError(f"upstream answered {answer.status}: {message}", status=answer.status)
 
 
 def _message(message: Message) -> dict[str, Any]:

@@ -1,0 +1,170 @@
+"""Streaming POSTs to a model server: aiohttp on asyncio, httpx elsewhere.
+
+The upstream call is most of what a request costs ragline. Measured on one machine
+(``bench/compare.py``, 20-token streamed answers, keep-alive): httpx spent 1.03 ms of CPU
+per request, httpcore used directly 0.77 ms, aiohttp 0.33 ms, its parser being compiled.
+aiohttp runs on asyncio only, which is what ``ragline serve`` runs on; under trio the
+same calls go through httpx, with the same errors and the same closing on cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import httpx
+
+from ..errors import RagLineError, StageTimeout, UpstreamError
+from ._http import ClientShards
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["Answer", "StreamingClient"]
+
+
+class Answer:
+    """An upstream answer whose body is read as it arrives."""
+
+    def __init__(self, status: int, chunks: Callable[[], AsyncIterator[bytes]]) -> None:
+        self.status = status
+        self._chunks = chunks
+
+    async def text(self) -> AsyncIterator[str]:
+        """The body as text, one piece per read from the socket."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        async for chunk in self._chunks():
+            text = decoder.decode(chunk)
+            if text:
+                yield text
+
+    async def head(self, limit: int) -> bytes:
+        """The first ``limit`` bytes or so of the body (for an error's message)."""
+        body = b""
+        async for chunk in self._chunks():
+            body += chunk
+            if len(body) > limit:
+                break
+        return body
+
+
+class StreamingClient:
+    """A pool of at most ``max_connections`` keep-alive connections for streamed POSTs.
+
+    A request waiting for a free connection whose owner goes away leaves the queue
+    without being sent; a request cancelled while its answer streams closes its
+    connection. Transport errors become :class:`UpstreamError`, a connect timeout
+    :class:`StageTimeout`.
+    """
+
+    def __init__(self, max_connections: int, connect_timeout: float, *, stage: str) -> None:
+        self._max_connections = max_connections
+        self._connect_timeout = connect_timeout
+        self._stage = stage
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._shards: ClientShards | None = None
+        self._proxies: dict[str, str | None] = {}
+        self.is_closed = False
+
+    async def aclose(self) -> None:
+        """Close every connection."""
+        self.is_closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._shards is not None:
+            await self._shards.aclose()
+            self._shards = None
+
+    @asynccontextmanager
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[Answer]:
+        """POST ``body`` (JSON) and hold the answer open for the block."""
+        headers = {"content-type": "application/json", **headers}
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio
+            opened = self._httpx(url, body, headers)
+        else:
+            opened = self._aiohttp(url, body, headers, loop)
+        async with opened as answer:
+            yield answer
+
+    def _timeout(self, name: str) -> StageTimeout:
+        return StageTimeout(self._stage, self._connect_timeout, f"upstream timed out: {name}")
+
+    def _unreachable(self, exc: BaseException) -> UpstreamError:
+        return UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}")
+
+    @asynccontextmanager
+    async def _aiohttp(
+        self, url: str, body: bytes, headers: dict[str, str], loop: asyncio.AbstractEventLoop
+    ) -> AsyncIterator[Answer]:
+        import aiohttp
+
+        session = self._session
+        if session is None or session.closed or self._loop is not loop:
+            self._loop = loop
+            # Read and pool waits are bounded by the caller's own deadlines.
+            session = self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self._connect_timeout, sock_read=None
+                ),
+                # aiohttp's trust_env reads ~/.netrc on a thread for every request
+                # (measured: a third of the CPU); the proxy is looked up once instead.
+                trust_env=False,
+                skip_auto_headers=("user-agent",),
+            )
+        try:
+            proxy = self._proxies.get(url, _NO_PROXY)
+            if proxy is _NO_PROXY:
+                proxy = self._proxies[url] = _proxy_for(url)
+            async with session.post(url, data=body, headers=headers, proxy=proxy) as response:
+                try:
+                    yield Answer(response.status, response.content.iter_any)
+                except BaseException:
+                    # Not read to its end, the connection cannot serve another request:
+                    # closing it now is what tells the upstream to stop generating.
+                    response.close()
+                    raise
+        except RagLineError:
+            raise  # the caller's own (a StageTimeout is a TimeoutError too)
+        except TimeoutError as exc:
+            raise self._timeout(type(exc).__name__) from None
+        except aiohttp.ClientError as exc:
+            raise self._unreachable(exc) from None
+
+    @asynccontextmanager
+    async def _httpx(self, url: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[Answer]:
+        if self._shards is None:
+            timeout = self._connect_timeout
+            self._shards = ClientShards(
+                self._max_connections,
+                httpx.Timeout(connect=timeout, read=None, write=timeout, pool=None),
+            )
+        try:
+            with self._shards.client() as client:
+                async with client.stream("POST", url, content=body, headers=headers) as response:
+                    # Leaving the block unread closes the connection.
+                    yield Answer(response.status_code, response.aiter_raw)
+        except httpx.TimeoutException as exc:
+            raise self._timeout(type(exc).__name__) from None
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+
+
+_NO_PROXY = "-"
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy that HTTP(S)_PROXY and NO_PROXY name for ``url``, as httpx would use."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme)
