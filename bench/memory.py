@@ -3,9 +3,9 @@
 Starts the fake upstream in a process of its own, ragline (uvicorn, the OpenAI-compatible
 route, retrieval off) in this process with tracemalloc on, and a client process that opens
 ``--streams`` streamed requests, each held open by a slow upstream. The Python heap grown
-while they are held, divided by their number, is grouped by the package that allocated it;
-the RSS grown per stream is printed beside it (the rest is the kernel's socket buffers and
-the allocator's slack, which tracemalloc does not see).
+while they are held, divided by their number, is grouped by the package that allocated it.
+RSS is measured by ``bench/compare.py`` without tracemalloc, whose own bookkeeping would
+inflate it; what RSS holds beyond the heap is the allocator's slack.
 
     python bench/memory.py --streams 500 [--json out.json]
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import sys
 import tracemalloc
@@ -26,7 +25,6 @@ from typing import Any
 
 import uvicorn
 from compare import free_port, upstream_process
-from procs import rss_bytes
 
 from ragline import Settings
 from ragline.server import create_app
@@ -93,13 +91,11 @@ async def measure(streams: int) -> dict[str, Any]:
             await hold(port, 1, lambda: asyncio.sleep(0))
             tracemalloc.start(8)
             before = tracemalloc.take_snapshot()
-            rss_before = rss_bytes(os.getpid())
             held: dict[str, Any] = {}
 
             async def while_held() -> None:
                 await asyncio.sleep(2.0)
                 held["snapshot"] = tracemalloc.take_snapshot()
-                held["rss"] = rss_bytes(os.getpid())
 
             await hold(port, streams, while_held)
             tracemalloc.stop()
@@ -123,7 +119,6 @@ async def measure(streams: int) -> dict[str, Any]:
     return {
         "streams": streams,
         "heap_per_stream_kib": total / streams / 1024,
-        "rss_per_stream_kib": (held["rss"] - rss_before) / streams / 1024,
         "by_package_kib": {k: v / streams / 1024 for k, v in by_package.most_common(12)},
         "by_line_kib": {k: v / streams / 1024 for k, v in by_line.most_common(25)},
     }
@@ -158,7 +153,6 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(measure(args.streams))
     print(f"{args.streams} held streams")
-    print(f"  RSS per stream:         {result['rss_per_stream_kib']:.1f} KiB")
     print(f"  Python heap per stream: {result['heap_per_stream_kib']:.1f} KiB")
     for name, kib in result["by_package_kib"].items():
         print(f"    {name:24s} {kib:6.2f} KiB")
