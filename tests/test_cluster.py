@@ -126,7 +126,7 @@ async def cluster(
             {
                 "RAGLINE_DATABASE_URL": database_url,
                 "RAGLINE_VECTOR_URI": vector_uri,
-                "RAGLINE_EMBEDDINGS_PROVIDER": "openai",
+                "RAGLINE_EMBEDDINGS": "openai",
                 "RAGLINE_EMBEDDINGS_BASE_URL": f"{embeddings.url}/v1",
                 "RAGLINE_EMBEDDINGS_API_KEY": embeddings.key,
                 "RAGLINE_EMBEDDINGS_MODEL": "fake-embedding",

@@ -326,3 +326,22 @@ async def test_kill_9_then_a_rerun_gives_exactly_the_expected_chunks(
     finally:
         await rig.store.aclose()
         rig.records.close()
+
+
+async def test_a_first_job_stopped_part_way_lists_its_collection_with_its_whole_documents(
+    rig: Rig,
+) -> None:
+    stop = Stop()
+
+    async def stop_during_third(call: int) -> None:
+        if call == 3:
+            stop.request(Cause.EXPLICIT, "test")
+
+    rig.embedder.hook = stop_during_third
+    with Lifetime.root() as lifetime:
+        progress = await rig.run(corpus(1), lifetime, stop=stop)
+        listed = await rig.records.collections(lifetime)
+    assert progress.stopped is not None
+    assert 0 < progress.documents_done < len(corpus(1))
+    # The documents switched in before the stop are there to search: so is their collection.
+    assert [(c["name"], c["documents"]) for c in listed] == [("default", progress.documents_done)]

@@ -213,6 +213,9 @@ class Ingestor:
         await run.write(changed)
         if progress.stopped is None:
             await self.collect_garbage(collection, lifetime, owner=reclaim)
+        if progress.stopped is None or progress.documents_done:
+            # A job stopped at a batch boundary leaves its whole documents visible: the
+            # collection is listed with them.
             await self.records.touch_collection(
                 collection, self.embedder.model, self.embedder.dimensions, lifetime
             )

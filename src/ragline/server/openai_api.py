@@ -13,11 +13,11 @@ its steps as chunks with no choices and a ``ragline`` field.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -238,8 +238,8 @@ class CompletionChunks:
         if self._delta_head is None:
             marker = "\x1fdelta\x1f"
             head = self._chunk([{"index": 0, "delta": {"content": marker}, "finish_reason": None}])
-            self._delta_head, _, self._delta_tail = head.partition(json.dumps(marker).encode())
-        return self._delta_head + json.dumps(text).encode() + self._delta_tail
+            self._delta_head, _, self._delta_tail = head.partition(orjson.dumps(marker))
+        return self._delta_head + orjson.dumps(text) + self._delta_tail
 
     def progress(self, event: str, data: dict[str, Any]) -> bytes:
         # An agent loop's steps, in chunks with no choices: SDKs pass them over.
