@@ -66,7 +66,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
+CHROMIUM ?= /usr/bin/chromium
+export RAGLINE_TEST_CHROMIUM := $(CHROMIUM)
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the browser tests"
+	if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium
+
+unit: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit

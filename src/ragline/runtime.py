@@ -28,6 +28,7 @@ from .jobs import JobQueue
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
 from .notices import Notices
+from .outcomes import Outcomes
 from .providers import (
     Embedder,
     Generator,
@@ -152,6 +153,7 @@ class Runtime:
         )
         if self.notices is not None:
             self.notices.on_cancel.append(self.runs.on_notice)
+        self.outcomes = Outcomes(settings.outcomes_kept)
         self.teams: TeamsChannel | None = None
         if settings.bot_enabled:
             from .teams import TeamsChannel

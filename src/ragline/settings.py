@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     # before the rest is cancelled with cause shutdown (rolling deploys); 0: cancel at once.
     drain_seconds: float = Field(0.0, ge=0, le=600)
     final_event_window: float = Field(0.5, gt=0, le=5)
+    web: bool = True  # the web page at / (chat, documents, runs)
+    outcomes_kept: int = Field(1_000, ge=1)  # recent request outcomes, by request id
 
     # -- model -----------------------------------------------------------------------
     llm_provider: Literal["local", "openai"] = "local"

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from ..errors import RagLineError
 from ..runtime import Runtime
 from ..settings import Settings
-from . import bot_api, chat_api, ingest_api, openai_api, runs_api
+from . import bot_api, chat_api, ingest_api, openai_api, runs_api, web_api
 from .boundary import Boundary
 from .errors import error_body, error_for_exception
 
@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Starlette:
         *ingest_api.routes,
         *runs_api.routes,
         *bot_api.routes,
+        *web_api.outcome_routes,
+        *(web_api.page_routes() if runtime.settings.web else []),
     ]
     app = Starlette(
         routes=all_routes,

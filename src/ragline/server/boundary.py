@@ -9,6 +9,7 @@ cancels the request's lifetime with cause ``client_disconnected`` at once.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import re
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import InvalidRequest, StageTimeout
 from ..lifetime import CancelReason, Cause, Lifetime
 from ..logs import request_id_var
+from ..outcomes import Outcome
 from ..runtime import Runtime
 from ..tracing import mark_cancelled, mark_failed
 from .errors import (
@@ -89,6 +91,8 @@ class RequestContext:
     error_status: int | None = None  # an error reported inside a started (streamed) response
     disconnected: anyio.Event = field(default_factory=anyio.Event)
     timed_out: bool = False
+    outcome: Outcome | None = None  # what /api/v1/requests/{id} tells of it afterwards
+    owner: str | None = None  # a digest of the API key presented, when keys are on
 
 
 def request_context(scope: Scope) -> RequestContext:
@@ -115,10 +119,13 @@ class Boundary:
         rt = self.runtime
         request_id = _request_id(scope)
         token = request_id_var.set(request_id)
+        outcome = Outcome(request_id)
         lifetime = rt.lifetime.child(
-            "request", timeout=rt.settings.request_deadline, values={"request_id": request_id}
+            "request",
+            timeout=rt.settings.request_deadline,
+            values={"request_id": request_id, "outcome": outcome},
         )
-        ctx = RequestContext(request_id=request_id, lifetime=lifetime, runtime=rt)
+        ctx = RequestContext(request_id=request_id, lifetime=lifetime, runtime=rt, outcome=outcome)
         scope["ragline"] = ctx
         begun = time.perf_counter()
         span_name = f"{scope['method']} {scope['path']}"
@@ -152,7 +159,7 @@ class Boundary:
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
     ) -> None:
         policy = self._policy(scope)
-        if not self._authorized(scope, policy):
+        if not self._authorized(scope, policy, ctx):
             denied = error_body(401, "unauthorized", "missing or invalid API key")
             await _send_json(send, ctx, 401, denied, {"www-authenticate": "Bearer"})
             return
@@ -252,19 +259,21 @@ class Boundary:
         if not ctx.completed:
             ctx.lifetime.cancel(Cause.CLIENT_DISCONNECTED, "client closed the connection")
 
-    def _authorized(self, scope: Scope, policy: Policy) -> bool:
-        if not self._keys or policy.auth != "api_keys":
+    def _authorized(self, scope: Scope, policy: Policy, ctx: RequestContext) -> bool:
+        if not self._keys or policy.auth == "own":
             return True
         value = _header(scope, b"authorization") or ""
         scheme, _, presented = value.partition(" ")
         if scheme.lower() != "bearer" or not presented:
-            return False
+            return policy.auth == "public"
         given = presented.strip().encode()
         # Compare against every key so the time taken does not tell which one matched.
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(given, key)
-        return matched
+        if matched:
+            ctx.owner = hashlib.sha256(given).hexdigest()
+        return matched or policy.auth == "public"
 
     def _matched(self, scope: Scope) -> BaseRoute | None:
         route = scope.get("route")
@@ -289,6 +298,7 @@ class Boundary:
         reason = ctx.lifetime.reason
         if reason is not None:
             metrics.cancellations.labels(str(reason.cause), "request").inc()
+        self._remember(ctx, route, status, seconds, reason)
         extra: dict[str, Any] = {
             "request_id": ctx.request_id,
             "method": scope["method"],
@@ -304,6 +314,25 @@ class Boundary:
         elif ctx.timed_out:
             extra["cause"] = str(Cause.DEADLINE)
         access_log.info("%s %s %d", scope["method"], scope["path"], status, extra=extra)
+
+    def _remember(
+        self,
+        ctx: RequestContext,
+        route: str,
+        status: int,
+        seconds: float,
+        reason: CancelReason | None,
+    ) -> None:
+        outcome = ctx.outcome
+        if outcome is None or not (outcome.generated or reason is not None or ctx.timed_out):
+            return  # nothing a caller would ask about (and polls must not crowd it out)
+        outcome.owner, outcome.route, outcome.status = ctx.owner, route, status
+        outcome.duration_ms = round(seconds * 1000, 1)
+        if reason is not None:
+            outcome.cause = str(reason.cause)
+        elif ctx.timed_out:
+            outcome.cause = str(Cause.DEADLINE)
+        self.runtime.outcomes.record(outcome)
 
 
 def _final_status(ctx: RequestContext, reason: CancelReason | None) -> int:

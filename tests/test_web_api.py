@@ -1,0 +1,124 @@
+"""The page's routes and the memory of request outcomes (the browser itself: test_web.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx
+import pytest
+
+from conftest import RawClient, serve, settings_for, upstream_running
+from ragline import Settings
+from ragline.outcomes import Outcome, Outcomes
+from ragline.server import create_app
+from upstream import Behavior, FakeUpstream
+
+pytestmark = pytest.mark.anyio
+
+PROMPT = json.dumps({"query": "what is ragline?"}).encode()
+
+
+@asynccontextmanager
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ragline") as http:
+            yield http
+
+
+async def test_the_page_and_its_assets_are_served_same_origin_only() -> None:
+    upstream = FakeUpstream()
+    async with client(settings_for(upstream, api_keys=["k1"])) as http:
+        page = await http.get("/")  # public: the page holds no data
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        policy = page.headers["content-security-policy"]
+        assert "default-src 'self'" in policy
+        assert "frame-ancestors 'none'" in policy
+        assert '/ui/app.js"' in page.text
+        script = await http.get("/ui/app.js")
+        assert script.status_code == 200
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert (await http.get("/ui/style.css")).headers["content-type"].startswith("text/css")
+        missing = await http.get("/ui/secrets.txt")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "not_found"
+        assert (await http.get("/ui/index.html")).status_code == 404  # only at /
+        # Only the named assets: nothing else in the package is reachable.
+        traversal = await http.get("/ui/%2E%2E%2Fsettings.py")
+        assert traversal.status_code in {401, 404}
+        assert b"Settings" not in traversal.content
+        # The API stays behind the key.
+        assert (await http.get("/api/v1/collections")).status_code == 401
+
+
+async def test_the_page_is_off_with_its_setting() -> None:
+    async with client(settings_for(FakeUpstream(), web=False)) as http:
+        assert (await http.get("/")).status_code == 404
+        assert (await http.get("/ui/app.js")).status_code == 404
+
+
+async def test_a_stopped_stream_tells_its_cause_tokens_and_how_soon_the_model_closed() -> None:
+    upstream = FakeUpstream(lambda body: Behavior(tokens=10_000, interval=0.01))
+    async with upstream_running(upstream), serve(settings_for(upstream)) as running:
+        raw = await RawClient.connect(running.port)
+        await raw.send(
+            "GET", "/api/v1/inference/stream?query=hello", headers={"x-request-id": "stop-1"}
+        )
+        await raw.read_until(b"data:", 5)
+        await raw.close()
+        call = upstream.calls[0]
+        with anyio.fail_after(10):
+            await call.closed.wait()
+        async with httpx.AsyncClient(base_url=running.url) as http:
+            with anyio.fail_after(10):
+                while (found := await http.get("/api/v1/requests/stop-1")).status_code == 404:
+                    await anyio.sleep(0.02)
+        outcome = found.json()
+        assert outcome["cause"] == "client_disconnected"
+        assert outcome["route"] == "/api/v1/inference/stream"
+        assert outcome["status"] == 499
+        produced = len(call.token_times)
+        assert produced - 1 <= outcome["completion_tokens"] <= produced
+        assert outcome["tokens_after_cancel"] <= 1
+        assert 0 <= outcome["upstream_closed_ms"] < 2000
+        assert "owner" not in outcome
+
+
+async def test_with_keys_only_the_key_that_made_a_request_reads_its_outcome() -> None:
+    upstream = FakeUpstream(lambda body: Behavior(tokens=3))
+    async with (
+        upstream_running(upstream),
+        client(settings_for(upstream, api_keys=["k1", "k2"])) as http,
+    ):
+        one = {"authorization": "Bearer k1", "x-request-id": "mine"}
+        answered = await http.post("/api/v1/inference/chat", content=PROMPT, headers=one)
+        assert answered.status_code == 200, answered.text
+        found = await http.get("/api/v1/requests/mine", headers={"authorization": "Bearer k1"})
+        assert found.status_code == 200
+        assert found.json()["completion_tokens"] == 3
+        assert found.json()["cause"] is None
+        other = await http.get("/api/v1/requests/mine", headers={"authorization": "Bearer k2"})
+        assert other.status_code == 404
+        assert (await http.get("/api/v1/requests/mine")).status_code == 401
+
+
+async def test_requests_that_neither_generated_nor_stopped_are_not_kept() -> None:
+    upstream = FakeUpstream()
+    async with client(settings_for(upstream, outcomes_kept=2)) as http:
+        await http.get("/healthz", headers={"x-request-id": "health"})
+        assert (await http.get("/api/v1/requests/health")).status_code == 404
+
+
+async def test_the_memory_is_bounded_and_forgets_the_oldest_first() -> None:
+    outcomes = Outcomes(kept=2)
+    for name in ("a", "b", "c"):
+        outcomes.record(Outcome(name))
+    assert outcomes.get("a", None) is None
+    assert outcomes.get("b", None) is not None
+    assert outcomes.get("c", None) is not None
+    assert outcomes.get("c", "someone else") is None
