@@ -200,17 +200,15 @@ class ChatPipeline:
         if generation.tokens_after_cancel:
             m.tokens_after_cancel.inc(generation.tokens_after_cancel)
         reason = stage.reason
-        closed_after = None
         if reason is not None and generation.upstream_closed_at is not None:
-            closed_after = max(generation.upstream_closed_at - reason.at, 0.0)
-            m.cancel_to_close_seconds.observe(closed_after)
+            m.cancel_to_close_seconds.observe(max(generation.upstream_closed_at - reason.at, 0.0))
         outcome = stage.get("outcome")
         if isinstance(outcome, Outcome):  # a request's: kept for the caller to look up
             outcome.generated = True
             outcome.completion_tokens += usage.completion_tokens
             outcome.tokens_after_cancel += generation.tokens_after_cancel
-            if closed_after is not None:
-                outcome.upstream_closed_ms = round(closed_after * 1000, 2)
+            if reason is not None:
+                outcome.stopped = (generation, reason.at)
         set_attributes(
             span,
             {

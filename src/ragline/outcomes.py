@@ -10,8 +10,11 @@ oldest forgotten first; with API keys on, only the key that made a request can r
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import Generation
 
 __all__ = ["Outcome", "Outcomes"]
 
@@ -27,15 +30,29 @@ class Outcome:
     cause: str | None = None
     completion_tokens: int = 0
     tokens_after_cancel: int = 0
-    upstream_closed_ms: float | None = None  # from the cancellation to the model's close
     duration_ms: float = 0.0
     generated: bool = False
+    # A generation cut short, and when: how soon its model stopped is read when asked,
+    # since a local model's thread may still be finishing its token when the request ends.
+    stopped: tuple[Generation, float] | None = None
 
     def public(self) -> dict[str, Any]:
         """The JSON of ``GET /api/v1/requests/{id}``."""
-        found = asdict(self)
-        del found["owner"], found["generated"]
-        return found
+        closed_ms = None
+        if self.stopped is not None:
+            generation, at = self.stopped
+            if generation.upstream_closed_at is not None:
+                closed_ms = round(max(generation.upstream_closed_at - at, 0.0) * 1000, 2)
+        return {
+            "request_id": self.request_id,
+            "route": self.route,
+            "status": self.status,
+            "cause": self.cause,
+            "completion_tokens": self.completion_tokens,
+            "tokens_after_cancel": self.tokens_after_cancel,
+            "upstream_closed_ms": closed_ms,  # from the cancellation to the model's stop
+            "duration_ms": self.duration_ms,
+        }
 
 
 class Outcomes:

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -368,6 +369,8 @@ class LlamaCppGenerator:
             counters.prefill_aborted = counters.yielded == 0
             llm.reset()
         finally:
+            # The local model's counterpart of an upstream closing its connection.
+            into.upstream_closed_at = time.monotonic()
             self._token = None
             self.busy.clear()
             perf = llama_cpp.llama_perf_context(llm.ctx)

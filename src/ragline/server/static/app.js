@@ -379,9 +379,9 @@ function renderOutcome(box, o) {
     field('tokens', intText(o.completion_tokens)), ' tokens generated before the stop · ',
   ];
   if (Number.isFinite(o.upstream_closed_ms)) {
-    parts.push('model connection closed ', field('closed-ms', msText(o.upstream_closed_ms)), ' ms after the stop · ');
+    parts.push('the model stopped ', field('closed-ms', msText(o.upstream_closed_ms)), ' ms after it · ');
   } else {
-    parts.push('model connection: ', field('closed-ms', 'none'), ' (the model was not called) · ');
+    parts.push('the model: ', field('closed-ms', 'none'), ' (it was not generating) · ');
   }
   parts.push(field('tokens-after', intText(o.tokens_after_cancel)), ' tokens after it');
   box.replaceChildren(...parts);
