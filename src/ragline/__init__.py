@@ -40,6 +40,7 @@ from .threads import CancelToken, ThreadBridge, ThreadCancelled
 from .tools import Tool, ToolRegistry
 
 if TYPE_CHECKING:
+    from .middleware import Ragline, RaglineMiddleware, request_lifetime
     from .server import create_app
 
 __all__ = [
@@ -64,6 +65,8 @@ __all__ = [
     "Overloaded",
     "Prompt",
     "RagLineError",
+    "Ragline",
+    "RaglineMiddleware",
     "RepetitionGuard",
     "RetrieveRequest",
     "Sampling",
@@ -83,6 +86,7 @@ __all__ = [
     "UpstreamError",
     "Usage",
     "create_app",
+    "request_lifetime",
 ]
 
 __version__ = "0.1.0"
@@ -94,4 +98,8 @@ def __getattr__(name: str) -> Any:
         from .server import create_app
 
         return create_app
+    if name in {"Ragline", "RaglineMiddleware", "request_lifetime"}:
+        from . import middleware
+
+        return getattr(middleware, name)
     raise AttributeError(f"module 'ragline' has no attribute {name!r}")

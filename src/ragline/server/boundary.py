@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 from opentelemetry.trace import SpanKind
@@ -27,9 +27,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import InvalidRequest, StageTimeout
 from ..lifetime import CancelReason, Cause, Lifetime
 from ..logs import request_id_var
-from ..outcomes import Outcome
+from ..metrics import Metrics
+from ..outcomes import Outcome, Outcomes
 from ..runtime import Runtime
-from ..tracing import mark_cancelled, mark_failed
+from ..settings import Settings
+from ..tracing import Tracing, mark_cancelled, mark_failed
 from .errors import (
     CLIENT_CLOSED,
     error_body,
@@ -78,13 +80,24 @@ class PolicyRoute(Route):
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
+class Host(Protocol):
+    """What the boundary needs of whoever runs it: ragline's own :class:`Runtime`, or
+    :class:`ragline.middleware.Ragline` in someone else's application."""
+
+    settings: Settings
+    lifetime: Lifetime
+    tracing: Tracing
+    metrics: Metrics
+    outcomes: Outcomes
+
+
 @dataclass(eq=False)
 class RequestContext:
     """What the boundary knows of one request; endpoints find it in ``scope["ragline"]``."""
 
     request_id: str
     lifetime: Lifetime
-    runtime: Runtime
+    host: Host
     started: bool = False
     completed: bool = False
     status: int | None = None
@@ -93,6 +106,14 @@ class RequestContext:
     timed_out: bool = False
     outcome: Outcome | None = None  # what /api/v1/requests/{id} tells of it afterwards
     owner: str | None = None  # a digest of the API key presented, when keys are on
+    event_stream: bool = False  # the response is server-sent events
+
+    @property
+    def runtime(self) -> Runtime:
+        """ragline's runtime, for ragline's own routes."""
+        if not isinstance(self.host, Runtime):
+            raise TypeError("this route needs ragline's application (create_app)")
+        return self.host
 
 
 def request_context(scope: Scope) -> RequestContext:
@@ -106,10 +127,18 @@ def request_context(scope: Scope) -> RequestContext:
 class Boundary:
     """Pure ASGI middleware in front of the routes. See the module docstring."""
 
-    def __init__(self, app: ASGIApp, runtime: Runtime, routes: Sequence[BaseRoute] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        runtime: Host,
+        routes: Sequence[BaseRoute] = (),
+        *,
+        default: Policy | None = None,
+    ) -> None:
         self.app = app
         self.runtime = runtime
         self._routes = routes
+        self._default = default or _DEFAULT_POLICY
         self._keys = [k.get_secret_value().encode() for k in runtime.settings.api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -125,7 +154,7 @@ class Boundary:
             timeout=rt.settings.request_deadline,
             values={"request_id": request_id, "outcome": outcome},
         )
-        ctx = RequestContext(request_id=request_id, lifetime=lifetime, runtime=rt, outcome=outcome)
+        ctx = RequestContext(request_id=request_id, lifetime=lifetime, host=rt, outcome=outcome)
         scope["ragline"] = ctx
         begun = time.perf_counter()
         span_name = f"{scope['method']} {scope['path']}"
@@ -172,7 +201,19 @@ class Boundary:
         except StageTimeout:
             ctx.timed_out = True
         reason = lifetime.reason
-        if ctx.started or ctx.disconnected.is_set():
+        if ctx.disconnected.is_set() or ctx.completed:
+            return
+        if ctx.started:
+            if ctx.event_stream and (reason is not None or ctx.timed_out):
+                # A stream of an application that is not ragline's own (which writes its
+                # own last event) was cut short: end it with a final event, as ours do.
+                cause = reason or CancelReason(Cause.DEADLINE, lifetime.path, 0.0)
+                status, err = error_for_cause(cause)
+                ctx.error_status = status
+                final = b"event: error\ndata: " + error_bytes({**err, "status": status}) + b"\n\n"
+                with anyio.move_on_after(self.runtime.settings.final_event_window, shield=True):
+                    await send({"type": "http.response.body", "body": final, "more_body": False})
+                    ctx.completed = True
             return
         if ctx.timed_out:
             status, err = error_for_cause(CancelReason(Cause.DEADLINE, lifetime.path, 0.0))
@@ -227,6 +268,10 @@ class Boundary:
                 ctx.started = True
                 ctx.status = int(message["status"])
                 headers = list(message.get("headers", []))
+                ctx.event_stream = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                    for k, v in headers
+                )
                 headers.append((b"x-request-id", ctx.request_id.encode()))
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
@@ -283,7 +328,7 @@ class Boundary:
 
     def _policy(self, scope: Scope) -> Policy:
         route = self._matched(scope)
-        return route.policy if isinstance(route, PolicyRoute) else _DEFAULT_POLICY
+        return route.policy if isinstance(route, PolicyRoute) else self._default
 
     def _route(self, scope: Scope) -> str:
         """The route template (bounded label values), also for requests never routed."""

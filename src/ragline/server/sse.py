@@ -137,7 +137,7 @@ class EventStream:
             if reason is not None and reason.cause is not Cause.CLIENT_DISCONNECTED:
                 status, body = error_for_cause(reason)
                 # flake8-async cannot see that last_words is a shielded, bounded scope.
-                with ctx.lifetime.last_words(ctx.runtime.settings.final_event_window):
+                with ctx.lifetime.last_words(ctx.host.settings.final_event_window):
                     await flush()  # noqa: ASYNC102
                     await write(self.fmt.error(status, body, result))  # noqa: ASYNC102
                     end = {"type": "http.response.body", "body": b"", "more_body": False}
