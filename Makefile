@@ -62,6 +62,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
 	$(BIN)/flake8 --select=ASYNC102,ASYNC103,ASYNC104,ASYNC120 src tests
+	# ragline's own lifecycle rules (docs/CHECK.md), on ragline's own source
+	$(BIN)/ragline check src
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -251,9 +251,9 @@ class DistributedJobs:
                 documents=seen,
             )
         if lifetime.reason is not None:  # our own shutdown: another start retries it
-            with anyio.move_on_after(1, shield=True):
+            with lifetime.last_words(1) as words:
                 await self.records.save_part(
-                    job_id, part, "queued", Lifetime.root("jobs"), progress=progress.as_dict()
+                    job_id, part, "queued", words, progress=progress.as_dict()
                 )
             raise _Interrupted(owner)
 

@@ -144,6 +144,12 @@ def _cluster(args: argparse.Namespace) -> int:
     return result
 
 
+def _check(args: argparse.Namespace) -> int:
+    from ..checker import main as check
+
+    return check(args.paths)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ragline`` console script."""
     parser = argparse.ArgumentParser(prog="ragline", description=__doc__)
@@ -189,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cluster.add_argument("--workers", type=int, default=1, help="ragline worker processes (1)")
     cluster.add_argument("--port", type=int, default=8001, help="the first replica's port (8001)")
     cluster.set_defaults(func=_cluster)
+    check = commands.add_parser(
+        "check", help="find dropped lifetimes and other lifecycle mistakes (docs/CHECK.md)"
+    )
+    check.add_argument("paths", nargs="*", help="files or directories (default: .)")
+    check.set_defaults(func=_check)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
