@@ -120,6 +120,13 @@ def ragline_launch(extra: dict[str, str] | None = None, workers: int = 1) -> Lau
     return launch
 
 
+def adopted_launch(port: int, upstream: str, workdir: Path) -> tuple[list[str], dict[str, str]]:
+    """``bench/peers/naive_adopted.py`` in ragline's venv."""
+    env = {**os.environ, "NAIVE_UPSTREAM": upstream, "NAIVE_API_KEY": "sk-fake"}
+    argv = [sys.executable, "-m", "uvicorn", "naive_adopted:app", "--app-dir", str(HERE / "peers")]
+    return [*argv, "--host", "127.0.0.1", "--port", str(port)], env
+
+
 @asynccontextmanager
 async def upstream_process() -> AsyncIterator[Upstream]:
     process = await asyncio.create_subprocess_exec(
@@ -401,7 +408,11 @@ def targets(quick: bool, only: set[str], base: str = "") -> list[Target]:
     if not quick:
         # Two server processes on one socket (`serve --workers 2`): a second core's worth.
         found.append(Target("ragline-2w", launch=ragline_launch(workers=2), ready_path="/readyz"))
-    if quick or (only and only <= {"direct", "ragline", "ragline-2w", "ragline-base"}):
+        # The naive proxy, unchanged, with ragline's middleware added (docs/ADOPT.md).
+        found.append(Target("naive-ragline", launch=adopted_launch, ready_path="/health"))
+    if quick or (
+        only and only <= {"direct", "ragline", "ragline-2w", "ragline-base", "naive-ragline"}
+    ):
         return found
     from peers import PEERS, command, install
 

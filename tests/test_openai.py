@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from pydantic import SecretStr
 
 from conftest import upstream_running
-from ragline import Cause, Generation, Lifetime, Message, Prompt, StageTimeout, UpstreamError
+from ragline import (
+    Cause,
+    Generation,
+    Lifetime,
+    Message,
+    Prompt,
+    RateLimited,
+    StageTimeout,
+    Unavailable,
+    UpstreamError,
+)
 from ragline.providers.openai import OpenAIGenerator
 from upstream import Behavior, FakeUpstream
 
@@ -107,14 +118,15 @@ async def test_total_timeout_after_the_first_token() -> None:
 
 
 async def test_upstream_errors_are_upstream_errors() -> None:
-    upstream = FakeUpstream(lambda body: Behavior(status=429))
+    upstream = FakeUpstream(lambda body: Behavior(status=500))
     async with upstream_running(upstream):
         gen = generator(upstream)
         with Lifetime.root() as root:
-            with pytest.raises(UpstreamError, match="429: upstream says no") as info:
+            with pytest.raises(UpstreamError, match="500: upstream says no") as info:
                 await gen.generate(PROMPT, root, Generation())
         await gen.aclose()
-    assert info.value.status == 429
+    assert info.value.status == 500
+    assert len(upstream.calls) == 1, "a 500 is not retried"
     refused = OpenAIGenerator(base_url="http://127.0.0.1:9/v1", model="m")
     with Lifetime.root() as root:
         with pytest.raises(UpstreamError, match="unreachable"):
@@ -132,3 +144,80 @@ async def test_a_cancelled_lifetime_never_sends() -> None:
             await gen.generate(PROMPT, root, Generation())
         await gen.aclose()
     assert upstream.calls == []
+
+
+def answers(*behaviors: Behavior) -> FakeUpstream:
+    """An upstream that answers each call with the next behavior (the last one repeats)."""
+    given = list(behaviors)
+    return FakeUpstream(lambda body: given.pop(0) if len(given) > 1 else given[0])
+
+
+async def test_a_429_then_a_200_is_answered_after_the_retry_after_wait() -> None:
+    upstream = answers(Behavior(status=429, retry_after="1"), Behavior(tokens=3))
+    into = Generation()
+    async with upstream_running(upstream):
+        gen = generator(upstream)
+        with Lifetime.root() as root:
+            began = anyio.current_time()
+            await gen.generate(PROMPT, root, into)
+            waited = anyio.current_time() - began
+        await gen.aclose()
+    assert into.text == "t0 t1 t2 "
+    assert into.upstream_statuses == [429, 200]
+    assert waited >= 1.0  # the upstream's Retry-After, honoured
+
+
+async def test_a_persistent_429_is_passed_on_with_its_retry_after() -> None:
+    upstream = answers(Behavior(status=429, retry_after="1"))
+    into = Generation()
+    async with upstream_running(upstream):
+        gen = generator(upstream, retries=2)
+        with Lifetime.root() as root:
+            with pytest.raises(RateLimited) as info:
+                await gen.generate(PROMPT, root, into)
+        await gen.aclose()
+    assert info.value.retry_after == 1.0
+    assert into.upstream_statuses == [429, 429, 429]
+
+
+async def test_a_wait_longer_than_the_deadline_is_not_waited_for() -> None:
+    upstream = answers(Behavior(status=503, retry_after="120"))
+    async with upstream_running(upstream):
+        gen = generator(upstream, first_token_timeout=5)
+        with Lifetime.root() as root:
+            began = anyio.current_time()
+            with pytest.raises(Unavailable) as info:
+                await gen.generate(PROMPT, root, Generation())
+            assert anyio.current_time() - began < 5
+        await gen.aclose()
+    assert info.value.retry_after == 120.0
+    assert len(upstream.calls) == 1
+
+
+async def test_a_rejected_server_key_names_the_setting_never_the_key() -> None:
+    upstream = answers(Behavior(status=401))
+    async with upstream_running(upstream):
+        gen = OpenAIGenerator(
+            base_url=upstream.base_url, model="m", api_key=SecretStr("sk-very-secret")
+        )
+        with Lifetime.root() as root:
+            with pytest.raises(UpstreamError) as info:
+                await gen.generate(PROMPT, root, Generation())
+        await gen.aclose()
+    assert "RAGLINE_LLM_API_KEY" in str(info.value)
+    assert "secret" not in str(info.value)
+    assert "upstream says no" not in str(info.value)
+    assert len(upstream.calls) == 1
+
+
+async def test_an_oversized_event_closes_the_upstream_with_a_clear_error() -> None:
+    # One 3 MB event, then more for as long as the connection stays open.
+    upstream = answers(Behavior(texts=["x" * 3_000_000], loop=["more "], interval=0.01))
+    async with upstream_running(upstream):
+        gen = generator(upstream, max_event_bytes=1_048_576)
+        with Lifetime.root() as root:
+            with pytest.raises(UpstreamError, match="larger than 1048576 bytes"):
+                await gen.generate(PROMPT, root, Generation())
+        await gen.aclose()
+        with anyio.fail_after(5):
+            await upstream.calls[0].closed.wait()

@@ -90,6 +90,40 @@ async def test_upstream_error_mid_stream_reaches_the_sdk_as_an_error() -> None:
                     pass
 
 
+async def test_a_persistent_429_reaches_the_sdk_as_a_rate_limit_error_with_retry_after() -> None:
+    upstream = FakeUpstream(lambda body: Behavior(status=429, retry_after="7"))
+    async with (
+        upstream_running(upstream),
+        serve(settings_for(upstream, llm_retries=0)) as running,
+    ):
+        async with AsyncOpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0) as sdk:
+            with pytest.raises(openai.RateLimitError) as limited:
+                await sdk.chat.completions.create(
+                    model="fake-model", messages=[{"role": "user", "content": "hi"}]
+                )
+            assert limited.value.response.headers["retry-after"] == "7"
+            stream = await sdk.chat.completions.create(
+                model="fake-model", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            # The stream had begun: its final event carries the same code.
+            with pytest.raises(openai.APIError, match="429"):
+                async for _ in stream:
+                    pass
+        assert running.metric("ragline_upstream_responses_total", code="429") == 2
+
+
+async def test_a_429_then_a_200_is_answered_200_without_the_client_seeing_the_wait() -> None:
+    given = [Behavior(status=429, retry_after="1"), Behavior(tokens=3)]
+    upstream = FakeUpstream(lambda body: given.pop(0) if len(given) > 1 else given[0])
+    async with upstream_running(upstream), serve(settings_for(upstream)) as running:
+        async with AsyncOpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0) as sdk:
+            reply = await sdk.chat.completions.create(
+                model="fake-model", messages=[{"role": "user", "content": "hi"}]
+            )
+    assert reply.choices[0].message.content == "t0 t1 t2 "
+    assert len(upstream.calls) == 2
+
+
 # -- tool calling ----------------------------------------------------------------------
 WEATHER = {
     "type": "function",

@@ -28,6 +28,7 @@ class Behavior:
     gate_after: int | None = None  # after this many tokens wait for `release`
     release: anyio.Event | None = None
     status: int = 200
+    retry_after: str | None = None  # the Retry-After header of an error status
     report_usage: bool = True
     # Tool calling: after the text tokens, stream these calls ((name, arguments JSON
     # text), the arguments in fragments) and finish with "tool_calls".
@@ -193,6 +194,7 @@ class FakeUpstream:
                     headers=[
                         ("content-type", "application/json"),
                         ("content-length", str(len(payload))),
+                        *([("retry-after", behavior.retry_after)] if behavior.retry_after else []),
                     ],
                 ),
             )

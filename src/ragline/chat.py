@@ -199,6 +199,8 @@ class ChatPipeline:
             m.generation_stops.labels(_stop_reason(usage.cause)).inc()
         if generation.tokens_after_cancel:
             m.tokens_after_cancel.inc(generation.tokens_after_cancel)
+        for code in generation.upstream_statuses:
+            m.upstream_responses.labels(str(code)).inc()
         reason = stage.reason
         if reason is not None and generation.upstream_closed_at is not None:
             m.cancel_to_close_seconds.observe(max(generation.upstream_closed_at - reason.at, 0.0))

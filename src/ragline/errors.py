@@ -15,6 +15,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "RagLineError",
+    "RateLimited",
     "StageTimeout",
     "Unauthorized",
     "Unavailable",
@@ -84,12 +85,23 @@ class UpstreamError(RagLineError):
 
     code = "upstream_error"
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after  # seconds, when the upstream said (Retry-After)
 
 
 class Unavailable(UpstreamError):
-    """An engine ragline depends on (the database) cannot be reached now; retry later."""
+    """An engine ragline depends on (the database, a model server answering 503) cannot
+    serve now; retry later."""
 
     code = "unavailable"
+
+
+class RateLimited(UpstreamError):
+    """The model server answered 429 and kept answering it through ragline's retries:
+    passed on as 429 with its ``Retry-After``, so that the client's SDK backs off."""
+
+    code = "rate_limited"

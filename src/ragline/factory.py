@@ -106,6 +106,8 @@ def build_generator(settings: Settings, bridge: ThreadBridge) -> Generator:
         api_key=s.llm_api_key,
         max_connections=s.llm_max_connections,
         connect_timeout=s.llm_connect_timeout,
+        retries=s.llm_retries,
+        max_event_bytes=s.llm_max_event_bytes,
         first_token_timeout=s.llm_first_token_timeout,
         total_timeout=s.llm_total_timeout,
         max_tokens=s.llm_max_tokens or UPSTREAM_MAX_TOKENS,

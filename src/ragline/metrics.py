@@ -48,6 +48,12 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=r,
         )
+        self.upstream_responses = Counter(
+            "ragline_upstream_responses",
+            "Answers from the model server, by HTTP status (each retry counted)",
+            ["code"],
+            registry=r,
+        )
         self.generation_stops = Counter(
             "ragline_generation_stops",
             "Generations cut short, by reason (repetition, cancelled, timeout)",

@@ -326,6 +326,7 @@ class Generation:
     tokens_after_cancel: int = 0
     upstream_closed_at: float | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)  # complete once it ends
+    upstream_statuses: list[int] = field(default_factory=list)  # one per attempt
 
     @property
     def text(self) -> str:

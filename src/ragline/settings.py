@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     llm_queue_size: int = Field(16, ge=0)
     llm_max_connections: int = Field(32, ge=1)
     llm_connect_timeout: float = Field(5.0, gt=0)
+    # An upstream 429 or 503 before the first token is retried (backoff with jitter, or
+    # its Retry-After) this many times while the request's deadline allows; then passed on.
+    llm_retries: int = Field(2, ge=0, le=10)
+    llm_max_event_bytes: int = Field(1_048_576, ge=1024)  # one upstream event, at most
     llm_first_token_timeout: Seconds = 60.0
     llm_total_timeout: Seconds = 300.0
     llm_max_tokens: int | None = Field(None, ge=1)  # unset: 160 local (the eval), 256 upstream

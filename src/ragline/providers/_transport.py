@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import email.utils
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import httpx
@@ -31,9 +33,15 @@ __all__ = ["Answer", "StreamingClient"]
 class Answer:
     """An upstream answer whose body is read as it arrives."""
 
-    def __init__(self, status: int, chunks: Callable[[], AsyncIterator[bytes]]) -> None:
+    def __init__(
+        self,
+        status: int,
+        chunks: Callable[[], AsyncIterator[bytes]],
+        retry_after: str | None = None,
+    ) -> None:
         self.status = status
         self._chunks = chunks
+        self.retry_after = _seconds(retry_after)  # the upstream's Retry-After, if any
 
     async def text(self) -> AsyncIterator[str]:
         """The body as text, one piece per read from the socket."""
@@ -127,7 +135,11 @@ class StreamingClient:
                 proxy = self._proxies[url] = _proxy_for(url)
             async with session.post(url, data=body, headers=headers, proxy=proxy) as response:
                 try:
-                    yield Answer(response.status, response.content.iter_any)
+                    yield Answer(
+                        response.status,
+                        response.content.iter_any,
+                        response.headers.get("retry-after"),
+                    )
                 except BaseException:
                     # Not read to its end, the connection cannot serve another request:
                     # closing it now is what tells the upstream to stop generating.
@@ -152,7 +164,11 @@ class StreamingClient:
             with self._shards.client() as client:
                 async with client.stream("POST", url, content=body, headers=headers) as response:
                     # Leaving the block unread closes the connection.
-                    yield Answer(response.status_code, response.aiter_raw)
+                    yield Answer(
+                        response.status_code,
+                        response.aiter_raw,
+                        response.headers.get("retry-after"),
+                    )
         except httpx.TimeoutException as exc:
             raise self._timeout(type(exc).__name__) from None
         except httpx.HTTPError as exc:
@@ -168,3 +184,20 @@ def _proxy_for(url: str) -> str | None:
     if urllib.request.proxy_bypass(parts.hostname or ""):
         return None
     return urllib.request.getproxies_environment().get(parts.scheme)
+
+
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After value (seconds, or an HTTP date) as seconds from now."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

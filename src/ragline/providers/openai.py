@@ -12,14 +12,16 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx
 import orjson
+import stamina
 from pydantic import SecretStr
 
-from ..errors import StageTimeout, UpstreamError
+from ..errors import RateLimited, StageTimeout, Unavailable, UpstreamError
 from ..lifetime import Lifetime
 from ..models import Generation, Message, Prompt, Sampling, ToolCall
 from . import EmbedKind, OnDelta
@@ -32,6 +34,7 @@ log = logging.getLogger("ragline.providers.openai")
 
 _MAX_ERROR_BODY = 4096
 _AFTER_DONE = 1.0  # seconds to read the end of a stream after its [DONE]
+_MAX_WAIT = 30.0  # the longest Retry-After honoured; a longer one is passed on at once
 
 
 class OpenAIGenerator:
@@ -51,6 +54,8 @@ class OpenAIGenerator:
         api_key: SecretStr | None = None,
         max_connections: int = 32,
         connect_timeout: float = 5.0,
+        retries: int = 2,
+        max_event_bytes: int = 1_048_576,
         first_token_timeout: float | None = 60.0,
         total_timeout: float | None = 300.0,
         max_tokens: int | None = None,
@@ -65,6 +70,8 @@ class OpenAIGenerator:
         self._sampling = sampling or Sampling()  # the settings'; unset parameters are the server's
         # Read and pool waits are bounded by our own first-token and total deadlines.
         self._client = StreamingClient(max_connections, connect_timeout, stage="generate")
+        self._retries = retries
+        self._max_event_bytes = max_event_bytes
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -111,7 +118,7 @@ class OpenAIGenerator:
             start + self._first_token_timeout if self._first_token_timeout else math.inf
         )
         scope = anyio.CancelScope(deadline=min(first_deadline, total_deadline))
-        first_seen = finished = False
+        seen = _Seen(deadline=total_deadline)
         try:
             with scope:
                 log.debug(
@@ -119,43 +126,82 @@ class OpenAIGenerator:
                     extra={"model": self.model, "request_id": lifetime.get("request_id")},
                 )
                 body = json.dumps(self._body(prompt)).encode()
-                async with self._client.post(self._url, body, self._headers(lifetime)) as answer:
-                    if answer.status >= 400:
-                        await self._raise_for(answer)
-                    rest = ""
-                    async for text in answer.text():
-                        if finished:
-                            # After [DONE] only the body's end is left: reading it
-                            # returns the connection to the pool (a break would close
-                            # it, and every request would open a new one).
-                            continue
-                        # Everything that arrived in one read goes on as one piece:
-                        # a fast upstream's tokens cost one write downstream, not one
-                        # each.
-                        *lines, rest = (rest + text).split("\n")
-                        piece, moved, done = self._events(lines, into, lifetime)
-                        if moved and not first_seen:
-                            # A tool call's first fragment counts as a first token.
-                            first_seen = True
-                            scope.deadline = total_deadline
-                        if piece and on_delta is not None:
-                            await on_delta(piece)
-                        if done:
-                            finished = True
-                            # An upstream that holds the stream open after [DONE]
-                            # gets a moment, not the rest of the deadline.
-                            scope.deadline = min(scope.deadline, anyio.current_time() + _AFTER_DONE)
+
+                def retry(exc: Exception) -> bool | float:
+                    # Only a 429 or 503, which comes before any token (so the client has
+                    # seen nothing), and only while the deadline leaves time to wait.
+                    if not isinstance(exc, RateLimited | Unavailable):
+                        return False
+                    if exc.retry_after is None:
+                        return True
+                    left = scope.deadline - anyio.current_time()
+                    return exc.retry_after if exc.retry_after < min(left, _MAX_WAIT) else False
+
+                async for attempt in stamina.retry_context(
+                    on=retry,
+                    attempts=self._retries + 1,
+                    timeout=None,  # the scope's deadline bounds the whole
+                    wait_initial=0.5,
+                    wait_max=_MAX_WAIT,
+                    wait_jitter=0.5,
+                ):
+                    with attempt:
+                        await self._stream(body, lifetime, into, on_delta, scope, seen)
         except anyio.get_cancelled_exc_class():
             into.upstream_closed_at = time.monotonic()
             raise
         into.upstream_closed_at = time.monotonic()
-        if scope.cancelled_caught and not finished:
-            if first_seen:
+        if scope.cancelled_caught and not seen.finished:
+            if seen.first:
                 raise StageTimeout("generate", self._total_timeout, "upstream total timeout")
             raise StageTimeout(
                 "generate", self._first_token_timeout, "no first token from the upstream in time"
             )
         return into
+
+    async def _stream(
+        self,
+        body: bytes,
+        lifetime: Lifetime,
+        into: Generation,
+        on_delta: OnDelta | None,
+        scope: anyio.CancelScope,
+        seen: _Seen,
+    ) -> None:
+        """One attempt: POST, then read the stream into ``into``."""
+        async with self._client.post(self._url, body, self._headers(lifetime)) as answer:
+            into.upstream_statuses.append(answer.status)
+            if answer.status >= 400:
+                await self._raise_for(answer)
+            rest = ""
+            async for text in answer.text():
+                if seen.finished:
+                    # After [DONE] only the body's end is left: reading it returns the
+                    # connection to the pool (a break would close it, and every request
+                    # would open a new one).
+                    continue
+                # Everything that arrived in one read goes on as one piece: a fast
+                # upstream's tokens cost one write downstream, not one each.
+                *lines, rest = (rest + text).split("\n")
+                if len(rest) > self._max_event_bytes:
+                    # Leaving the block closes the connection: a hostile or broken
+                    # upstream cannot make ragline hold an unbounded event.
+                    raise UpstreamError(
+                        f"upstream sent an event larger than {self._max_event_bytes} bytes "
+                        "(RAGLINE_LLM_MAX_EVENT_BYTES)"
+                    )
+                piece, moved, done = self._events(lines, into, lifetime)
+                if moved and not seen.first:
+                    # A tool call's first fragment counts as a first token.
+                    seen.first = True
+                    scope.deadline = seen.deadline
+                if piece and on_delta is not None:
+                    await on_delta(piece)
+                if done:
+                    seen.finished = True
+                    # An upstream that holds the stream open after [DONE] gets a moment,
+                    # not the rest of the deadline.
+                    scope.deadline = min(scope.deadline, anyio.current_time() + _AFTER_DONE)
 
     def _events(
         self, lines: list[str], into: Generation, lifetime: Lifetime
@@ -218,12 +264,35 @@ class OpenAIGenerator:
         return piece
 
     async def _raise_for(self, answer: Answer) -> None:
+        status = answer.status
+        if status in (401, 403):
+            # The server's own key is wrong: say where to look, never what the upstream
+            # echoed back (its message may quote part of the key).
+            raise UpstreamError(
+                f"the model server refused ragline's credentials (HTTP {status}): check "
+                "RAGLINE_LLM_API_KEY",
+                status=status,
+            )
         body = await answer.head(_MAX_ERROR_BODY)
         try:
             message = error_message(json.loads(body))
         except ValueError:
             message = body[:200].decode("utf-8", "replace")
-        raise UpstreamError(f"upstream answered {answer.status}: {message}", status=answer.status)
+        text = f"upstream answered {status}: {message}"
+        if status == 429:
+            raise RateLimited(text, status=status, retry_after=answer.retry_after)
+        if status == 503:
+            raise Unavailable(text, status=status, retry_after=answer.retry_after)
+        raise UpstreamError(text, status=status)
+
+
+@dataclass
+class _Seen:
+    """What an attempt saw, kept when a deadline cuts it short."""
+
+    deadline: float  # the total deadline, which replaces the first-token one
+    first: bool = False
+    finished: bool = False
 
 
 def _message(message: Message) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import RagLineError
+from ..errors import RagLineError, UpstreamError
 from ..runtime import Runtime
 from ..settings import Settings
 from . import bot_api, chat_api, ingest_api, openai_api, runs_api, web_api
@@ -25,7 +26,10 @@ __all__ = ["create_app"]
 async def _ragline_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RagLineError)
     status, body = error_for_exception(exc)
-    return JSONResponse(body, status_code=status)
+    headers = {}
+    if isinstance(exc, UpstreamError) and exc.retry_after is not None and status in (429, 503):
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@ from ..errors import (
     NotFound,
     Overloaded,
     RagLineError,
+    RateLimited,
     StageTimeout,
     Unauthorized,
     Unavailable,
@@ -36,6 +37,7 @@ _STATUS: list[tuple[type[RagLineError], int]] = [
     (StageTimeout, 504),
     (Overloaded, 503),
     (Unavailable, 503),  # before its parent
+    (RateLimited, 429),
     (UpstreamError, 502),
 ]
 
@@ -68,6 +70,8 @@ def status_for_cause(reason: CancelReason) -> int:
 def _error_type(status: int) -> str:
     if status in (401, 403):
         return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
     if status == 404:
         return "not_found_error"
     if status < 500:
