@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from ..errors import RagLineError, UpstreamError
 from ..runtime import Runtime
 from ..settings import Settings
-from . import bot_api, chat_api, ingest_api, openai_api, runs_api, web_api
+from . import bot_api, chat_api, ingest_api, openai_api, openapi, runs_api, web_api
 from .boundary import Boundary
 from .errors import error_body, error_for_exception
 
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Starlette:
         *web_api.outcome_routes,
         *(web_api.page_routes() if runtime.settings.web else []),
     ]
+    all_routes += openapi.routes(all_routes)
     app = Starlette(
         routes=all_routes,
         middleware=[Middleware(Boundary, runtime=runtime, routes=all_routes)],
