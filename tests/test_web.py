@@ -347,3 +347,18 @@ async def test_with_api_keys_the_page_without_a_key_gets_nothing(tmp_path: Path)
         stored = await page.evaluate("() => sessionStorage.getItem('ragline-key')")
         assert stored == KEY
         assert await page.evaluate("() => localStorage.length") == 0
+
+
+async def test_the_api_document_renders_offline_at_docs(tmp_path: Path) -> None:
+    async with site(tmp_path, answering("ok"), keys=True) as s, browser() as b:
+        page = await b.new_page()
+        requested: list[str] = []
+        page.on("request", lambda r: requested.append(r.url))
+        await page.goto(f"{s.url}/docs")
+        chat = page.locator("#post_api_v1_inference_chat")
+        await expect(chat).to_contain_text("/api/v1/inference/chat", timeout=10_000)
+        await chat.locator("summary").click()
+        await expect(chat).to_contain_text("ChatRequest")
+        await expect(chat).to_contain_text("429")
+        assert all(u.startswith(s.url) for u in requested), requested  # nothing from outside
+        await shot(page, "api-docs")

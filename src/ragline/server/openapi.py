@@ -118,7 +118,7 @@ _OPS = [
         result=_OBJECT,
         media="application/json",
         events=("data: chat.completion.chunk", "data: [DONE]"),
-        errors=(400, 401, 413, 422, 429, 502, 503, 504),
+        errors=(400, 401, 404, 413, 422, 429, 502, 503, 504),
     ),
     _Op("get", "/v1/models", "The model ragline serves", "openai", result=_OBJECT, errors=(401,)),
     _Op(
@@ -225,7 +225,7 @@ _OPS = [
         "teams",
         result=_OBJECT,
         ok=202,
-        errors=(400, 401, 413, 422, 503),
+        errors=(400, 401, 404, 413, 422, 503),
         public=True,
         extra={
             "requestBody": {"required": True, "content": {"application/json": {"schema": _OBJECT}}}
@@ -267,13 +267,20 @@ _OPS = [
 ]
 
 
+# One server-sent event, as a client parses it: its type (``message`` when unnamed), its
+# data (JSON, or ``[DONE]``) and, on runs, its number for Last-Event-ID.
+_EVENT = _object(event=_STR, data=_STR, id=_STR)
+
+
 def _content(op: _Op) -> dict[str, Any]:
     if op.media == "application/json":
         schema = op.result if isinstance(op.result, dict) else _ref(op.result)
         content = {"application/json": {"schema": schema or _OBJECT}}
         if op.events:  # the same route streams when asked to ("stream": true)
-            content["text/event-stream"] = {"schema": _STR}
+            content["text/event-stream"] = {"schema": _EVENT}
         return content
+    if op.media == "text/event-stream":
+        return {op.media: {"schema": _EVENT}}
     return {op.media: {"schema": _STR}}
 
 
@@ -313,7 +320,8 @@ def _operation(op: _Op) -> dict[str, Any]:
                 "schema": _object(files=files, collection=_STR, prune={"type": "string"})
             }
         out["requestBody"] = {"required": True, "content": content}
-    for status in op.errors:
+    statuses = [*op.errors, 499] if op.errors and not op.public else list(op.errors)
+    for status in statuses:
         error = {"$ref": "#/components/schemas/Error"}
         out["responses"][str(status)] = {
             "description": _ERRORS[status],
