@@ -3,6 +3,7 @@ and handing the job to the server that owns the data directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -118,3 +119,23 @@ async def test_the_job_goes_to_the_server_that_owns_the_data_directory(tmp_path:
     assert "docs 3/3" in handed.stderr.decode()
     assert refused.returncode == 1
     assert "outside the ingest roots" in refused.stderr.decode()
+
+
+@pytest.mark.parametrize("pid", ["dead", "alive"])
+async def test_a_stale_server_marker_is_ignored(tmp_path: Path, pid: str) -> None:
+    """A marker left behind: its pid gone, or reused by a process that is not ragline
+    (this test's own pid, with a URL nothing answers on)."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, 2, words=40)
+    data = tmp_path / "data"
+    data.mkdir()
+    gone = 2**22 + 12345  # above any pid this machine hands out
+    owner = os.getpid() if pid == "alive" else gone
+    (data / "server.json").write_text(json.dumps({"url": "http://127.0.0.1:9", "pid": owner}))
+    done = await anyio.run_process(
+        [sys.executable, "-m", "ragline", "ingest", str(corpus)],
+        env=environment(data),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert b"cannot reach" not in done.stderr

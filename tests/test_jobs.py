@@ -147,6 +147,31 @@ async def test_bad_input_is_reported_per_document_and_the_rest_is_indexed(
     assert not indexed & {"binary.txt", "empty.md", "latin1.txt", "huge.txt"}
 
 
+async def test_uploads_with_one_base_name_never_overwrite_each_other(tmp_path: Path) -> None:
+    upload = [
+        ("files", ("a/x.txt", b"alpha herons wade")),
+        ("files", ("b/x.txt", b"beta herons fly")),
+        ("files", ("../../etc/passwd.txt", b"gamma reeds")),
+        ("files", ("/etc/passwd.txt", b"delta reeds")),
+    ]
+    async with serve(settings(tmp_path)) as running, client(running) as http:
+        answer = await http.post("/api/v1/ingest", files=upload, data={"collection": "same"})
+        status = await wait_for_state(http, answer.json()["job_id"], "succeeded", "failed")
+        hits = (
+            await http.post(
+                "/api/v1/retrieve",
+                json={"query": "herons reeds", "top_k": 10, "collection": "same"},
+            )
+        ).json()["hits"]
+    assert status["state"] == "succeeded"
+    texts = {h["text"] for h in hits}
+    # The first of each name is kept; the second is a per-document error, never a silent loss.
+    assert {"alpha herons wade", "gamma reeds"} <= texts
+    duplicates = [e for e in status["progress"]["errors"] if "duplicate" in e["reason"]]
+    assert sorted(e["document_id"] for e in duplicates) == ["passwd.txt", "x.txt"]
+    assert status["progress"]["documents"]["done"] + len(duplicates) == len(upload)
+
+
 async def test_delete_stops_a_job_at_the_next_batch_boundary(tmp_path: Path) -> None:
     documents = [{"id": f"d{i}", "text": text(i, 400)} for i in range(40)]
     async with serve(settings(tmp_path)) as running, client(running) as http:

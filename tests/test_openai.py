@@ -221,3 +221,15 @@ async def test_an_oversized_event_closes_the_upstream_with_a_clear_error() -> No
         await gen.aclose()
         with anyio.fail_after(5):
             await upstream.calls[0].closed.wait()
+
+
+async def test_a_503_follows_the_same_rule_as_a_429() -> None:
+    upstream = answers(Behavior(status=503), Behavior(tokens=2))
+    into = Generation()
+    async with upstream_running(upstream):
+        gen = generator(upstream)
+        with Lifetime.root() as root:
+            await gen.generate(PROMPT, root, into)
+        await gen.aclose()
+    assert into.upstream_statuses == [503, 200]
+    assert into.text == "t0 t1 "

@@ -124,6 +124,70 @@ async def test_a_429_then_a_200_is_answered_200_without_the_client_seeing_the_wa
     assert len(upstream.calls) == 2
 
 
+def event(data: object) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+OK_CHUNK = {"choices": [{"index": 0, "delta": {"content": "hi "}, "finish_reason": None}]}
+BROKEN = {
+    "choices not objects": event({"choices": [1, 2]}),
+    "delta not an object": event({"choices": [{"delta": "x"}]}),
+    "usage not numbers": event(OK_CHUNK)
+    + event({"choices": [], "usage": {"prompt_tokens": "many"}}),
+    "cut off (no finish, no [DONE])": event(OK_CHUNK) + event(OK_CHUNK),
+}
+
+
+@pytest.mark.parametrize("raw", list(BROKEN.values()), ids=list(BROKEN))
+async def test_a_broken_upstream_answer_is_an_upstream_error_never_a_clean_answer(
+    raw: bytes,
+) -> None:
+    upstream = FakeUpstream(lambda body: Behavior(raw=raw))
+    async with upstream_running(upstream), serve(settings_for(upstream)) as running:
+        async with httpx.AsyncClient(base_url=running.url) as http:
+            whole = await http.post("/api/v1/inference/chat", json={"query": "hi"})
+            assert whole.status_code == 502, whole.text
+            assert whole.json()["error"]["code"] == "upstream_error"
+            streamed = await http.get("/api/v1/inference/stream", params={"query": "hi"})
+            assert "event: error" in streamed.text
+            assert '"status":502' in streamed.text
+            compat = await http.post(
+                "/v1/chat/completions",
+                json={"model": "fake-model", "messages": [{"role": "user", "content": "x"}]},
+            )
+            assert compat.status_code == 502
+
+
+async def test_a_whole_json_body_where_a_stream_was_asked_is_an_upstream_error() -> None:
+    whole = json.dumps({"choices": [{"message": {"content": "hi"}}]}).encode()
+    upstream = FakeUpstream(lambda body: Behavior(raw=whole, raw_type="application/json"))
+    async with upstream_running(upstream), serve(settings_for(upstream)) as running:
+        async with httpx.AsyncClient(base_url=running.url) as http:
+            answer = await http.post("/api/v1/inference/chat", json={"query": "hi"})
+    assert answer.status_code == 502
+    assert "not an event stream" in answer.json()["error"]["message"]
+
+
+async def test_the_clients_max_tokens_is_clamped_to_the_servers_bound() -> None:
+    upstream = FakeUpstream(lambda body: Behavior(tokens=2))
+    async with (
+        upstream_running(upstream),
+        serve(settings_for(upstream, llm_max_tokens=256)) as running,
+    ):
+        async with httpx.AsyncClient(base_url=running.url) as http:
+            for asked in (10**20, 100):
+                answer = await http.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": "fake-model",
+                        "max_tokens": asked,
+                        "messages": [{"role": "user", "content": "x"}],
+                    },
+                )
+                assert answer.status_code == 200, answer.text
+    assert [c.body["max_tokens"] for c in upstream.calls] == [256, 100]
+
+
 # -- tool calling ----------------------------------------------------------------------
 WEATHER = {
     "type": "function",

@@ -178,6 +178,26 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
+async def test_sigterm_removes_the_server_marker_and_still_ends_as_sigterm(
+    tmp_path: Path,
+) -> None:
+    upstream = FakeUpstream(behave)
+    port = free_port()
+    marker = tmp_path / "server.json"
+    async with upstream_running(upstream):
+        process = await start_server(port, upstream, RAGLINE_DATA_DIR=str(tmp_path))
+        try:
+            assert json.loads(marker.read_text())["pid"] == process.pid
+            await sigterm(process)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                with anyio.move_on_after(10, shield=True):
+                    await process.wait()
+    assert not marker.exists(), "SIGTERM left server.json behind"
+    assert process.returncode == -signal.SIGTERM  # a supervisor sees what it sent
+
+
 async def test_with_two_worker_processes_sigterm_cancels_every_stream_in_both() -> None:
     """``serve --workers 2``: two processes accept on one socket; SIGTERM to the parent
     reaches both, each cancels its streams with cause shutdown, and all exit."""

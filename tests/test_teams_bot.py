@@ -342,6 +342,22 @@ async def test_bad_activities_get_4xx_and_nothing_runs() -> None:
         assert b.upstream.calls == []
 
 
+async def test_a_bad_token_is_refused_before_the_body_is_looked_at() -> None:
+    async with bot(lambda body: Behavior(tokens=2)) as b:
+        async with httpx.AsyncClient() as http:
+            for body in ({"type": "message"}, [1, 2], "x"):
+                answer = await http.post(b.url, json=body, headers={"authorization": "Bearer nope"})
+                # 401 with nothing about the schema: not 422 with field details.
+                assert answer.status_code == 401
+                assert answer.json()["error"]["param"] is None
+                assert "serviceUrl" not in answer.text
+            deep = await http.post(
+                b.url, content=b"[" * 1000 + b"]" * 1000, headers={"authorization": "Bearer x"}
+            )
+            assert deep.status_code == 401
+        assert b.teams.calls == []
+
+
 async def test_without_a_bot_configured_the_webhook_is_404() -> None:
     upstream = FakeUpstream()
     async with upstream_running(upstream):

@@ -39,6 +39,9 @@ class Behavior:
     loop: list[str] = field(default_factory=list)
     loop_limit: int = 10_000
     texts: list[str] = field(default_factory=list)  # the text tokens, instead of "t{i} "
+    # A broken upstream: this body, verbatim, with a 200 and this content type.
+    raw: bytes | None = None
+    raw_type: str = "text/event-stream"
 
 
 @dataclass
@@ -206,10 +209,18 @@ class FakeUpstream:
             stream,
             h11.Response(
                 status_code=200,
-                headers=[("content-type", "text/event-stream"), ("transfer-encoding", "chunked")],
+                headers=[
+                    ("content-type", behavior.raw_type if behavior.raw else "text/event-stream"),
+                    ("transfer-encoding", "chunked"),
+                ],
             ),
         )
         model = call.body.get("model", "fake")
+        if behavior.raw is not None:
+            await self._send(conn, stream, h11.Data(data=behavior.raw))
+            await self._send(conn, stream, h11.EndOfMessage())
+            call.finished = True
+            return
         if behavior.texts or behavior.loop:
             await self._produce_text(conn, stream, call, behavior, model)
             return

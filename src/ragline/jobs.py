@@ -35,6 +35,8 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 def allowed_path(raw: str, roots: list[Path]) -> Path:
     """``raw`` as a path, only under one of ``roots``, and existing."""
+    if "\x00" in raw:
+        raise InvalidRequest("a path cannot contain a NUL byte", param="paths")
     path = Path(raw).expanduser().resolve()
     if not any(path == root or root in path.parents for root in roots):
         shown = ", ".join(str(r) for r in roots) or "none configured"
@@ -232,10 +234,14 @@ def _save_inputs(
             for document in documents:
                 out.write(json.dumps(document) + "\n")
         saved.append(str(folder / "documents.jsonl"))
-    for name, data in uploads:
+    for index, (name, data) in enumerate(uploads):
         safe = Path(name).name.lstrip(".") or "upload"  # no paths, no hidden names
-        (folder / safe).write_bytes(data)
-        saved.append(str(folder / safe))
+        # A folder each: two uploads with one name ("a/x.txt", "b/x.txt") must not
+        # overwrite each other. The second is then reported as a duplicate id.
+        own = folder / f"upload-{index}"
+        own.mkdir()
+        (own / safe).write_bytes(data)
+        saved.append(str(own / safe))
     return saved
 
 

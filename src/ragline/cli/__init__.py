@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -62,14 +63,31 @@ def _serve(args: argparse.Namespace) -> int:
         finally:
             marker.unlink(missing_ok=True)
     server = build_server(app, host=host, port=port)
+    # uvicorn re-raises the signal it handled once it has shut down; under the default
+    # SIGTERM action that would end the process before the marker is removed.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         server.run()
     except KeyboardInterrupt:
         # uvicorn re-raises the SIGINT it handled, once it has shut down cleanly.
         return 130
+    except _Terminated:
+        # The marker goes first (below), then the process ends as SIGTERM ends it, so
+        # that a supervisor sees the status it expects.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        marker.unlink(missing_ok=True)
+        signal.raise_signal(signal.SIGTERM)
     finally:
         marker.unlink(missing_ok=True)
     return 0
+
+
+class _Terminated(BaseException):
+    """SIGTERM, re-raised by uvicorn after its shutdown: a way out that runs cleanups."""
+
+
+def _terminated(number: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _ask(args: argparse.Namespace) -> int:

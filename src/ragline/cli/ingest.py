@@ -100,19 +100,30 @@ async def ingest(
     settings = Settings()
     console = Console(file=err, soft_wrap=True)  # no hard wraps in logs and pipes
     if url is None:
-        url = _running_server(settings)
+        url = await _running_server(settings)
     if url is not None:
         return await _remote(url, paths, collection, prune, api_key, console)
     return await _local(settings, paths, collection, prune, console)
 
 
-def _running_server(settings: Settings) -> str | None:
+async def _running_server(settings: Settings) -> str | None:
+    """The server that owns the data directory, if one does. A marker left behind (its
+    process gone, or its pid reused by another program) is ignored: the process must be
+    alive and its URL must answer as ragline."""
     try:
-        info = json.loads(server_file(settings).read_text())
+        info = json.loads(await anyio.Path(server_file(settings)).read_text())
         os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError):
+        url = str(info["url"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return str(info["url"])
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            answer = await http.get(f"{url}/healthz")
+        if answer.json() != {"status": "ok"}:
+            return None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return url
 
 
 async def _local(

@@ -24,6 +24,7 @@ __all__ = [
     "RecordStore",
     "Records",
     "VectorStore",
+    "bounded",
 ]
 
 OnDelta = Callable[[str], Awaitable[None]]
@@ -224,3 +225,11 @@ class Generator(Protocol):
         into: Generation,
         on_delta: OnDelta | None = None,
     ) -> Generation: ...
+
+
+def bounded(asked: int | None, bound: int | None) -> int | None:
+    """A client's ``max_tokens`` clamped to the server's (``RAGLINE_LLM_MAX_TOKENS``):
+    a client may ask for fewer tokens, never for more."""
+    if asked is None:
+        return bound
+    return asked if bound is None else min(asked, bound)

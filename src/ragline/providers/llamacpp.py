@@ -29,7 +29,7 @@ from ..errors import InvalidRequest, Overloaded, UpstreamError
 from ..lifetime import Lifetime
 from ..models import Generation, Prompt, Sampling
 from ..threads import CancelToken, ThreadBridge
-from . import OnDelta
+from . import OnDelta, bounded
 
 __all__ = [
     "LOCAL_MAX_TOKENS",
@@ -335,7 +335,7 @@ class LlamaCppGenerator:
         try:
             chunks = llm.create_completion(
                 tokens,
-                max_tokens=prompt.max_tokens or self._max_tokens,
+                max_tokens=bounded(prompt.max_tokens, self._max_tokens),
                 temperature=s.temperature or 0.0,
                 top_p=1.0 if s.top_p is None else s.top_p,
                 min_p=s.min_p or 0.0,

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from ..errors import RateLimited, StageTimeout, Unavailable, UpstreamError
 from ..lifetime import Lifetime
 from ..models import Generation, Message, Prompt, Sampling, ToolCall
-from . import EmbedKind, OnDelta
+from . import EmbedKind, OnDelta, bounded
 from ._http import check_vectors, error_message, post_json, unit
 from ._transport import Answer, StreamingClient
 
@@ -84,7 +84,7 @@ class OpenAIGenerator:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        max_tokens = prompt.max_tokens or self._max_tokens
+        max_tokens = bounded(prompt.max_tokens, self._max_tokens)
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         body.update(prompt.chosen(self._sampling).openai())
@@ -202,6 +202,13 @@ class OpenAIGenerator:
                     # An upstream that holds the stream open after [DONE] gets a moment,
                     # not the rest of the deadline.
                     scope.deadline = min(scope.deadline, anyio.current_time() + _AFTER_DONE)
+        if not seen.finished and into.finish_reason is None:
+            # Neither [DONE] nor a finish reason: cut off, or not a stream at all (a whole
+            # JSON answer). Never a clean-looking answer.
+            raise UpstreamError(
+                "upstream's answer ended without a finish reason or [DONE]: cut off, or "
+                "not an event stream"
+            )
 
     def _events(
         self, lines: list[str], into: Generation, lifetime: Lifetime
@@ -237,11 +244,19 @@ class OpenAIGenerator:
             raise UpstreamError(f"upstream error: {error_message(chunk)}")
         usage = chunk.get("usage")
         if isinstance(usage, dict):
+            counts = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+            if not all(c is None or (type(c) is int and c >= 0) for c in counts):
+                raise UpstreamError("upstream sent malformed usage")
             into.usage_reported = True
-            into.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            into.completion_tokens = int(usage.get("completion_tokens") or 0)
+            into.prompt_tokens = counts[0] or 0
+            into.completion_tokens = counts[1] or 0
+        choices = chunk.get("choices") or ()
+        if not isinstance(choices, list | tuple):
+            raise UpstreamError("upstream sent a malformed stream event")
         piece = ""
-        for choice in chunk.get("choices") or ():
+        for choice in choices:
+            if not isinstance(choice, dict) or not isinstance(choice.get("delta") or {}, dict):
+                raise UpstreamError("upstream sent a malformed stream event")
             delta = choice.get("delta") or {}
             content = delta.get("content")
             if isinstance(content, str):

@@ -31,8 +31,10 @@ async def messages(request: Request) -> Response:
     authorization = request.headers.get("authorization")
     if channel.authenticator is not None and not authorization:
         raise Unauthorized("missing bot token")
+    # The token first: a caller without one learns nothing of what the body should be.
+    token = await channel.authenticate(authorization, ctx.lifetime)
     activity = validate(Activity, parse_json(await request.body()))
-    await channel.authenticate(authorization, activity, ctx.lifetime)
+    channel.bind(token, activity)
     response = await channel.receive(activity, ctx.lifetime)
     if response is None:
         return Response(status_code=202)

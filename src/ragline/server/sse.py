@@ -9,6 +9,7 @@ that has gone gets nothing, since nobody is listening.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -22,9 +23,11 @@ from ..lifetime import Cause
 from ..models import ChatResult
 from ..providers import OnDelta
 from .boundary import RequestContext
-from .errors import error_for_cause, error_for_exception
+from .errors import error_body, error_for_cause, error_for_exception
 
 __all__ = ["SSE_HEADERS", "EventFormat", "EventStream", "Work", "sse"]
+
+log = logging.getLogger("ragline.server")
 
 
 SSE_HEADERS = (
@@ -121,6 +124,7 @@ class EventStream:
 
         result = self.result
         failure: RagLineError | None = None
+        unexpected = False
         try:
             await write(self.fmt.opening())
             async with anyio.create_task_group() as tg:
@@ -129,6 +133,11 @@ class EventStream:
                     await self.work(on_delta, on_event)
                 except RagLineError as exc:
                     failure = exc
+                except Exception:
+                    # The one place a stream turns a defect into its final event: the
+                    # response has begun, so a 500 can only be said in the stream.
+                    log.exception("unexpected error in a stream")
+                    unexpected = True
                 finally:
                     generating = False
                     wake.set()
@@ -143,7 +152,11 @@ class EventStream:
                     end = {"type": "http.response.body", "body": b"", "more_body": False}
                     await send(end)  # noqa: ASYNC102
             raise
-        if failure is None:
+        if unexpected:
+            ctx.error_status = 500
+            body = error_body(500, "internal_error", "internal server error")
+            final = self.fmt.error(500, body, result)
+        elif failure is None:
             final = self.fmt.done(result)
         else:
             status, body = error_for_exception(failure)

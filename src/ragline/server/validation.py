@@ -24,6 +24,11 @@ def parse_json(body: bytes) -> Any:
         raise InvalidRequest(
             f"request body is not valid JSON: {exc}", code="malformed_json"
         ) from None
+    except RecursionError:
+        # The decoder's own guard against deep nesting (about a thousand levels).
+        raise InvalidRequest(
+            "request body is nested too deeply to be a request", code="malformed_json"
+        ) from None
 
 
 def validate(model: type[M], data: Any) -> M:

@@ -35,6 +35,14 @@ class _Key:
     endorsements: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A verified token: its claims, and the channels its signing key endorses."""
+
+    claims: dict[str, Any]
+    endorsements: frozenset[str]
+
+
 class BotAuthenticator:
     """Validates the ``Authorization`` header of an inbound activity."""
 
@@ -64,6 +72,11 @@ class BotAuthenticator:
         self, authorization: str | None, activity: Activity, lifetime: Lifetime
     ) -> dict[str, Any]:
         """The token's claims, or :class:`Unauthorized` saying what was wrong."""
+        return self.bind(await self.verify_token(authorization, lifetime), activity)
+
+    async def verify_token(self, authorization: str | None, lifetime: Lifetime) -> Token:
+        """The token itself: signature, audience, issuer, expiry. Checked before the body
+        is read as an activity, so a caller without a valid token learns nothing of it."""
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -82,8 +95,6 @@ class BotAuthenticator:
         key = await self._key(kid, lifetime)
         if key is None:
             raise Unauthorized("token signed by an unknown key")
-        if activity.channel_id not in key.endorsements:
-            raise Unauthorized(f"signing key does not endorse channel {activity.channel_id!r}")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -104,10 +115,17 @@ class BotAuthenticator:
             raise Unauthorized("token signature does not verify") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
-        claimed = claims.get("serviceurl")
+        return Token(claims, key.endorsements)
+
+    def bind(self, token: Token, activity: Activity) -> dict[str, Any]:
+        """The token's claims if they cover ``activity``: its channel endorsed by the
+        signing key, its serviceUrl the token's."""
+        if activity.channel_id not in token.endorsements:
+            raise Unauthorized(f"signing key does not endorse channel {activity.channel_id!r}")
+        claimed = token.claims.get("serviceurl")
         if not isinstance(claimed, str) or claimed.rstrip("/") != activity.service_url.rstrip("/"):
             raise Unauthorized("token serviceurl does not match the activity's serviceUrl")
-        return claims
+        return token.claims
 
     async def _key(self, kid: str, lifetime: Lifetime) -> _Key | None:
         now = time.monotonic()

@@ -17,7 +17,7 @@ from ..settings import Settings
 from ..supervisor import Supervisor
 from ..tracing import Tracing
 from .activity import Activity, InvokeResponse
-from .auth import BotAuthenticator
+from .auth import BotAuthenticator, Token
 from .bot import BotApplication
 from .connector import ConnectorClient, TokenSource
 from .dispatch import Dispatcher
@@ -101,14 +101,23 @@ class TeamsChannel:
         """Close the HTTP connections."""
         await self.http.aclose()
 
-    async def authenticate(
-        self, authorization: str | None, activity: Activity, lifetime: Lifetime
-    ) -> None:
-        """Raise :class:`Unauthorized` unless the activity's token is valid."""
+    async def authenticate(self, authorization: str | None, lifetime: Lifetime) -> Token | None:
+        """The request's verified token (``None`` with auth off), or
+        :class:`Unauthorized`: checked before the body is read as an activity."""
         if self.authenticator is None:
+            return None
+        try:
+            return await self.authenticator.verify_token(authorization, lifetime)
+        except Unauthorized as exc:
+            log.warning("bot activity refused: %s", exc.message, extra={"reason": exc.message})
+            raise Unauthorized("invalid or missing bot token") from None
+
+    def bind(self, token: Token | None, activity: Activity) -> None:
+        """Raise :class:`Unauthorized` unless ``token`` covers ``activity``."""
+        if self.authenticator is None or token is None:
             return
         try:
-            await self.authenticator.verify(authorization, activity, lifetime)
+            self.authenticator.bind(token, activity)
         except Unauthorized as exc:
             log.warning(
                 "bot activity refused: %s",
