@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import uvicorn
 from anyio.abc import Process, SocketStream
@@ -228,6 +229,17 @@ async def serve(settings: Settings, **overrides: Any) -> AsyncIterator[Running]:
     server = build_server(app, host="127.0.0.1", port=0)
     async with listening(server) as port:
         yield Running(server, port, exporter)
+
+
+@asynccontextmanager
+async def asgi_client(settings: Settings, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """ragline in-process (its lifespan run), behind an httpx client: for plain
+    request/response tests, where no socket is needed."""
+    app = create_app(settings, **overrides)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ragline") as http:
+            yield http
 
 
 @asynccontextmanager

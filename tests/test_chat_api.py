@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import httpx
 import pytest
 
-from conftest import settings_for, upstream_running
+from conftest import asgi_client, settings_for, upstream_running
 from ragline import Settings
-from ragline.server import create_app
 from upstream import Behavior, FakeUpstream
 
 pytestmark = pytest.mark.anyio
 
 
-@asynccontextmanager
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ragline") as http:
-            yield http
-
-
 async def test_chat_and_stream_answer_with_usage() -> None:
     upstream = FakeUpstream(lambda body: Behavior(tokens=3))
-    async with upstream_running(upstream), client(settings_for(upstream)) as http:
+    async with upstream_running(upstream), asgi_client(settings_for(upstream)) as http:
         response = await http.post(
             "/api/v1/inference/chat", json={"query": "hi", "system_instructions": "be brief"}
         )
@@ -113,7 +100,7 @@ async def test_bad_input_gets_a_clear_json_error_and_never_reaches_the_model(
     upstream = FakeUpstream()
     async with (
         upstream_running(upstream),
-        client(settings_for(upstream, max_body_bytes=4096)) as http,
+        asgi_client(settings_for(upstream, max_body_bytes=4096)) as http,
     ):
         response = await http.request(
             method, path, content=body, headers={"content-type": "application/json"}
@@ -130,7 +117,7 @@ async def test_api_keys_protect_everything_but_health() -> None:
     upstream = FakeUpstream(lambda body: Behavior(tokens=1))
     async with (
         upstream_running(upstream),
-        client(settings_for(upstream, api_keys="k1, k2")) as http,
+        asgi_client(settings_for(upstream, api_keys="k1, k2")) as http,
     ):
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/readyz")).status_code == 200
@@ -157,7 +144,7 @@ async def test_upstream_unreachable_is_a_502() -> None:
     settings = Settings(
         llm_provider="openai", llm_base_url="http://127.0.0.1:9/v1", llm_model="m", retrieval=False
     )
-    async with client(settings) as http:
+    async with asgi_client(settings) as http:
         response = await http.post("/api/v1/inference/chat", json={"query": "q"})
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_error"

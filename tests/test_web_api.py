@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 import httpx
 import pytest
 
-from conftest import RawClient, serve, settings_for, upstream_running
-from ragline import Settings
+from conftest import RawClient, asgi_client, serve, settings_for, upstream_running
 from ragline.outcomes import Outcome, Outcomes
-from ragline.server import create_app
 from upstream import Behavior, FakeUpstream
 
 pytestmark = pytest.mark.anyio
@@ -21,18 +17,9 @@ pytestmark = pytest.mark.anyio
 PROMPT = json.dumps({"query": "what is ragline?"}).encode()
 
 
-@asynccontextmanager
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ragline") as http:
-            yield http
-
-
 async def test_the_page_and_its_assets_are_served_same_origin_only() -> None:
     upstream = FakeUpstream()
-    async with client(settings_for(upstream, api_keys=["k1"])) as http:
+    async with asgi_client(settings_for(upstream, api_keys=["k1"])) as http:
         page = await http.get("/")  # public: the page holds no data
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
@@ -57,7 +44,7 @@ async def test_the_page_and_its_assets_are_served_same_origin_only() -> None:
 
 
 async def test_the_page_is_off_with_its_setting() -> None:
-    async with client(settings_for(FakeUpstream(), web=False)) as http:
+    async with asgi_client(settings_for(FakeUpstream(), web=False)) as http:
         assert (await http.get("/")).status_code == 404
         assert (await http.get("/ui/app.js")).status_code == 404
 
@@ -93,7 +80,7 @@ async def test_with_keys_only_the_key_that_made_a_request_reads_its_outcome() ->
     upstream = FakeUpstream(lambda body: Behavior(tokens=3))
     async with (
         upstream_running(upstream),
-        client(settings_for(upstream, api_keys=["k1", "k2"])) as http,
+        asgi_client(settings_for(upstream, api_keys=["k1", "k2"])) as http,
     ):
         one = {"authorization": "Bearer k1", "x-request-id": "mine"}
         answered = await http.post("/api/v1/inference/chat", content=PROMPT, headers=one)
@@ -109,7 +96,7 @@ async def test_with_keys_only_the_key_that_made_a_request_reads_its_outcome() ->
 
 async def test_requests_that_neither_generated_nor_stopped_are_not_kept() -> None:
     upstream = FakeUpstream()
-    async with client(settings_for(upstream, outcomes_kept=2)) as http:
+    async with asgi_client(settings_for(upstream, outcomes_kept=2)) as http:
         await http.get("/healthz", headers={"x-request-id": "health"})
         assert (await http.get("/api/v1/requests/health")).status_code == 404
 
