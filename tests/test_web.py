@@ -222,7 +222,10 @@ async def test_stop_closes_the_model_connection_at_once_and_the_page_shows_what_
         shown = int(await outcome.locator("[data-field=tokens]").inner_text())
         # The tokens the server counted are the ones the model sent before it closed.
         assert produced - 1 <= shown <= produced
-        await expect(outcome.locator("[data-field=tokens-after]")).to_have_text("0")
+        # The contract is at most one token after a stop (the one in flight when the
+        # hang-up is noticed; the upstream here sends one every 20 ms).
+        after = int(await outcome.locator("[data-field=tokens-after]").inner_text())
+        assert after <= 1
         await shot(page, "chat-stopped")
         await expect(page.locator("#ask")).to_be_enabled()
 
