@@ -417,19 +417,9 @@ def plots(targets: dict[str, Any], folder: Path) -> list[str]:
             rates = [targets[n]["requests"][f"{kind}_throughput"]["requests_per_s"] for n in shown]
             left.bar(xs, added, width, label=kind)
             right.bar(xs, rates, width, label=kind)
-        for ax, title in (
-            (left, "added latency per request, p50 (ms)"),
-            (right, "requests/s at 64 connections"),
-        ):
-            ax.set_xticks([j + width / 2 for j in range(len(shown))], [LABEL[n] for n in shown])
-            ax.tick_params(axis="x", labelrotation=20, labelsize=6)
-            ax.set_title(title)
-            ax.legend(fontsize=7)
-        left.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
-        fig.tight_layout()
-        fig.savefig(folder / "requests.png", dpi=110)
-        plt.close(fig)
-        made.append("requests.png")
+        titles = ("added latency per request, p50 (ms)", "requests/s at 64 connections")
+        _finish_pair(fig, (left, right), titles, shown, width, aim=0.5)
+        made.append(_save(fig, folder, "requests.png"))
     shown = [n for n in names(targets) if n != "direct" and targets[n].get("overhead")]
     if shown:
         fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -460,17 +450,35 @@ def plots(targets: dict[str, Any], folder: Path) -> list[str]:
             xs = [j + i * width for j in range(len(shown))]
             left.bar(xs, rss, width, label=f"{size} streams")
             right.bar(xs, cpu, width, label=f"{size} streams")
-        for ax, title in ((left, "RSS per held stream (KiB)"), (right, "CPU while holding (%)")):
-            ax.set_xticks([j + width / 2 for j in range(len(shown))], [LABEL[n] for n in shown])
-            ax.tick_params(axis="x", labelrotation=20, labelsize=6)
-            ax.set_title(title)
-            ax.legend(fontsize=7)
-        left.axhline(30, color="grey", linestyle="--", linewidth=0.8)
-        fig.tight_layout()
-        fig.savefig(folder / "concurrency.png", dpi=110)
-        plt.close(fig)
-        made.append("concurrency.png")
+        titles = ("RSS per held stream (KiB)", "CPU while holding (%)")
+        _finish_pair(fig, (left, right), titles, shown, width, aim=30)
+        made.append(_save(fig, folder, "concurrency.png"))
     return made
+
+
+def _finish_pair(
+    fig: Any,
+    axes: tuple[Any, Any],
+    titles: tuple[str, str],
+    shown: list[str],
+    width: float,
+    *,
+    aim: float,
+) -> None:
+    """Two bar charts side by side: target labels, titles, legends, the aim on the left."""
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xticks([j + width / 2 for j in range(len(shown))], [LABEL[n] for n in shown])
+        ax.tick_params(axis="x", labelrotation=20, labelsize=6)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    axes[0].axhline(aim, color="grey", linestyle="--", linewidth=0.8)
+    fig.tight_layout()
+
+
+def _save(fig: Any, folder: Path, name: str) -> str:
+    fig.savefig(folder / name, dpi=110)
+    plt.close(fig)
+    return name
 
 
 ANSWERS_HEADING = "## 7. Answers"
