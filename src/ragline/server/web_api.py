@@ -1,29 +1,30 @@
 """The web page (``/``, its assets under ``/ui/``) and request outcomes.
 
-The page is three static files inside the package, read once when the application is
-built: nothing to build at install time, nothing fetched from elsewhere. It holds no
-data; everything it shows it asks the API for, with the key the user gave it when keys
-are on, so the page itself is public.
+The page is static files inside the package (``index.html``, ``style.css`` and native ES
+modules, ``app.js`` first), read once when the application is built: nothing to build at
+install time, nothing fetched from elsewhere. It holds no data; everything it shows it
+asks the API for, with the key the user gave it when keys are on, so the page itself is
+public.
 """
 
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import PurePath
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from ..errors import NotFound
-from .boundary import Policy, PolicyRoute, request_context
+from .boundary import request_context
+from .routing import PUBLIC, STR, ApiRoute, Doc, obj
 
 __all__ = ["outcome_routes", "page_routes"]
 
-_TYPES = {
-    "index.html": "text/html; charset=utf-8",
-    "app.js": "text/javascript; charset=utf-8",
-    "style.css": "text/css; charset=utf-8",
-}
+# The assets under /ui/ are the folder's scripts (ES modules, which a browser loads only
+# with a JavaScript type) and style sheets; nothing else in it is reachable there.
+_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 _HEADERS = {
     # Same origin only: no inline script, no third party, not framed.
     "content-security-policy": (
@@ -37,26 +38,40 @@ _HEADERS = {
 
 
 def page_routes() -> list[BaseRoute]:
-    """``GET /`` and ``GET /ui/{app.js,style.css}``."""
+    """``GET /`` and ``GET /ui/{name}`` (``app.js``, the modules it imports, ``style.css``)."""
     folder = resources.files("ragline.server") / "static"
-    files = {name: (folder / name).read_bytes() for name in _TYPES}
-
-    def serve(name: str) -> Response:
-        return Response(files[name], media_type=_TYPES[name], headers=_HEADERS)
+    page = (folder / "index.html").read_bytes()
+    assets = {
+        item.name: (item.read_bytes(), _TYPES[PurePath(item.name).suffix])
+        for item in folder.iterdir()
+        if item.is_file() and PurePath(item.name).suffix in _TYPES
+    }
 
     async def index(request: Request) -> Response:
-        return serve("index.html")
+        return Response(page, media_type="text/html; charset=utf-8", headers=_HEADERS)
 
     async def asset(request: Request) -> Response:
         name = request.path_params["name"]
-        if name not in files or name == "index.html":
+        if name not in assets:
             raise NotFound(f"no asset {name!r}", code="not_found")
-        return serve(name)
+        body, media_type = assets[name]
+        return Response(body, media_type=media_type, headers=_HEADERS)
 
-    public = Policy(auth="public")
     return [
-        PolicyRoute("/", index, methods=["GET"], policy=public),
-        PolicyRoute("/ui/{name}", asset, methods=["GET"], policy=public),
+        ApiRoute(
+            "/",
+            index,
+            methods=["GET"],
+            policy=PUBLIC,
+            doc=Doc("The web page", "page", media="text/html", errors=()),
+        ),
+        ApiRoute(
+            "/ui/{name}",
+            asset,
+            methods=["GET"],
+            policy=PUBLIC,
+            doc=Doc("The web page's assets", "page", media="text/plain", errors=(404,)),
+        ),
     ]
 
 
@@ -72,4 +87,25 @@ async def outcome(request: Request) -> Response:
     return JSONResponse(found.public())
 
 
-outcome_routes = [Route("/api/v1/requests/{request_id}", outcome, methods=["GET"])]
+outcome_routes = [
+    ApiRoute(
+        "/api/v1/requests/{request_id}",
+        outcome,
+        methods=["GET"],
+        doc=Doc(
+            "How a recent request ended",
+            "requests",
+            result=obj(
+                request_id=STR,
+                route=STR,
+                status={"type": ["integer", "null"]},
+                cause={"type": ["string", "null"]},
+                completion_tokens={"type": "integer"},
+                tokens_after_cancel={"type": "integer"},
+                upstream_closed_ms={"type": ["number", "null"]},
+                duration_ms={"type": "number"},
+            ),
+            errors=(401, 404),
+        ),
+    )
+]
