@@ -12,7 +12,8 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import NotFound, Unauthorized
 from ..teams.activity import Activity
-from .boundary import Policy, PolicyRoute, request_context
+from .boundary import request_context
+from .routing import OBJECT, ApiRoute, Doc, Policy
 from .validation import parse_json, validate
 
 __all__ = ["routes"]
@@ -44,4 +45,19 @@ async def messages(request: Request) -> Response:
 
 
 # The Bot Framework's JWT is this route's credential, checked in the handler.
-routes = [PolicyRoute("/api/messages", messages, methods=["POST"], policy=Policy(auth="own"))]
+routes = [
+    ApiRoute(
+        "/api/messages",
+        messages,
+        methods=["POST"],
+        policy=Policy(auth="own"),
+        doc=Doc(
+            "The Microsoft Teams bot webhook (JWT from the Bot Framework)",
+            "teams",
+            body=OBJECT,
+            ok=202,
+            result=OBJECT,
+            errors=(400, 401, 404, 413, 422, 503),
+        ),
+    )
+]

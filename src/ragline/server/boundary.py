@@ -9,19 +9,17 @@ cancels the request's lifetime with cause ``client_disconnected`` at once.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import anyio
 from opentelemetry.trace import SpanKind
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import InvalidRequest, StageTimeout
@@ -41,40 +39,12 @@ from .errors import (
     outcome_label,
     status_for_cause,
 )
+from .routing import DEFAULT_POLICY, ApiKeys, ApiRoute, Policy, matched_route
 
-__all__ = ["Boundary", "Policy", "PolicyRoute", "RequestContext", "request_context"]
+__all__ = ["Boundary", "Policy", "RequestContext", "request_context"]
 
 log = logging.getLogger("ragline.server")
 access_log = logging.getLogger("ragline.access")
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """How the boundary treats a route's requests. ``auth``: ``api_keys`` (the bearer
-    keys of ``RAGLINE_API_KEYS``, when set), ``public``, or ``own`` (the route checks its
-    own credential, as the Teams webhook does its JWT); ``upload``: bodies up to
-    ``RAGLINE_MAX_UPLOAD_BYTES`` instead of ``RAGLINE_MAX_BODY_BYTES``."""
-
-    auth: Literal["api_keys", "public", "own"] = "api_keys"
-    upload: bool = False
-
-
-_DEFAULT_POLICY = Policy()
-
-
-class PolicyRoute(Route):
-    """A route that tells the boundary its :class:`Policy`."""
-
-    def __init__(
-        self,
-        path: str,
-        endpoint: Callable[..., Any],
-        *,
-        methods: list[str] | None = None,
-        policy: Policy | None = None,
-    ) -> None:
-        super().__init__(path, endpoint, methods=methods)
-        self.policy = policy or _DEFAULT_POLICY
 
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -138,8 +108,8 @@ class Boundary:
         self.app = app
         self.runtime = runtime
         self._routes = routes
-        self._default = default or _DEFAULT_POLICY
-        self._keys = [k.get_secret_value().encode() for k in runtime.settings.api_keys]
+        self._default = default or DEFAULT_POLICY
+        self._keys = ApiKeys(runtime.settings.api_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -187,8 +157,10 @@ class Boundary:
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
     ) -> None:
-        policy = self._policy(scope)
-        if not self._authorized(scope, policy, ctx):
+        route = matched_route(scope, self._routes)
+        policy = route.policy if isinstance(route, ApiRoute) else self._default
+        allowed, ctx.owner = self._keys.admit(_header(scope, b"authorization"), policy)
+        if not allowed:
             denied = error_body(401, "unauthorized", "missing or invalid API key")
             await _send_json(send, ctx, 401, denied, {"www-authenticate": "Bearer"})
             return
@@ -304,35 +276,9 @@ class Boundary:
         if not ctx.completed:
             ctx.lifetime.cancel(Cause.CLIENT_DISCONNECTED, "client closed the connection")
 
-    def _authorized(self, scope: Scope, policy: Policy, ctx: RequestContext) -> bool:
-        if not self._keys or policy.auth == "own":
-            return True
-        value = _header(scope, b"authorization") or ""
-        scheme, _, presented = value.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            return policy.auth == "public"
-        given = presented.strip().encode()
-        # Compare against every key so the time taken does not tell which one matched.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(given, key)
-        if matched:
-            ctx.owner = hashlib.sha256(given).hexdigest()
-        return matched or policy.auth == "public"
-
-    def _matched(self, scope: Scope) -> BaseRoute | None:
-        route = scope.get("route")
-        if route is None:
-            route = next((r for r in self._routes if r.matches(scope)[0] is Match.FULL), None)
-        return route if isinstance(route, BaseRoute) else None
-
-    def _policy(self, scope: Scope) -> Policy:
-        route = self._matched(scope)
-        return route.policy if isinstance(route, PolicyRoute) else self._default
-
     def _route(self, scope: Scope) -> str:
         """The route template (bounded label values), also for requests never routed."""
-        path = getattr(self._matched(scope), "path", None)
+        path = getattr(matched_route(scope, self._routes), "path", None)
         return path if isinstance(path, str) else "<unmatched>"
 
     def _account(self, scope: Scope, ctx: RequestContext, status: int, seconds: float) -> None:
@@ -343,7 +289,8 @@ class Boundary:
         reason = ctx.lifetime.reason
         if reason is not None:
             metrics.cancellations.labels(str(reason.cause), "request").inc()
-        self._remember(ctx, route, status, seconds, reason)
+        cause = str(reason.cause) if reason else str(Cause.DEADLINE) if ctx.timed_out else None
+        self._remember(ctx, route, status, seconds, cause)
         extra: dict[str, Any] = {
             "request_id": ctx.request_id,
             "method": scope["method"],
@@ -353,30 +300,22 @@ class Boundary:
             "sent_status": ctx.status,
             "duration_ms": round(seconds * 1000, 1),
         }
+        if cause is not None:
+            extra["cause"] = cause
         if reason is not None:
-            extra["cause"] = str(reason.cause)
             extra["origin"] = reason.origin
-        elif ctx.timed_out:
-            extra["cause"] = str(Cause.DEADLINE)
         access_log.info("%s %s %d", scope["method"], scope["path"], status, extra=extra)
 
     def _remember(
-        self,
-        ctx: RequestContext,
-        route: str,
-        status: int,
-        seconds: float,
-        reason: CancelReason | None,
+        self, ctx: RequestContext, route: str, status: int, seconds: float, cause: str | None
     ) -> None:
         outcome = ctx.outcome
-        if outcome is None or not (outcome.generated or reason is not None or ctx.timed_out):
+        if outcome is None or not (outcome.generated or cause is not None):
             return  # nothing a caller would ask about (and polls must not crowd it out)
         outcome.owner, outcome.route, outcome.status = ctx.owner, route, status
         outcome.duration_ms = round(seconds * 1000, 1)
-        if reason is not None:
-            outcome.cause = str(reason.cause)
-        elif ctx.timed_out:
-            outcome.cause = str(Cause.DEADLINE)
+        if cause is not None:
+            outcome.cause = cause
         self.runtime.outcomes.record(outcome)
 
 

@@ -6,13 +6,13 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from ..agent import OnEvent
 from ..metrics import CONTENT_TYPE
 from ..models import ChatRequest, ChatResult, RetrieveRequest, Source
 from ..providers import OnDelta
-from .boundary import Policy, PolicyRoute, request_context
+from .boundary import request_context
+from .routing import PUBLIC, STR, ApiRoute, Doc, array, obj
 from .sse import EventStream, sse
 from .validation import parse_json, validate
 
@@ -109,10 +109,62 @@ async def metrics(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/v1/inference/chat", chat, methods=["POST"]),
-    Route("/api/v1/inference/stream", stream, methods=["GET"]),
-    Route("/api/v1/retrieve", retrieve, methods=["POST"]),
-    PolicyRoute("/healthz", healthz, methods=["GET"], policy=Policy(auth="public")),
-    PolicyRoute("/readyz", readyz, methods=["GET"], policy=Policy(auth="public")),
-    Route("/metrics", metrics, methods=["GET"]),
+    ApiRoute(
+        "/api/v1/inference/chat",
+        chat,
+        methods=["POST"],
+        doc=Doc(
+            "Answer a question (whole)",
+            "chat",
+            body=ChatRequest,
+            result=ChatResult,
+            errors=(400, 401, 413, 422, 429, 502, 503, 504),
+        ),
+    ),
+    ApiRoute(
+        "/api/v1/inference/stream",
+        stream,
+        methods=["GET"],
+        doc=Doc(
+            "Answer a question as server-sent events",
+            "chat",
+            query=ChatRequest,
+            params=("query", "top_k", "collection", "max_tokens", "temperature"),
+            media="text/event-stream",
+            events=("message: {delta}", "done", "error"),
+            errors=(401, 422, 429, 502, 503, 504),
+        ),
+    ),
+    ApiRoute(
+        "/api/v1/retrieve",
+        retrieve,
+        methods=["POST"],
+        doc=Doc(
+            "Ranked passages, no generation",
+            "chat",
+            body=RetrieveRequest,
+            result=obj(hits=array(Source)),
+            errors=(400, 401, 413, 422, 502, 503, 504),
+        ),
+    ),
+    ApiRoute(
+        "/healthz",
+        healthz,
+        methods=["GET"],
+        policy=PUBLIC,
+        doc=Doc("Liveness", "health", result=obj(status=STR), errors=()),
+    ),
+    ApiRoute(
+        "/readyz",
+        readyz,
+        methods=["GET"],
+        policy=PUBLIC,
+        doc=Doc("Readiness", "health", result=obj(status=STR), errors=(503,)),
+    ),
+    ApiRoute(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        doc=Doc("Prometheus metrics", "health", media="text/plain", errors=(401,)),
+    ),
 ]

@@ -21,13 +21,13 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from ..agent import AgentResult, OnEvent, check_tools
 from ..errors import InvalidRequest, NotFound
 from ..models import ChatRequest, ChatResult, Message, ToolCall, ToolSpec
 from ..providers import OnDelta
 from .boundary import request_context
+from .routing import OBJECT, ApiRoute, Doc
 from .runs_api import LoopOptions, server_tools
 from .sse import EventStream, Work, sse
 from .validation import parse_json, validate
@@ -347,6 +347,23 @@ async def models(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    Route("/v1/models", models, methods=["GET"]),
+    ApiRoute(
+        "/v1/chat/completions",
+        chat_completions,
+        methods=["POST"],
+        doc=Doc(
+            "OpenAI-compatible chat completions",
+            "openai",
+            body=CompletionRequest,
+            result=OBJECT,
+            events=("data: chat.completion.chunk", "data: [DONE]"),
+            errors=(400, 401, 404, 413, 422, 429, 502, 503, 504),
+        ),
+    ),
+    ApiRoute(
+        "/v1/models",
+        models,
+        methods=["GET"],
+        doc=Doc("The model ragline serves", "openai", result=OBJECT, errors=(401,)),
+    ),
 ]

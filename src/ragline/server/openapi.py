@@ -1,14 +1,16 @@
 """The OpenAPI 3.1 document (``/openapi.json``) and a page to read it (``/docs``).
 
-Request bodies are the JSON schemas of the pydantic models the routes validate with, so
-the document cannot drift from what the server accepts; responses and the events of the
-streaming routes are described here, next to one another. The page is static, inside the
-package: no CDN.
+The document is built by walking the app's routes: each :class:`~.routing.ApiRoute`
+carries its path and methods (Starlette's), its policy (public, or needs a key) and its
+:class:`~.routing.Doc` (summary, request and response models, events, error statuses).
+Request bodies and query parameters are the JSON schemas of the pydantic models the
+routes validate with, so the document cannot drift from what the server accepts. The
+page is static, inside the package: no CDN.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any, Literal
 
@@ -18,11 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from ..models import ChatRequest, ChatResult, RetrieveRequest, Source
-from .boundary import Policy, PolicyRoute
-from .ingest_api import IngestRequest
-from .openai_api import CompletionRequest
-from .runs_api import RunRequest
+from .routing import OBJECT, PUBLIC, STR, ApiRoute, Doc, obj
 
 __all__ = ["document", "routes"]
 
@@ -38,335 +36,148 @@ _ERRORS = {
     503: "Shutting down, overloaded, or an engine unavailable (Retry-After)",
     504: "A deadline passed",
 }
-_OBJECT: dict[str, Any] = {"type": "object"}
-
-
-@dataclass(frozen=True)
-class _Op:
-    method: str
-    path: str
-    summary: str
-    tag: str
-    body: type[BaseModel] | None = None
-    upload: bool = False  # multipart/form-data too
-    query: dict[str, Any] | None = None  # parameter name: schema
-    ok: int = 200
-    result: type[BaseModel] | dict[str, Any] | None = None
-    media: str = "application/json"
-    events: tuple[str, ...] = ()  # the SSE event types of a streaming answer
-    errors: tuple[int, ...] = (401, 422, 503, 504)
-    public: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _object(**properties: Any) -> dict[str, Any]:
-    return {"type": "object", "properties": properties}
-
-
-_STR = {"type": "string"}
-_INT = {"type": "integer"}
-_JOB = _object(
-    job_id=_STR,
-    state={"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
-    collection=_STR,
-    progress={"type": ["object", "null"]},
-    error={"type": ["string", "null"]},
-    cause={"type": ["string", "null"]},
+_ERROR = obj(
+    error=obj(message=STR, type=STR, code=STR, param={"type": ["string", "null"]}, cause=STR)
 )
-_STREAM_QUERY = {
-    "query": {"type": "string", "minLength": 1},
-    "top_k": {"type": "integer", "minimum": 1, "maximum": 50},
-    "collection": _STR,
-    "max_tokens": {"type": "integer", "minimum": 1},
-    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-}
-_OPS = [
-    _Op(
-        "post",
-        "/api/v1/inference/chat",
-        "Answer a question (whole)",
-        "chat",
-        ChatRequest,
-        result=ChatResult,
-        errors=(400, 401, 413, 422, 429, 502, 503, 504),
-    ),
-    _Op(
-        "get",
-        "/api/v1/inference/stream",
-        "Answer a question as server-sent events",
-        "chat",
-        query=_STREAM_QUERY,
-        media="text/event-stream",
-        events=("message: {delta}", "done", "error"),
-        errors=(401, 422, 429, 502, 503, 504),
-    ),
-    _Op(
-        "post",
-        "/api/v1/retrieve",
-        "Ranked passages, no generation",
-        "chat",
-        RetrieveRequest,
-        result=_object(hits={"type": "array", "items": {"$ref": "#/components/schemas/Source"}}),
-        errors=(400, 401, 413, 422, 502, 503, 504),
-    ),
-    _Op(
-        "post",
-        "/v1/chat/completions",
-        "OpenAI-compatible chat completions",
-        "openai",
-        CompletionRequest,
-        result=_OBJECT,
-        media="application/json",
-        events=("data: chat.completion.chunk", "data: [DONE]"),
-        errors=(400, 401, 404, 413, 422, 429, 502, 503, 504),
-    ),
-    _Op("get", "/v1/models", "The model ragline serves", "openai", result=_OBJECT, errors=(401,)),
-    _Op(
-        "post",
-        "/api/v1/ingest",
-        "Start an ingestion job (JSON or multipart upload)",
-        "documents",
-        IngestRequest,
-        upload=True,
-        ok=202,
-        result=_object(job_id=_STR),
-        errors=(400, 401, 413, 422, 503),
-    ),
-    _Op(
-        "get",
-        "/api/v1/ingest/{job_id}",
-        "A job's state and progress",
-        "documents",
-        result=_JOB,
-        errors=(401, 404, 422),
-    ),
-    _Op(
-        "delete",
-        "/api/v1/ingest/{job_id}",
-        "Stop a job at its next batch boundary",
-        "documents",
-        ok=202,
-        result=_JOB,
-        errors=(401, 404, 422),
-    ),
-    _Op(
-        "get",
-        "/api/v1/collections",
-        "Every collection with its counts",
-        "documents",
-        result=_object(collections={"type": "array", "items": _OBJECT}),
-        errors=(401,),
-    ),
-    _Op(
-        "get",
-        "/api/v1/collections/{name}",
-        "One collection",
-        "documents",
-        result=_OBJECT,
-        errors=(401, 404),
-    ),
-    _Op(
-        "post",
-        "/api/v1/runs",
-        "Start a background agent run",
-        "runs",
-        RunRequest,
-        ok=202,
-        result=_object(run_id=_STR),
-        errors=(400, 401, 413, 422, 503),
-    ),
-    _Op(
-        "get",
-        "/api/v1/runs/{run_id}",
-        "A run's state, steps and answer",
-        "runs",
-        result=_OBJECT,
-        errors=(401, 404),
-    ),
-    _Op(
-        "delete",
-        "/api/v1/runs/{run_id}",
-        "Cancel a run",
-        "runs",
-        ok=202,
-        result=_OBJECT,
-        errors=(401, 404),
-    ),
-    _Op(
-        "get",
-        "/api/v1/runs/{run_id}/events",
-        "A run's events as they come",
-        "runs",
-        media="text/event-stream",
-        events=("step", "tool_call", "tool_result", "step_done", "done"),
-        errors=(401, 404, 422),
-    ),
-    _Op(
-        "get",
-        "/api/v1/requests/{request_id}",
-        "How a recent request ended",
-        "requests",
-        result=_object(
-            request_id=_STR,
-            route=_STR,
-            status={"type": ["integer", "null"]},
-            cause={"type": ["string", "null"]},
-            completion_tokens=_INT,
-            tokens_after_cancel=_INT,
-            upstream_closed_ms={"type": ["number", "null"]},
-            duration_ms={"type": "number"},
-        ),
-        errors=(401, 404),
-    ),
-    _Op(
-        "post",
-        "/api/messages",
-        "The Microsoft Teams bot webhook (JWT from the Bot Framework)",
-        "teams",
-        result=_OBJECT,
-        ok=202,
-        errors=(400, 401, 404, 413, 422, 503),
-        public=True,
-        extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _OBJECT}}}
-        },
-    ),
-    _Op(
-        "get", "/healthz", "Liveness", "health", result=_object(status=_STR), errors=(), public=True
-    ),
-    _Op(
-        "get",
-        "/readyz",
-        "Readiness",
-        "health",
-        result=_object(status=_STR),
-        errors=(503,),
-        public=True,
-    ),
-    _Op("get", "/metrics", "Prometheus metrics", "health", media="text/plain", errors=(401,)),
-    _Op("get", "/", "The web page", "page", media="text/html", errors=(), public=True),
-    _Op(
-        "get",
-        "/ui/{name}",
-        "The web page's assets",
-        "page",
-        media="text/plain",
-        errors=(404,),
-        public=True,
-    ),
-    _Op("get", "/openapi.json", "This document", "page", result=_OBJECT, errors=(), public=True),
-    _Op(
-        "get",
-        "/docs",
-        "A page to read this document",
-        "page",
-        media="text/html",
-        errors=(),
-        public=True,
-    ),
-]
-
-
 # One server-sent event, as a client parses it: its type (``message`` when unnamed), its
 # data (JSON, or ``[DONE]``) and, on runs, its number for Last-Event-ID.
-_EVENT = _object(event=_STR, data=_STR, id=_STR)
+_EVENT = obj(event=STR, data=STR, id=STR)
+
+_Refs = dict[type[BaseModel], dict[str, Any]]
 
 
-def _content(op: _Op) -> dict[str, Any]:
-    if op.media == "application/json":
-        schema = op.result if isinstance(op.result, dict) else _ref(op.result)
-        content = {"application/json": {"schema": schema or _OBJECT}}
-        if op.events:  # the same route streams when asked to ("stream": true)
+def _models(schema: Any) -> Iterator[type[BaseModel]]:
+    """The models in a :class:`Doc`'s schema (a model, or a JSON schema holding some)."""
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        yield schema
+    elif isinstance(schema, dict):
+        for value in schema.values():
+            yield from _models(value)
+    elif isinstance(schema, list | tuple):
+        for value in schema:
+            yield from _models(value)
+
+
+def _resolve(schema: Any, refs: _Refs) -> Any:
+    """``schema`` with each model in it replaced by a reference to its component."""
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return refs[schema]
+    if isinstance(schema, dict):
+        return {key: _resolve(value, refs) for key, value in schema.items()}
+    if isinstance(schema, list | tuple):
+        return [_resolve(value, refs) for value in schema]
+    return schema
+
+
+def _content(doc: Doc, refs: _Refs) -> dict[str, Any]:
+    if doc.media == "application/json":
+        content = {"application/json": {"schema": _resolve(doc.result or OBJECT, refs)}}
+        if doc.events:  # the same route streams when asked to ("stream": true)
             content["text/event-stream"] = {"schema": _EVENT}
         return content
-    if op.media == "text/event-stream":
-        return {op.media: {"schema": _EVENT}}
-    return {op.media: {"schema": _STR}}
+    if doc.media == "text/event-stream":
+        return {doc.media: {"schema": _EVENT}}
+    return {doc.media: {"schema": STR}}
 
 
-def _ref(model: type[BaseModel] | None) -> dict[str, Any] | None:
-    return {"$ref": f"#/components/schemas/{model.__name__}"} if model else None
-
-
-def _operation(op: _Op) -> dict[str, Any]:
-    described = op.summary
-    if op.events:
-        described += ". Events: " + ", ".join(op.events) + "."
-    out: dict[str, Any] = {
-        "summary": op.summary,
-        "description": described,
-        "tags": [op.tag],
-        "operationId": f"{op.method}_{op.path.strip('/').replace('/', '_') or 'root'}",
-        "responses": {str(op.ok): {"description": "OK", "content": _content(op)}},
-    }
-    parameters = [
-        {"name": name, "in": "path", "required": True, "schema": _STR}
-        for name in _path_params(op.path)
-    ]
-    for name, schema in (op.query or {}).items():
-        parameters.append(
-            {"name": name, "in": "query", "required": name == "query", "schema": schema}
-        )
-    if parameters:
-        out["parameters"] = parameters
-    if op.body is not None:
-        content: dict[str, Any] = {"application/json": {"schema": _ref(op.body)}}
-        if op.upload:
-            files = {
-                "type": "array",
-                "items": {"type": "string", "contentMediaType": "application/octet-stream"},
-            }
-            content["multipart/form-data"] = {
-                "schema": _object(files=files, collection=_STR, prune={"type": "string"})
-            }
-        out["requestBody"] = {"required": True, "content": content}
-    statuses = [*op.errors, 499] if op.errors and not op.public else list(op.errors)
-    for status in statuses:
-        error = {"$ref": "#/components/schemas/Error"}
-        out["responses"][str(status)] = {
-            "description": _ERRORS[status],
-            "content": {"application/json": {"schema": error}},
-        }
-        if status in (429, 503):
-            out["responses"][str(status)]["headers"] = {
-                "Retry-After": {"schema": _STR, "description": "seconds to wait"}
-            }
-    if op.public:
-        out["security"] = []
-    out.update(op.extra)
+def _parameter(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model field's schema as a query parameter's: an optional value is left out,
+    never ``null``; and its length is bounded by the HTTP server's limit on a request
+    line (which resets a longer one before ragline sees it), not by the field's."""
+    skip = ("title", "maxLength")
+    out = {key: value for key, value in schema.items() if key not in skip}
+    options = [option for option in out.get("anyOf", ()) if option != {"type": "null"}]
+    if "anyOf" in out and len(options) == 1:
+        del out["anyOf"]
+        out.update(options[0])
+    if "default" in out and out["default"] is None:
+        del out["default"]
     return out
 
 
-def _path_params(path: str) -> list[str]:
-    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
-
-
-def document(paths: set[str] | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 document, limited to ``paths`` (the routes the app has)."""
-    models: list[type[BaseModel]] = [
-        ChatRequest,
-        ChatResult,
-        RetrieveRequest,
-        Source,
-        IngestRequest,
-        CompletionRequest,
-        RunRequest,
+def _parameters(route: ApiRoute, doc: Doc, refs: _Refs, schemas: dict[str, Any]) -> list[Any]:
+    found: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": STR}
+        for name in route.param_convertors
     ]
+    if doc.query is not None:
+        model = schemas[refs[doc.query]["$ref"].rsplit("/", 1)[-1]]
+        for name in doc.params or tuple(model["properties"]):
+            found.append(
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": name in model.get("required", ()),
+                    "schema": _parameter(model["properties"][name]),
+                }
+            )
+    return found
+
+
+def _operation(
+    route: ApiRoute, method: str, doc: Doc, refs: _Refs, schemas: dict[str, Any]
+) -> dict[str, Any]:
+    public = route.policy.auth != "api_keys"  # "own": a credential the route checks itself
+    described = doc.summary
+    if doc.events:
+        described += ". Events: " + ", ".join(doc.events) + "."
+    out: dict[str, Any] = {
+        "summary": doc.summary,
+        "description": described,
+        "tags": [doc.tag],
+        "operationId": f"{method}_{route.path.strip('/').replace('/', '_') or 'root'}",
+        "responses": {str(doc.ok): {"description": "OK", "content": _content(doc, refs)}},
+    }
+    parameters = _parameters(route, doc, refs, schemas)
+    if parameters:
+        out["parameters"] = parameters
+    if doc.body is not None:
+        content: dict[str, Any] = {"application/json": {"schema": _resolve(doc.body, refs)}}
+        if doc.form is not None:
+            content["multipart/form-data"] = {"schema": doc.form}
+        out["requestBody"] = {"required": True, "content": content}
+    statuses = [*doc.errors, 499] if doc.errors and not public else list(doc.errors)
+    for status in statuses:
+        out["responses"][str(status)] = {
+            "description": _ERRORS[status],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        if status in (429, 503):
+            out["responses"][str(status)]["headers"] = {
+                "Retry-After": {"schema": STR, "description": "seconds to wait"}
+            }
+    if public:
+        out["security"] = []
+    return out
+
+
+def _described(routes: Sequence[BaseRoute]) -> Iterator[tuple[ApiRoute, Doc]]:
+    for route in routes:
+        if isinstance(route, ApiRoute) and route.doc is not None:
+            yield route, route.doc
+
+
+def document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``routes`` (those that carry a :class:`Doc`)."""
+    described = list(_described(routes))
+    models = list(
+        dict.fromkeys(
+            model
+            for _, doc in described
+            for schema in (doc.body, doc.query, doc.result)
+            for model in _models(schema)
+        )
+    )
     mode: Literal["validation"] = "validation"
-    _, defs = models_json_schema(
+    found, defs = models_json_schema(
         [(m, mode) for m in models], ref_template="#/components/schemas/{model}"
     )
-    schemas: dict[str, Any] = dict(defs.get("$defs", {}))
-    schemas["Error"] = _object(
-        error=_object(
-            message=_STR, type=_STR, code=_STR, param={"type": ["string", "null"]}, cause=_STR
-        ),
-    )
-    out_paths: dict[str, Any] = {}
-    for op in _OPS:
-        if paths is not None and op.path not in paths:
-            continue
-        out_paths.setdefault(op.path, {})[op.method] = _operation(op)
+    refs: _Refs = {model: dict(found[model, mode]) for model in models}
+    schemas: dict[str, Any] = {**defs.get("$defs", {}), "Error": _ERROR}
+    paths: dict[str, Any] = {}
+    for route, doc in described:
+        for method in sorted(m.lower() for m in (route.methods or set()) - {"HEAD"}):
+            paths.setdefault(route.path, {})[method] = _operation(route, method, doc, refs, schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -381,14 +192,14 @@ def document(paths: set[str] | None = None) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-        "paths": out_paths,
+        "paths": paths,
     }
 
 
-def routes(registered: list[BaseRoute]) -> list[BaseRoute]:
-    """``GET /openapi.json`` and ``GET /docs``, for the routes ``registered``."""
-    paths = {getattr(r, "path", "") for r in registered} | {"/openapi.json", "/docs"}
-    found = document(paths)
+def routes(registered: Sequence[BaseRoute]) -> list[BaseRoute]:
+    """``GET /openapi.json`` and ``GET /docs``, describing the routes ``registered``
+    and themselves."""
+    found: dict[str, Any] = {}
     page = (resources.files("ragline.server") / "static" / "docs.html").read_bytes()
 
     async def openapi(request: Request) -> Response:
@@ -397,8 +208,21 @@ def routes(registered: list[BaseRoute]) -> list[BaseRoute]:
     async def docs(request: Request) -> Response:
         return Response(page, media_type="text/html; charset=utf-8")
 
-    public = Policy(auth="public")
-    return [
-        PolicyRoute("/openapi.json", openapi, methods=["GET"], policy=public),
-        PolicyRoute("/docs", docs, methods=["GET"], policy=public),
+    own: list[BaseRoute] = [
+        ApiRoute(
+            "/openapi.json",
+            openapi,
+            methods=["GET"],
+            policy=PUBLIC,
+            doc=Doc("This document", "page", result=OBJECT, errors=()),
+        ),
+        ApiRoute(
+            "/docs",
+            docs,
+            methods=["GET"],
+            policy=PUBLIC,
+            doc=Doc("A page to read this document", "page", media="text/html", errors=()),
+        ),
     ]
+    found.update(document([*registered, *own]))
+    return own
