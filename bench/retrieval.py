@@ -47,7 +47,7 @@ from ragline.providers import Records
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.minilm import MiniLMEmbedder
 from ragline.providers.postgres import PostgresRecords
-from ragline.records import SqliteRecords
+from ragline.providers.sqlite import SqliteRecords
 from ragline.retrieval import RecordKeywords, VisibleStore
 from ragline.threads import ThreadBridge
 

@@ -11,6 +11,7 @@ import anyio.lowlevel
 import pytest
 
 from ragline import Lifetime, Settings, ThreadBridge, UpstreamError
+from ragline.backend import build_backend
 from ragline.factory import (
     build_composer,
     build_embedder,
@@ -21,6 +22,7 @@ from ragline.factory import (
     open_parts,
 )
 from ragline.providers.prompt import ContextPromptComposer, rough_tokens
+from ragline.providers.sqlite import SqliteRecords
 
 pytestmark = pytest.mark.anyio
 
@@ -101,12 +103,14 @@ def test_the_ingestion_parts_use_what_they_are_given(tmp_path: Path) -> None:
     from ragline.providers.memory import MemoryStore
 
     store = MemoryStore()
-    ingestion = build_ingestion(
-        Settings(data_dir=str(tmp_path), embeddings="openai"), ThreadBridge(), store=store
-    )
+    settings = Settings(data_dir=str(tmp_path), embeddings="openai")
+    bridge = ThreadBridge()
+    records = build_backend(settings, bridge).records
+    ingestion = build_ingestion(settings, bridge, records, store=store)
     assert ingestion.store is store
     assert ingestion.built == [ingestion.records, ingestion.embedder]
     assert ingestion.ingestor.store is store
+    assert isinstance(ingestion.records, SqliteRecords)
     ingestion.records.close()
 
 

@@ -21,7 +21,7 @@ from ragline.documents import Document, load_all
 from ragline.ingestion import Ingestor, Stop
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.minilm import MiniLMEmbedder
-from ragline.records import SqliteRecords
+from ragline.providers.sqlite import SqliteRecords
 from ragline.retrieval import VisibleStore
 from ragline.threads import ThreadBridge
 

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import Running, serve
 from ragline import Settings
-from ragline.records import SqliteRecords
+from ragline.providers.sqlite import SqliteRecords
 from ragline.threads import ThreadBridge
 
 pytestmark = pytest.mark.anyio

@@ -12,8 +12,9 @@ import pytest
 
 from ragline import Cause, Chunk, Lifetime, Unavailable
 from ragline.providers import Records
-from ragline.providers.postgres import PostgresRecords
-from ragline.records import SqliteRecords
+from ragline.providers.postgres import PostgresPool
+from ragline.providers.postgres_records import PostgresRecords
+from ragline.providers.sqlite import SqliteRecords
 from ragline.settings import redact
 from ragline.threads import ThreadBridge
 
@@ -36,10 +37,10 @@ async def records(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield sqlite
         sqlite.close()
         return
-    postgres = PostgresRecords(request.getfixturevalue("database_url"))
-    await postgres.open(Lifetime.root("open"))
-    yield postgres
-    await postgres.aclose()
+    pool = PostgresPool(request.getfixturevalue("database_url"))
+    await pool.open(Lifetime.root("open"))
+    yield PostgresRecords(pool)
+    await pool.aclose()
 
 
 async def test_a_generation_becomes_visible_only_when_switched(
@@ -55,9 +56,9 @@ async def test_a_generation_becomes_visible_only_when_switched(
     await records.intend_chunks("c", [chunk("c", second)], life)
     await records.switch("c", "doc", second, life, content_hash="h2", chunks=1, source="doc.txt")
     assert await records.active("c", ["doc"], life) == {"doc": second}
-    assert await records.garbage("c", life) == [("doc", first, ["a", "b"])]
+    assert await records.garbage("c", life, owner="gc") == [("doc", first, ["a", "b"])]
     await records.forget("c", "doc", first, life)
-    assert await records.garbage("c", life) == []
+    assert await records.garbage("c", life, owner="gc") == []
     assert (await records.documents("c", life))["doc"].content_hash == "h2"
     assert await records.documents("elsewhere", life) == {}
 
@@ -67,9 +68,11 @@ async def test_an_interrupted_generation_is_garbage_and_numbers_never_repeat(
 ) -> None:
     orphan = await records.begin_generation("c", "doc", "crashed", life)
     await records.intend_chunks("c", [chunk("x", orphan)], life)
-    assert await records.garbage("c", life) == [("doc", orphan, ["x"])]
     assert await records.garbage("c", life, owner="crashed") == [("doc", orphan, ["x"])]
-    assert await records.garbage("c", life, owner="someone-alive") == []
+    # A store that other writers share gives a writer only its own unfinished work; the
+    # only writer of a store owns whatever is unfinished.
+    others = await records.garbage("c", life, owner="someone-alive")
+    assert others == ([] if records.shared else [("doc", orphan, ["x"])])
     await records.forget("c", "doc", orphan, life)
     assert await records.begin_generation("c", "doc", "next", life) == orphan  # gone: safe
 
@@ -80,7 +83,7 @@ async def test_recording_a_chunk_twice_keeps_one(records: Records, life: Lifetim
     await records.intend_chunks("c", [chunk("a", generation), chunk("b", generation)], life)
     await records.switch("c", "doc", generation, life, content_hash="h", chunks=2, source="s")
     await records.remove("c", "doc", life)
-    assert await records.garbage("c", life) == [("doc", generation, ["a", "b"])]
+    assert await records.garbage("c", life, owner="gc") == [("doc", generation, ["a", "b"])]
 
 
 async def test_concurrent_writers_get_distinct_generations(
@@ -102,7 +105,7 @@ async def test_remove_retires_a_document(records: Records, life: Lifetime) -> No
     await records.switch("c", "doc", generation, life, content_hash="h", chunks=0, source="s")
     await records.remove("c", "doc", life)
     assert await records.documents("c", life) == {}
-    assert await records.garbage("c", life) == [("doc", generation, [])]
+    assert await records.garbage("c", life, owner="gc") == [("doc", generation, [])]
 
 
 async def test_jobs_keep_their_state_and_order(records: Records, life: Lifetime) -> None:
@@ -200,8 +203,9 @@ def server_queries(url: str, like: str) -> list[tuple[str, str]]:
 async def test_a_cancelled_caller_cancels_its_query_on_the_server(database_url: str) -> None:
     import psycopg
 
-    records = PostgresRecords(database_url)
-    await records.open(Lifetime.root("open"))
+    pool = PostgresPool(database_url)
+    records = PostgresRecords(pool)
+    await pool.open(Lifetime.root("open"))
     holder = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
     try:
         # Another session holds the document's lock: begin_generation waits on the server.
@@ -231,24 +235,26 @@ async def test_a_cancelled_caller_cancels_its_query_on_the_server(database_url: 
             q for q in server_queries(database_url, "pg_advisory_xact_lock") if q[0] == "active"
         ] == []
         life = Lifetime.root("after")
-        assert await records.garbage("c", life) == []  # the transaction rolled back
+        assert await records.garbage("c", life, owner="gc") == []  # the transaction rolled back
         assert await records.begin_generation("c", "other", "w", life) == 1  # pool still good
     finally:
         with anyio.move_on_after(5, shield=True):
             await holder.close()
-            await records.aclose()
+            await pool.aclose()
 
 
 async def test_an_unreachable_server_is_named_without_its_password() -> None:
     from conftest import free_port
 
     url = f"postgresql://ragline:s3cret@127.0.0.1:{free_port()}/ragline"
-    records = PostgresRecords(url, connect_timeout=1)
+    pool = PostgresPool(url, connect_timeout=1)
+    records = PostgresRecords(pool)
     with pytest.raises(Unavailable) as raised:
-        await records.open(Lifetime.root("open"))
+        await pool.open(Lifetime.root("open"))
     assert "127.0.0.1" in raised.value.message
     assert "s3cret" not in raised.value.message
     assert "s3cret" not in repr(records)
+    assert "s3cret" not in repr(pool)
     with pytest.raises(Unavailable):
         await records.documents("c", Lifetime.root("call"))
 
@@ -258,15 +264,15 @@ async def test_replicas_starting_together_apply_the_schema_once(database_url: st
 
     from ragline.providers.postgres import migrations
 
-    replicas = [PostgresRecords(database_url) for _ in range(4)]
+    pools = [PostgresPool(database_url) for _ in range(4)]
     async with anyio.create_task_group() as tg:
-        for replica in replicas:
-            tg.start_soon(replica.open, Lifetime.root("open"))
+        for pool in pools:
+            tg.start_soon(pool.open, Lifetime.root("open"))
     life = Lifetime.root("t")
-    await replicas[0].save_job("j", "queued", {}, life)
-    assert await replicas[3].job("j", life) == ("queued", {})
-    for replica in replicas:
-        await replica.aclose()
+    await PostgresRecords(pools[0]).save_job("j", "queued", {}, life)
+    assert await PostgresRecords(pools[3]).job("j", life) == ("queued", {})
+    for pool in pools:
+        await pool.aclose()
     with psycopg.connect(database_url) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM ragline_migrations")]
     assert versions == [v for v, _, _ in migrations()]
@@ -275,8 +281,9 @@ async def test_replicas_starting_together_apply_the_schema_once(database_url: st
 async def test_a_dropped_connection_is_unavailable_then_recovers(database_url: str) -> None:
     import psycopg
 
-    records = PostgresRecords(database_url, pool_size=2)
-    await records.open(Lifetime.root("open"))
+    pool = PostgresPool(database_url, pool_size=2)
+    records = PostgresRecords(pool)
+    await pool.open(Lifetime.root("open"))
     life = Lifetime.root("t")
     try:
         await records.save_job("j", "queued", {}, life)
@@ -295,15 +302,16 @@ async def test_a_dropped_connection_is_unavailable_then_recovers(database_url: s
         assert set(outcomes) <= {"ok", f"PostgreSQL at {redact(database_url)}"}
         assert outcomes[-1] == "ok"  # the pool replaced the dead connections by itself
     finally:
-        await records.aclose()
+        await pool.aclose()
 
 
 async def test_bm25_statistics_follow_what_is_recorded_and_forgotten(database_url: str) -> None:
     import psycopg
 
-    records = PostgresRecords(database_url)
+    pool = PostgresPool(database_url)
+    records = PostgresRecords(pool)
     life = Lifetime.root("t")
-    await records.open(life)
+    await pool.open(life)
     try:
         first = await records.begin_generation("c", "doc", "job", life)
         await records.intend_chunks(
@@ -325,24 +333,23 @@ async def test_bm25_statistics_follow_what_is_recorded_and_forgotten(database_ur
         assert kept == [(1, 2)]  # "stones", "marsh": "in" and "the" are stop words
         assert terms == recomputed == {"stone": 1, "marsh": 1}
     finally:
-        await records.aclose()
+        await pool.aclose()
 
 
-async def test_only_the_newest_finished_runs_are_kept(database_url: str) -> None:
-    from ragline.providers.shared import PostgresShared
-
-    shared = PostgresShared(database_url)
+async def test_a_shared_store_collects_what_a_dead_writer_abandoned(database_url: str) -> None:
+    pool = PostgresPool(database_url)
     life = Lifetime.root("t")
-    await shared.open(life)
+    await pool.open(life)
     try:
-        await shared.save_run("live", "running", {"state": "running"}, [(0, "step", {})], life)
-        for n in range(3):
-            events = [(0, "step", {}), (1, "done", {"n": n})]
-            await shared.save_run(f"r{n}", "completed", {"n": n}, events, life, kept=2)
-        assert await shared.run("r0", life) is None  # the oldest finished one went
-        assert await shared.run_events("r0", 0, life) == []
-        assert (await shared.run("r2", life)) == {"n": 2}
-        assert [e[1] for e in await shared.run_events("r1", 1, life)] == ["done"]
-        assert (await shared.run("live", life)) == {"state": "running"}  # never a running one
+        records = PostgresRecords(pool, abandoned_after=3600)
+        live = await records.begin_generation("c", "doc", "alive", life)
+        assert await records.garbage("c", life, owner="other") == []
+        # The same rows, seen by a store that counts an hour-old writer as dead: none is
+        # that old, so nothing yet; one begun "two hours ago" is collected by anyone.
+        import psycopg
+
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("UPDATE generations SET began_at = began_at - 7200")
+        assert await records.garbage("c", life, owner="other") == [("doc", live, [])]
     finally:
-        await shared.aclose()
+        await pool.aclose()

@@ -18,7 +18,7 @@ from fake_embeddings import FakeEmbeddings, embeddings_server
 from ragline import Cause, Lifetime, Settings
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.openai import OpenAIEmbedder, OpenAIGenerator
-from ragline.records import SqliteRecords
+from ragline.providers.sqlite import SqliteRecords
 from ragline.runtime import Runtime
 from upstream import FakeUpstream
 
@@ -54,7 +54,7 @@ async def test_work_stops_before_the_parts_close(tmp_path: Path) -> None:
     seen: dict[str, object] = {}
     async with embeddings_server(FakeEmbeddings()) as fake, upstream_running(FakeUpstream()) as up:
         runtime = Runtime(settings(tmp_path, fake, up))
-        store = runtime.ingestor.store
+        store = runtime.pipeline.store.store  # under the VisibleStore
         assert isinstance(store, MilvusStore)
 
         async def work(lifetime: Lifetime) -> None:
@@ -86,9 +86,9 @@ async def test_an_engine_down_at_start_leaves_the_runtime_up_not_ready_and_close
     uri = f"http://ragline:s3cret@127.0.0.1:{port}"
     async with embeddings_server(FakeEmbeddings()) as fake, upstream_running(FakeUpstream()) as up:
         runtime = Runtime(settings(tmp_path, fake, up, vector_uri=uri))
-        embedder = runtime.ingestor.embedder
+        embedder = runtime.pipeline.embedder
         generator = runtime.pipeline.generator
-        store = runtime.ingestor.store
+        store = runtime.pipeline.store.store  # under the VisibleStore
         assert isinstance(embedder, OpenAIEmbedder)
         assert isinstance(generator, OpenAIGenerator)
         assert isinstance(store, MilvusStore)

@@ -13,7 +13,6 @@ import anyio
 from .chunking import Chunker, Tokenizer, minilm_tokenizer
 from .errors import RagLineError
 from .ingestion import Ingestor
-from .jobs import JobQueue
 from .lifetime import Lifetime
 from .providers import (
     Embedder,
@@ -24,10 +23,8 @@ from .providers import (
     VectorStore,
 )
 from .providers.prompt import DEFAULT_INSTRUCTIONS
-from .providers.shared import PostgresShared
 from .settings import Settings
 from .threads import ThreadBridge
-from .workers import DistributedJobs
 
 __all__ = [
     "LOCAL_CONTEXT",
@@ -39,8 +36,6 @@ __all__ = [
     "build_embedder",
     "build_generator",
     "build_ingestion",
-    "build_jobs",
-    "build_records",
     "build_store",
     "build_transformer",
     "open_parts",
@@ -159,22 +154,6 @@ def build_store(settings: Settings, bridge: ThreadBridge, *, dimensions: int) ->
     )
 
 
-def build_records(settings: Settings, bridge: ThreadBridge) -> Records:
-    """The record and job stores: SQLite under ``RAGLINE_DATA_DIR``, or the PostgreSQL at
-    ``RAGLINE_DATABASE_URL`` that every replica and worker shares."""
-    if settings.database_url:
-        from .providers.shared import PostgresShared
-
-        return PostgresShared(
-            settings.database_url,
-            pool_size=settings.database_pool_size,
-            connect_timeout=settings.database_connect_timeout,
-        )
-    from .records import SqliteRecords
-
-    return SqliteRecords(Path(settings.data_dir) / "records.sqlite", bridge)
-
-
 def build_composer(settings: Settings, generator: Generator) -> PromptComposer:
     """The prompt composer, its context sized for the model: the local model reads few,
     short passages (figures in docs/BENCHMARKS.md), an upstream model many."""
@@ -238,15 +217,14 @@ class Ingestion:
 def build_ingestion(
     settings: Settings,
     bridge: ThreadBridge,
+    records: Records,
     *,
     embedder: Embedder | None = None,
     store: VectorStore | None = None,
 ) -> Ingestion:
-    """The embedder and store (``embedder``/``store`` when given), the record store in
-    ``RAGLINE_DATA_DIR``, and an :class:`Ingestor` over them."""
-    built: list[object] = []
-    records = build_records(settings, bridge)
-    built.append(records)  # first: it closes last, after what writes to it
+    """The embedder and store (``embedder``/``store`` when given) and an
+    :class:`Ingestor` over them that records into ``records`` (the backend's)."""
+    built: list[object] = [records]  # first: it closes last, after what writes to it
     if embedder is None:
         embedder = build_embedder(settings, bridge)
         built.append(embedder)
@@ -262,36 +240,6 @@ def build_ingestion(
         batch_size=settings.ingest_batch_size,
     )
     return Ingestion(embedder, store, records, ingestor, built)
-
-
-def build_jobs(
-    settings: Settings, ingestion: Ingestion, bridge: ThreadBridge
-) -> JobQueue | DistributedJobs:
-    """Ingestion jobs: one at a time on this process's worker by default; with
-    ``RAGLINE_DATABASE_URL``, parts on procrastinate that every worker shares."""
-    roots = [Path(r) for r in settings.ingest_roots] or [Path.cwd()]
-    if isinstance(ingestion.records, PostgresShared):
-        return DistributedJobs(
-            ingestor=ingestion.ingestor,
-            records=ingestion.records,
-            bridge=bridge,
-            roots=roots,
-            default_collection=settings.collection,
-            max_document_bytes=settings.max_document_bytes,
-            part_documents=settings.ingest_part_documents,
-            heartbeat=settings.worker_heartbeat,
-            stalled_after=settings.worker_stalled_after,
-            concurrency=settings.worker_concurrency,
-        )
-    return JobQueue(
-        ingestor=ingestion.ingestor,
-        records=ingestion.records,
-        bridge=bridge,
-        folder=Path(settings.data_dir) / "jobs",
-        roots=roots,
-        default_collection=settings.collection,
-        max_document_bytes=settings.max_document_bytes,
-    )
 
 
 @runtime_checkable

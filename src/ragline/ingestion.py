@@ -155,11 +155,10 @@ class Ingestor:
         )
         return hashlib.sha256(material.encode()).hexdigest()
 
-    async def collect_garbage(
-        self, collection: str, lifetime: Lifetime, *, owner: str | None = None
-    ) -> int:
-        """Delete chunks of retired generations and of ones an interrupted run left
-        (with ``owner``, only that owner's: other writers may be at work)."""
+    async def collect_garbage(self, collection: str, lifetime: Lifetime, *, owner: str) -> int:
+        """Delete chunks of retired generations and of unfinished ones that no live
+        writer is at: the record store decides which (``owner``'s own earlier attempt,
+        and, where it is the only writer, every unfinished one)."""
         garbage = await self.records.garbage(collection, lifetime, owner=owner)
         for document_id, generation, ids in garbage:
             for start in range(0, len(ids), 1000):
@@ -179,21 +178,18 @@ class Ingestor:
         stop: Stop | None = None,
         progress: IngestProgress | None = None,
         on_progress: Callable[[IngestProgress], object] | None = None,
-        shared: bool = False,
     ) -> IngestProgress:
-        """Ingest ``documents`` into ``collection``. Returns when done or stopped; a
-        cancellation of ``lifetime`` propagates (nothing half-visible is left either way).
-
-        ``shared``: other writers may be at work on the collection (workers of a
-        cluster), so only what ``owner`` itself left half-written is collected."""
-        reclaim = owner if shared else None
+        """Ingest ``documents`` into ``collection`` as ``owner`` (a name that a retry of
+        the same work repeats, so that it collects what its earlier attempt left). Returns
+        when done or stopped; a cancellation of ``lifetime`` propagates (nothing
+        half-visible is left either way)."""
         stop = stop or Stop()
         progress = progress or IngestProgress()
         progress.started = time.monotonic()
         progress.errors.extend(
             {"document_id": p.document_id, "source": p.source, "reason": p.reason} for p in problems
         )
-        await self.collect_garbage(collection, lifetime, owner=reclaim)
+        await self.collect_garbage(collection, lifetime, owner=owner)
         existing = await self.records.documents(collection, lifetime)
         changed: list[tuple[Document, str]] = []
         for document in documents:
@@ -212,7 +208,7 @@ class Ingestor:
         run = _Run(self, lifetime, collection, owner, stop, progress, on_progress)
         await run.write(changed)
         if progress.stopped is None:
-            await self.collect_garbage(collection, lifetime, owner=reclaim)
+            await self.collect_garbage(collection, lifetime, owner=owner)
         if progress.stopped is None or progress.documents_done:
             # A job stopped at a batch boundary leaves its whole documents visible: the
             # collection is listed with them.

@@ -1,9 +1,11 @@
-"""Notices from other replicas, through PostgreSQL's LISTEN/NOTIFY: one listening
-connection per process, shared by everyone here who waits for news.
+"""Notices from every process of the deployment, through its
+:class:`~ragline.providers.coordination.NoticeBus`: one listener per process, shared by
+everyone here who waits for news.
 
-``DELETE /api/v1/runs/{id}`` on any replica sends ``run:<id>`` on ``ragline_cancel``; the
-replica running that run cancels it at once. A run's replica sends the run's id on
-``ragline_run`` whenever it saves news, so that readers on other replicas follow it.
+``DELETE /api/v1/runs/{id}`` on any replica publishes ``cancel run:<id>``; the process
+running that run cancels it at once. A run's process publishes ``news run:<id>`` whenever
+it saves the run, so that readers anywhere follow it; a Teams turn's end publishes
+``news conversation:<id>`` so that the conversation's next turn, anywhere, may start.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import anyio
 
 from .errors import UpstreamError
 from .lifetime import Lifetime
-from .providers.shared import PostgresShared
+from .providers.coordination import Notice, NoticeBus, WorkKey
 
 __all__ = ["Notices"]
 
@@ -23,46 +25,47 @@ log = logging.getLogger("ragline.notices")
 
 
 class Notices:
-    """Hands notices to callbacks (cancels) and to waiters (a run's news)."""
+    """Hands ``cancel`` notices to callbacks and wakes the waiters of any notice's key."""
 
-    def __init__(self, store: PostgresShared) -> None:
-        self.store = store
-        self.on_cancel: list[Callable[[str], None]] = []
-        self._news: dict[str, anyio.Event] = {}
-        self.listening = anyio.Event()
+    def __init__(self, bus: NoticeBus) -> None:
+        self.bus = bus
+        self.on_cancel: list[Callable[[WorkKey], None]] = []
+        self._waiters: dict[WorkKey, anyio.Event] = {}
 
-    def news(self, run_id: str) -> anyio.Event:
-        """An event set when ``run_id`` next has news (or the listener reconnects)."""
-        event = self._news.get(run_id)
+    def news(self, key: WorkKey) -> anyio.Event:
+        """An event set by the next notice about ``key`` (or when the listener
+        reconnects, since notices may have been lost): take it before reading the
+        state it announces, so that nothing is missed."""
+        event = self._waiters.get(key)
         if event is None:
-            event = self._news[run_id] = anyio.Event()
+            event = self._waiters[key] = anyio.Event()
         return event
 
-    def _wake(self, run_id: str) -> None:
-        event = self._news.pop(run_id, None)
+    def _wake(self, key: WorkKey) -> None:
+        event = self._waiters.pop(key, None)
         if event is not None:
             event.set()
 
     async def _caught_up(self) -> None:
         # Whatever came while not listening is lost: every waiter reads again.
-        for run_id in list(self._news):
-            self._wake(run_id)
-        self.listening.set()
+        for key in list(self._waiters):
+            self._wake(key)
+
+    def _hand_out(self, notice: Notice) -> None:
+        if notice.action == "cancel":
+            for callback in self.on_cancel:
+                callback(notice.key)
+        self._wake(notice.key)
 
     async def listen(self, lifetime: Lifetime) -> None:
-        """Listen until ``lifetime`` ends; reconnect with backoff when the database goes."""
+        """Listen until ``lifetime`` ends; listen again with backoff when the bus goes."""
         delay = 0.5
         while True:
             try:
-                async for channel, payload in self.store.notices(lifetime, ready=self._caught_up):
+                async for notice in self.bus.listen(lifetime, ready=self._caught_up):
                     delay = 0.5
-                    if channel == "ragline_cancel":
-                        for callback in self.on_cancel:
-                            callback(payload)
-                    else:
-                        self._wake(payload)
+                    self._hand_out(notice)
             except UpstreamError as exc:
-                log.warning("not listening for other replicas: %s", exc.message)
-            self.listening = anyio.Event()
+                log.warning("not listening for other processes: %s", exc.message)
             await anyio.sleep(delay)
             delay = min(delay * 2, 10.0)

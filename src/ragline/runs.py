@@ -2,12 +2,12 @@
 
 A run's lifetime is detached from its request (it keeps the request's values and trace
 context, ignores its end) and obeys shutdown, an explicit cancel and its own timeout.
-Runs are kept in memory: the last ``kept`` finished ones can be read back; a restart
-forgets them (a run in flight at shutdown ends ``cancelled`` with cause ``shutdown``).
-
-With a shared database (``store``), the replica running a run also saves its snapshot
-and events there as they come, so that every replica can read and follow it, and a
-cancel on any replica reaches it at once through a notice (:mod:`ragline.notices`).
+The process running a run saves its snapshot and events to the deployment's
+:class:`~ragline.providers.coordination.RunLog` as they come (in memory for one process,
+PostgreSQL for many), so that any process can read and follow it, and a cancel from any
+process reaches it at once through a notice (:mod:`ragline.notices`). The last ``kept``
+finished runs can be read back (a run in flight at shutdown ends ``cancelled`` with
+cause ``shutdown``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from .agent import Agent, AgentResult, LoopLimits
 from .errors import NotFound, Overloaded, RagLineError, StageTimeout, UpstreamError
 from .lifetime import Cause, Lifetime
 from .models import ChatRequest
-from .providers.shared import PostgresShared
+from .notices import Notices
+from .providers.coordination import Notice, RunLog, WorkKey
 from .supervisor import Supervisor
 from .tools import ToolRegistry
 
@@ -56,7 +57,7 @@ class Run:
     result: AgentResult = field(default_factory=AgentResult)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     changed: anyio.Event = field(default_factory=anyio.Event)
-    saved: int = 0  # events saved to the shared store so far
+    saved: int = 0  # events saved to the run log so far
 
     @property
     def finished(self) -> bool:
@@ -104,13 +105,16 @@ class Runs:
         self,
         agent: Agent,
         supervisor: Supervisor,
+        log: RunLog,
+        notices: Notices,
         *,
         timeout: float | None,
         max_active: int,
         kept: int,
-        store: PostgresShared | None = None,
     ) -> None:
-        self.store = store
+        self.log = log
+        self.notices = notices
+        notices.on_cancel.append(self.on_notice)
         self.agent = agent
         self.supervisor = supervisor
         self.timeout = timeout
@@ -139,9 +143,6 @@ class Runs:
         run = Run(id=run_id, request=request, lifetime=lifetime)
 
         async def work(life: Lifetime) -> None:
-            if self.store is None:
-                await self._work(run, life, tools, limits)
-                return
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._persist, run, life)
@@ -201,14 +202,12 @@ class Runs:
             await changed.wait()
 
     async def save(self, run: Run, lifetime: Lifetime) -> None:
-        """Save the run's snapshot and new events to the shared store, if there is one.
-        A database that is down loses the news, not the run."""
-        if self.store is None:
-            return
+        """Save the run's snapshot and new events to the run log. A database that is down
+        loses the news, not the run."""
         first = run.saved
         events = [(first + i, name, data) for i, (name, data) in enumerate(run.events[first:])]
         try:
-            await self.store.save_run(
+            await self.log.save_run(
                 run.id,
                 run.state,
                 run.snapshot(),
@@ -222,29 +221,28 @@ class Runs:
         run.saved = first + len(events)
 
     async def snapshot(self, run_id: str, lifetime: Lifetime) -> dict[str, Any]:
-        """The run's snapshot, from this replica or, failing that, the shared store."""
+        """The run's snapshot, from this process or, failing that, the run log."""
         run = self._runs.get(run_id)
         if run is not None:
             return run.snapshot()
-        found = await self.store.run(run_id, lifetime) if self.store is not None else None
+        found = await self.log.run(run_id, lifetime)
         if found is None:
             raise NotFound(f"no run {run_id!r}", code="run_not_found")
         return found
 
     async def cancel_anywhere(self, run_id: str, lifetime: Lifetime) -> dict[str, Any]:
-        """Cancel a run here, or tell the replica that runs it; its snapshot."""
+        """Cancel a run here, or tell the process that runs it; its snapshot."""
         if run_id in self._runs:
             return self.cancel(run_id).snapshot()
         found = await self.snapshot(run_id, lifetime)
-        if found["state"] == "running" and self.store is not None:
-            await self.store.notify_cancel(f"run:{run_id}", lifetime)
+        if found["state"] == "running":
+            await self.notices.bus.publish(Notice("cancel", WorkKey.run(run_id)), lifetime)
         return found
 
-    def on_notice(self, key: str) -> None:
-        """A cancel notice from another replica: ``run:<id>`` cancels that run here."""
-        kind, _, run_id = key.partition(":")
-        run = self._runs.get(run_id)
-        if kind == "run" and run is not None and not run.finished:
+    def on_notice(self, key: WorkKey) -> None:
+        """A cancel notice from another process: a run's key cancels that run here."""
+        run = self._runs.get(key.id) if key.kind == "run" else None
+        if run is not None and not run.finished:
             run.lifetime.cancel(Cause.EXPLICIT, "cancelled through the API on another replica")
 
     def get(self, run_id: str) -> Run:

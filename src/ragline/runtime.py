@@ -13,21 +13,19 @@ import anyio
 from opentelemetry.trace import TracerProvider
 
 from .agent import Agent, LoopLimits
+from .backend import build_backend
 from .chat import ChatPipeline, StageTimeouts
 from .errors import RagLineError
 from .factory import (
     build_composer,
     build_generator,
     build_ingestion,
-    build_jobs,
-    build_records,
     build_transformer,
     open_parts,
 )
-from .jobs import JobQueue
+from .jobs import Jobs
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
-from .notices import Notices
 from .outcomes import Outcomes
 from .providers import (
     Embedder,
@@ -35,10 +33,8 @@ from .providers import (
     KeywordIndex,
     PromptComposer,
     QueryTransformer,
-    Records,
     VectorStore,
 )
-from .providers.shared import PostgresShared
 from .retrieval import RecordKeywords, VisibleStore
 from .runs import Runs
 from .settings import Settings
@@ -46,7 +42,6 @@ from .supervisor import Supervisor
 from .threads import ThreadBridge
 from .tools import ToolRegistry, search_tool
 from .tracing import Tracing, build_tracer_provider
-from .workers import DistributedJobs
 
 if TYPE_CHECKING:
     from .teams import TeamsChannel
@@ -86,27 +81,30 @@ class Runtime:
         self._opened: list[object] = []
         self.unavailable: str | None = None  # why it is not ready: a part that cannot open
         self.draining = False
-        if generator is None:
-            generator = build_generator(settings, self.threads)
-            self._parts.append(generator)
-        self.jobs: JobQueue | DistributedJobs | None = None
+        # Where the deployment keeps its state: decided once, in build_backend.
+        self.backend = backend = build_backend(settings, self.threads)
+        self._parts.extend(backend.built)  # first: it closes last
+        self.records = backend.records
+        self.notices = backend.notices()
+        self.jobs: Jobs | None = None
         keywords: KeywordIndex | None = None
-        records: Records | None = None
         if settings.retrieval:
-            ingestion = build_ingestion(settings, self.threads, embedder=embedder, store=store)
-            self._parts[:0] = ingestion.built
+            ingestion = build_ingestion(
+                settings, self.threads, backend.records, embedder=embedder, store=store
+            )
+            self._parts.extend(ingestion.built)
             embedder, store = ingestion.embedder, ingestion.store
-            self.records = records = ingestion.records
-            self.ingestor = ingestion.ingestor
-            self.jobs = build_jobs(settings, ingestion, self.threads)
-            if isinstance(self.jobs, DistributedJobs):
-                self._parts.append(self.jobs)
+            self.jobs = backend.jobs(ingestion.ingestor, self.notices, self.threads)
+            self._parts.append(self.jobs)
             if settings.retrieval_mode == "hybrid":
                 keywords = RecordKeywords(self.records, default_collection=settings.collection)
             # Readers see only switched-in generations.
             store = VisibleStore(store, self.records, default_collection=settings.collection)
         else:
             embedder = store = None
+        if generator is None:
+            generator = build_generator(settings, self.threads)
+            self._parts.append(generator)
         if transformer is None:
             transformer = build_transformer(settings, generator)
         if composer is None:
@@ -136,23 +134,15 @@ class Runtime:
             metrics=self.metrics,
             limits=LoopLimits.from_settings(settings),
         )
-        # With a shared database, runs and Teams turns are coordinated across replicas
-        # through it, also when retrieval (and so ingestion) is off.
-        if records is None and settings.database_url:
-            records = build_records(settings, self.threads)
-            self._parts.insert(0, records)
-        shared = records if isinstance(records, PostgresShared) else None
-        self.notices = Notices(shared) if shared is not None else None
         self.runs = Runs(
             self.agent,
             self.supervisor,
+            backend.runs,
+            self.notices,
             timeout=settings.run_timeout,
             max_active=settings.runs_max_active,
             kept=settings.runs_kept,
-            store=shared,
         )
-        if self.notices is not None:
-            self.notices.on_cancel.append(self.runs.on_notice)
         self.outcomes = Outcomes(settings.outcomes_kept)
         self.teams: TeamsChannel | None = None
         if settings.bot_enabled:
@@ -164,9 +154,9 @@ class Runtime:
                 self.supervisor,
                 self.metrics,
                 self.tracing,
+                backend.activities,
+                self.notices,
                 agent=self.agent,
-                shared=shared,
-                notices=self.notices,
             )
             self._parts.append(self.teams)
 
@@ -255,11 +245,9 @@ class Runtime:
     async def _begin(self) -> None:
         """Everything is open: start the background work and be ready."""
         log.info("ready", extra={"providers_opened": len(self._opened)})
-        if self.notices is not None:
-            self.supervisor.start(self.lifetime.child("notices"), self.notices.listen)
-        if self.jobs is not None and (
-            self.settings.serve_jobs or not isinstance(self.jobs, DistributedJobs)
-        ):
+        self.supervisor.start(self.lifetime.child("notices"), self.notices.listen)
+        # A queue that only this process can run runs here; a shared one where asked.
+        if self.jobs is not None and (self.settings.serve_jobs or not self.jobs.shared):
             self.supervisor.start(self.lifetime.child("ingest-worker"), self.jobs.work)
             await self._seed()
         # An engine that came back during a drain window does not make it ready again.

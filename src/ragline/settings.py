@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     worker_heartbeat: float = Field(10.0, gt=0)
     worker_stalled_after: float = Field(30.0, gt=0)  # no heartbeat this long: retry its parts
     ingest_part_documents: int = Field(64, ge=1)  # posted documents per part
+    # With a database: a document left half-written this long ago was left by a writer
+    # that died, and any writer collects it (else only the writer's own retry does).
+    ingest_abandoned_after: float = Field(6 * 3600.0, gt=0)
     collection: str = Field("default", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
     # -- ingestion --------------------------------------------------------------------

@@ -34,13 +34,13 @@ def _serve(args: argparse.Namespace) -> int:
     import os
     import socket
 
-    from ..server.processes import FD_VARIABLE, check_workers, run_workers
+    from ..server.processes import FD_VARIABLE, check_processes, run_processes
     from .ingest import server_file
 
     workers = args.workers if args.workers is not None else settings.workers
     inherited = os.environ.get(FD_VARIABLE)
     try:
-        check_workers(settings, workers)
+        check_processes(settings, workers)
         app = None if workers > 1 and inherited is None else create_app(settings)
     except ValueError as exc:  # settings that do not fit together
         print(f"ragline: {exc}", file=sys.stderr)
@@ -59,7 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
     marker.write_text(json.dumps({"url": f"http://{host}:{port}", "pid": os.getpid()}))
     if app is None:
         try:
-            return run_workers(host, port, workers)
+            return run_processes(host, port, workers)
         finally:
             marker.unlink(missing_ok=True)
     server = build_server(app, host=host, port=port)
@@ -124,14 +124,14 @@ def _ingest(args: argparse.Namespace) -> int:
     return result
 
 
-def _worker(args: argparse.Namespace) -> int:
+def _ingest_worker(args: argparse.Namespace) -> int:
     import anyio
     from pydantic import ValidationError
 
     from ..errors import RagLineError
     from ..logs import configure_logging
     from ..settings import Settings
-    from .worker import work
+    from .ingest_worker import work
 
     try:
         settings = Settings()
@@ -155,7 +155,9 @@ def _cluster(args: argparse.Namespace) -> int:
     from .cluster import run_cluster
 
     try:
-        result: int = anyio.run(run_cluster, Path(args.dir), args.replicas, args.workers, args.port)
+        result: int = anyio.run(
+            run_cluster, Path(args.dir), args.replicas, args.workers, args.port, args.milvus
+        )
     except ImportError:
         print("ragline cluster: needs the dev extra (pip install 'ragline[dev]')", file=sys.stderr)
         return 2
@@ -203,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = commands.add_parser(
         "worker", help="run ingestion parts from the shared queue (needs RAGLINE_DATABASE_URL)"
     )
-    worker.set_defaults(func=_worker)
+    worker.set_defaults(func=_ingest_worker)
     cluster = commands.add_parser(
         "cluster",
         help="try the cluster mode on this machine: PostgreSQL, a Milvus server, replicas, workers",
@@ -212,6 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cluster.add_argument("--replicas", type=int, default=2, help="ragline serve processes (2)")
     cluster.add_argument("--workers", type=int, default=1, help="ragline worker processes (1)")
     cluster.add_argument("--port", type=int, default=8001, help="the first replica's port (8001)")
+    cluster.add_argument(
+        "--milvus",
+        choices=("lite", "standalone"),
+        default="lite",
+        help="lite: `milvus-lite server`; standalone: the real Milvus 2.3 server of the "
+        "`milvus` wheel (default: lite)",
+    )
     cluster.set_defaults(func=_cluster)
     check = commands.add_parser(
         "check", help="find dropped lifetimes and other lifecycle mistakes (docs/CHECK.md)"

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TextIO
@@ -129,12 +130,14 @@ async def _running_server(settings: Settings) -> str | None:
 async def _local(
     settings: Settings, paths: list[str], collection: str | None, prune: bool, console: Console
 ) -> int:
+    from ..backend import build_backend
     from ..documents import load_all
     from ..factory import build_ingestion, open_parts
     from ..threads import ThreadBridge
 
     bridge = ThreadBridge()
-    ingestion = build_ingestion(settings, bridge)
+    backend = build_backend(settings, bridge)
+    ingestion = build_ingestion(settings, bridge, backend.records)
     root = Lifetime.root("cli")
     stop = Stop()
     progress = IngestProgress()
@@ -148,7 +151,7 @@ async def _local(
             tg.start_soon(_ctrl_c, stop, root, console)
             try:
                 with root:
-                    await open_parts(stack, root, ingestion.built, grace=5)
+                    await open_parts(stack, root, [*backend.built, *ingestion.built], grace=5)
                     documents, problems = await bridge.call(
                         root,
                         load_all,
@@ -159,7 +162,9 @@ async def _local(
                         documents,
                         root,
                         collection=name,
-                        owner="cli",
+                        # Its own name: beside workers, only what this run leaves
+                        # half-written is its to collect.
+                        owner=f"cli:{uuid.uuid4().hex}",
                         prune=prune,
                         problems=problems,
                         stop=stop,

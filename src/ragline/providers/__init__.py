@@ -97,9 +97,12 @@ class RecordStore(Protocol):
     Ingestion reserves a generation, records its chunks *before* the vector store gets
     them, and switches it in with one transaction; readers see only switched-in
     generations. Chunks of generation 0 were written outside ingestion: always visible.
-    SQLite by default (:mod:`ragline.records`), PostgreSQL for many replicas
-    (:mod:`ragline.providers.postgres`); one conformance suite holds both to this.
+    SQLite by default (:mod:`ragline.providers.sqlite`), PostgreSQL for many replicas
+    (:mod:`ragline.providers.postgres_records`); one conformance suite holds both to this.
     """
+
+    #: Whether other writers (processes) may be at work on this store at the same time.
+    shared: bool
 
     async def documents(self, collection: str, lifetime: Lifetime) -> dict[str, DocumentRecord]:
         """Every visible document of ``collection``."""
@@ -142,12 +145,13 @@ class RecordStore(Protocol):
         ...
 
     async def garbage(
-        self, collection: str, lifetime: Lifetime, *, owner: str | None = None
+        self, collection: str, lifetime: Lifetime, *, owner: str
     ) -> list[tuple[str, int, list[str]]]:
         """Generations to delete, each as (document_id, generation, chunk ids): retired
-        ones, and ones left ``writing`` by an interrupted run. With ``owner``, only that
-        owner's (a retried task's earlier attempt: other writers may be alive); without,
-        every one (a single writer)."""
+        ones, and unfinished ones that no live writer is at. The store knows whether
+        other writers can exist: one that is the only writer (SQLite) returns every
+        unfinished generation; a shared one (PostgreSQL) only ``owner``'s own (an
+        earlier attempt of the same work) and those abandoned long ago."""
         ...
 
     async def forget(

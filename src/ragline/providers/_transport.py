@@ -27,7 +27,7 @@ from ._http import ClientShards
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["Answer", "StreamingClient"]
+__all__ = ["Answer", "StreamingClient", "retry_after_seconds"]
 
 
 class Answer:
@@ -41,7 +41,7 @@ class Answer:
     ) -> None:
         self.status = status
         self._chunks = chunks
-        self.retry_after = _seconds(retry_after)  # the upstream's Retry-After, if any
+        self.retry_after = retry_after_seconds(retry_after)  # the upstream's Retry-After, if any
 
     async def text(self) -> AsyncIterator[str]:
         """The body as text, one piece per read from the socket."""
@@ -186,7 +186,7 @@ def _proxy_for(url: str) -> str | None:
     return urllib.request.getproxies_environment().get(parts.scheme)
 
 
-def _seconds(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
     """A Retry-After value (seconds, or an HTTP date) as seconds from now."""
     if not value:
         return None

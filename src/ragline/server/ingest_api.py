@@ -8,13 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from ..errors import InvalidRequest, NotFound
-from ..jobs import JobQueue
+from ..jobs import Jobs
 from ..models import CollectionName
-from ..workers import DistributedJobs
-from .boundary import Policy, PolicyRoute, request_context
+from .boundary import request_context
+from .routing import OBJECT, STR, ApiRoute, Doc, Policy, array, obj
 from .validation import parse_json, validate
 
 __all__ = ["routes"]
@@ -39,7 +38,7 @@ class IngestRequest(BaseModel):
     prune: bool = False
 
 
-def _jobs(request: Request) -> JobQueue | DistributedJobs:
+def _jobs(request: Request) -> Jobs:
     jobs = request_context(request.scope).runtime.jobs
     if jobs is None:
         raise InvalidRequest(
@@ -120,10 +119,65 @@ async def collection(request: Request) -> Response:
     raise NotFound(f"no collection {name!r}", code="collection_not_found")
 
 
+_NULLABLE = {"type": ["string", "null"]}
+_JOB = obj(
+    job_id=STR,
+    state={"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+    collection=STR,
+    progress={"type": ["object", "null"]},
+    error=_NULLABLE,
+    cause=_NULLABLE,
+)
+_FILE = {"type": "string", "contentMediaType": "application/octet-stream"}
 routes = [
-    PolicyRoute("/api/v1/ingest", submit, methods=["POST"], policy=Policy(upload=True)),
-    Route("/api/v1/ingest/{job_id}", status, methods=["GET"]),
-    Route("/api/v1/ingest/{job_id}", cancel, methods=["DELETE"]),
-    Route("/api/v1/collections", collections, methods=["GET"]),
-    Route("/api/v1/collections/{name}", collection, methods=["GET"]),
+    ApiRoute(
+        "/api/v1/ingest",
+        submit,
+        methods=["POST"],
+        policy=Policy(upload=True),
+        doc=Doc(
+            "Start an ingestion job (JSON or multipart upload)",
+            "documents",
+            body=IngestRequest,
+            form=obj(files=array(_FILE), collection=STR, prune=STR),
+            ok=202,
+            result=obj(job_id=STR),
+            errors=(400, 401, 413, 422, 503),
+        ),
+    ),
+    ApiRoute(
+        "/api/v1/ingest/{job_id}",
+        status,
+        methods=["GET"],
+        doc=Doc("A job's state and progress", "documents", result=_JOB, errors=(401, 404, 422)),
+    ),
+    ApiRoute(
+        "/api/v1/ingest/{job_id}",
+        cancel,
+        methods=["DELETE"],
+        doc=Doc(
+            "Stop a job at its next batch boundary",
+            "documents",
+            ok=202,
+            result=_JOB,
+            errors=(401, 404, 422),
+        ),
+    ),
+    ApiRoute(
+        "/api/v1/collections",
+        collections,
+        methods=["GET"],
+        doc=Doc(
+            "Every collection with its counts",
+            "documents",
+            result=obj(collections=array(OBJECT)),
+            errors=(401,),
+        ),
+    ),
+    ApiRoute(
+        "/api/v1/collections/{name}",
+        collection,
+        methods=["GET"],
+        doc=Doc("One collection", "documents", result=OBJECT, errors=(401, 404)),
+    ),
 ]

@@ -26,7 +26,7 @@ from types import FrameType
 
 from ..settings import Settings
 
-__all__ = ["FD_VARIABLE", "check_workers", "run_workers"]
+__all__ = ["FD_VARIABLE", "check_processes", "run_processes"]
 
 log = logging.getLogger("ragline.serve")
 
@@ -34,7 +34,7 @@ FD_VARIABLE = "RAGLINE_LISTEN_FD"  # set in a child: serve on this inherited soc
 _RESTART_DELAY = 1.0
 
 
-def check_workers(settings: Settings, workers: int) -> None:
+def check_processes(settings: Settings, workers: int) -> None:
     """Raise ``ValueError`` naming what must move out of the process for ``workers``."""
     if workers <= 1:
         return
@@ -57,7 +57,7 @@ def check_workers(settings: Settings, workers: int) -> None:
         )
 
 
-def run_workers(host: str, port: int, workers: int) -> int:
+def run_processes(host: str, port: int, workers: int) -> int:
     """Bind, start ``workers`` children, pass signals on, restart what dies; the exit
     status once every child has ended after a signal."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -8,19 +8,17 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ..agent import LoopLimits, check_tools
-from ..errors import InvalidRequest, NotFound, Overloaded
-from ..lifetime import Cause
+from ..errors import InvalidRequest, Overloaded
+from ..lifetime import Cause, Lifetime
 from ..models import ChatRequest, CollectionName, Message
-from ..notices import Notices
-from ..providers.shared import PostgresShared
-from ..runs import Run
+from ..providers.coordination import WorkKey
 from ..runtime import Runtime
 from ..tools import ToolRegistry
 from .boundary import RequestContext, request_context
+from .routing import OBJECT, STR, ApiRoute, Doc, obj
 from .sse import SSE_HEADERS, sse
 from .validation import parse_json, validate
 
@@ -107,12 +105,11 @@ async def cancel(request: Request) -> Response:
     return JSONResponse({"run_id": run_id, "state": found["state"]}, status_code=202)
 
 
-async def events(request: Request) -> RunEvents | SharedRunEvents:
+async def events(request: Request) -> RunEvents:
     """``GET /api/v1/runs/{run_id}/events`` → server-sent events of the run's steps,
     from the start (or after ``Last-Event-ID``), ending with ``done``; on any replica."""
     ctx = request_context(request.scope)
     run_id = request.path_params["run_id"]
-    runs = ctx.runtime.runs
     after = request.headers.get("last-event-id")
     first = 0
     if after is not None:
@@ -120,97 +117,73 @@ async def events(request: Request) -> RunEvents | SharedRunEvents:
             first = int(after) + 1
         except ValueError:
             raise InvalidRequest("Last-Event-ID must be an event number") from None
-    try:
-        return RunEvents(ctx, runs.get(run_id), max(first, 0))
-    except NotFound:
-        if runs.store is None or ctx.runtime.notices is None:
-            raise
-    await runs.snapshot(run_id, ctx.lifetime)  # 404 if no replica has it
-    return SharedRunEvents(ctx, runs.store, ctx.runtime.notices, run_id, max(first, 0))
+    await ctx.runtime.runs.snapshot(run_id, ctx.lifetime)  # 404 if no process has it
+    return RunEvents(ctx, run_id, max(first, 0))
 
 
 class RunEvents:
-    """Replays a run's event log, then follows it until the run has finished (an ASGI
-    app an endpoint returns). Leaving stops only the reader, never the run."""
+    """Replays a run's saved events, then follows them until ``done`` (an ASGI app an
+    endpoint returns), wherever the run runs: each save announces itself by a notice.
+    Leaving stops only the reader, never the run."""
 
-    def __init__(self, ctx: RequestContext, run: Run, first: int) -> None:
+    def __init__(self, ctx: RequestContext, run_id: str, first: int) -> None:
         self.raw_headers = list(SSE_HEADERS)
         self.ctx = ctx
-        self.run = run
-        self.first = first
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        run = self.run
-        sent = self.first
-
-        async def write_new(more: bool) -> None:
-            nonlocal sent
-            body = b"".join(_event(n, *run.events[n]) for n in range(sent, len(run.events)))
-            sent = len(run.events)
-            await send({"type": "http.response.body", "body": body, "more_body": more})
-
-        try:
-            while True:
-                changed = run.changed
-                if sent < len(run.events):
-                    await write_new(True)
-                    continue
-                if run.finished:
-                    break
-                await changed.wait()
-        except anyio.get_cancelled_exc_class():
-            reason = self.ctx.lifetime.reason
-            if reason is not None and reason.cause is not Cause.CLIENT_DISCONNECTED:
-                # A shutdown ends the run too: give it a moment to unwind so the reader
-                # gets its `done`; a deadline of this request ends the stream cleanly.
-                # flake8-async cannot see that last_words is a shielded, bounded scope.
-                with self.ctx.lifetime.last_words(self.ctx.runtime.settings.final_event_window):
-                    while reason.cause is Cause.SHUTDOWN and not run.finished:
-                        changed = run.changed
-                        await changed.wait()  # noqa: ASYNC102
-                    await write_new(False)  # noqa: ASYNC102
-            raise
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-class SharedRunEvents:
-    """A run that another replica runs, read from the shared store: its saved events,
-    then each news as that replica saves it, until ``done``."""
-
-    def __init__(
-        self,
-        ctx: RequestContext,
-        store: PostgresShared,
-        notices: Notices,
-        run_id: str,
-        first: int,
-    ) -> None:
-        self.raw_headers = list(SSE_HEADERS)
-        self.ctx, self.store, self.notices = ctx, store, notices
         self.run_id = run_id
         self.first = first
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        sent = self.first
+        lifetime = self.ctx.lifetime
+        sent = [self.first]
+        try:
+            await self._follow(sent, send, lifetime, recheck=_RECHECK)
+        except anyio.get_cancelled_exc_class():
+            reason = lifetime.reason
+            if reason is not None and reason.cause is not Cause.CLIENT_DISCONNECTED:
+                # A shutdown ends the run too: give it a moment to unwind so the reader
+                # gets its `done`; a deadline of this request ends the stream with what
+                # is saved. The listener may be gone by now: look often instead.
+                # flake8-async cannot see that last_words is a shielded, bounded scope.
+                window = self.ctx.runtime.settings.final_event_window
+                with lifetime.last_words(window) as words:
+                    until_done = reason.cause is Cause.SHUTDOWN
+                    await self._follow(sent, send, words, recheck=0.02, until_done=until_done)  # noqa: ASYNC102
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})  # noqa: ASYNC102
+            raise
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _follow(
+        self,
+        sent: list[int],
+        send: Send,
+        lifetime: Lifetime,
+        *,
+        recheck: float,
+        until_done: bool = True,
+    ) -> None:
+        """Write the events from ``sent[0]`` on, until ``done`` (or, without
+        ``until_done``, until none is left)."""
+        runs, notices = self.ctx.runtime.runs, self.ctx.runtime.notices
+        key = WorkKey.run(self.run_id)
         while True:
-            news = self.notices.news(self.run_id)  # before reading: no news is missed
-            found = await self.store.run_events(self.run_id, sent, self.ctx.lifetime)
+            news = notices.news(key)  # before reading: no news is missed
+            found = await runs.log.run_events(self.run_id, sent[0], lifetime)
             if found:
                 body = b"".join(_event(n, name, data) for n, name, data in found)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
-                sent = found[-1][0] + 1
+                sent[0] = found[-1][0] + 1
                 if found[-1][1] == "done":
-                    break
+                    return
                 continue
-            # A notice wakes the reader at once; the timeout covers a lost connection.
-            with anyio.move_on_after(_RECHECK):
+            if not until_done:
+                return
+            # A notice wakes the reader at once; the timeout covers a lost one.
+            with anyio.move_on_after(recheck):
                 await news.wait()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-_RECHECK = 2.0  # seconds a reader of another replica's run waits without news
+_RECHECK = 2.0  # seconds a reader waits without news before it reads again
 
 
 def _event(n: int, name: str, data: dict[str, Any]) -> bytes:
@@ -218,8 +191,41 @@ def _event(n: int, name: str, data: dict[str, Any]) -> bytes:
 
 
 routes = [
-    Route("/api/v1/runs", start, methods=["POST"]),
-    Route("/api/v1/runs/{run_id}", status, methods=["GET"]),
-    Route("/api/v1/runs/{run_id}", cancel, methods=["DELETE"]),
-    Route("/api/v1/runs/{run_id}/events", events, methods=["GET"]),
+    ApiRoute(
+        "/api/v1/runs",
+        start,
+        methods=["POST"],
+        doc=Doc(
+            "Start a background agent run",
+            "runs",
+            body=RunRequest,
+            ok=202,
+            result=obj(run_id=STR),
+            errors=(400, 401, 413, 422, 503),
+        ),
+    ),
+    ApiRoute(
+        "/api/v1/runs/{run_id}",
+        status,
+        methods=["GET"],
+        doc=Doc("A run's state, steps and answer", "runs", result=OBJECT, errors=(401, 404)),
+    ),
+    ApiRoute(
+        "/api/v1/runs/{run_id}",
+        cancel,
+        methods=["DELETE"],
+        doc=Doc("Cancel a run", "runs", ok=202, result=OBJECT, errors=(401, 404)),
+    ),
+    ApiRoute(
+        "/api/v1/runs/{run_id}/events",
+        events,
+        methods=["GET"],
+        doc=Doc(
+            "A run's events as they come",
+            "runs",
+            media="text/event-stream",
+            events=("step", "tool_call", "tool_result", "step_done", "done"),
+            errors=(401, 404, 422),
+        ),
+    ),
 ]

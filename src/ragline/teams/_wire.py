@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import email.utils
-import time
-
 import httpx
+
+from ..providers._transport import retry_after_seconds
 
 __all__ = ["error_of", "retry_after"]
 
@@ -23,16 +22,7 @@ def error_of(response: httpx.Response) -> tuple[str, str]:
 
 
 def retry_after(response: httpx.Response, *, cap: float = 60.0) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date)."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), cap)
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), at most
+    ``cap``."""
+    seconds = retry_after_seconds(response.headers.get("retry-after"))
+    return None if seconds is None else min(seconds, cap)

@@ -12,7 +12,7 @@ from ..errors import Unauthorized
 from ..lifetime import Lifetime
 from ..metrics import Metrics
 from ..notices import Notices
-from ..providers.shared import PostgresShared
+from ..providers.coordination import ActivityLog
 from ..settings import Settings
 from ..supervisor import Supervisor
 from ..tracing import Tracing
@@ -40,10 +40,10 @@ class TeamsChannel:
         supervisor: Supervisor,
         metrics: Metrics,
         tracing: Tracing,
+        activities: ActivityLog,
+        notices: Notices,
         *,
         agent: Agent | None = None,
-        shared: PostgresShared | None = None,
-        notices: Notices | None = None,
     ) -> None:
         self.settings = settings
         self._metrics = metrics
@@ -86,13 +86,13 @@ class TeamsChannel:
             supervisor,
             self._metrics,
             self._tracing,
+            activities,
+            notices,
             dedup_window=s.bot_dedup_window,
             max_concurrent=s.bot_max_concurrent_turns,
             max_pending=s.bot_max_pending_turns,
             turn_timeout=s.bot_turn_timeout,
             pace=s.bot_stream_interval,
-            shared=shared,
-            notices=notices,
         )
         if s.bot_auth == "off":
             log.warning("Teams channel without authentication (RAGLINE_BOT_AUTH=off)")

@@ -6,9 +6,10 @@ redelivery is dropped. The activities of one conversation run one after another 
 order they arrived, on a worker that the application's supervisor owns; different
 conversations run side by side, at most ``max_concurrent`` at a time.
 
-With a shared database (many replicas), an activity is also recorded there when
-accepted: a redelivery to another replica is dropped too, and a turn waits until every
-earlier activity of its conversation, on any replica, is done.
+Every accepted activity is also recorded in the deployment's
+:class:`~ragline.providers.coordination.ActivityLog` (in memory for one process,
+PostgreSQL for many replicas): a redelivery to another replica is dropped too, and a turn
+waits until every earlier activity of its conversation, on any replica, is done.
 
 Each turn runs in a lifetime detached from its webhook request (created when the
 activity is accepted, so it keeps the request's values and trace context): the request's
@@ -29,7 +30,7 @@ from ..errors import Overloaded, RagLineError, StageTimeout
 from ..lifetime import Cause, Lifetime
 from ..metrics import Metrics
 from ..notices import Notices
-from ..providers.shared import PostgresShared
+from ..providers.coordination import ActivityLog, WorkKey
 from ..supervisor import Supervisor
 from ..tracing import Tracing, mark_cancelled, mark_failed
 from .activity import Activity, InvokeResponse
@@ -67,6 +68,8 @@ class Dispatcher:
         supervisor: Supervisor,
         metrics: Metrics,
         tracing: Tracing,
+        activities: ActivityLog,
+        notices: Notices,
         *,
         dedup_window: float,
         max_concurrent: int,
@@ -74,10 +77,8 @@ class Dispatcher:
         turn_timeout: float | None,
         pace: float,
         max_conversations: int = 10_000,
-        shared: PostgresShared | None = None,
-        notices: Notices | None = None,
     ) -> None:
-        self.shared = shared
+        self.activities = activities
         self.notices = notices
         self.bot = bot
         self._supervisor = supervisor
@@ -104,8 +105,8 @@ class Dispatcher:
             self._seen.pop(activity.key, None)  # a later redelivery may be served
             raise Overloaded("too many bot turns pending; retry later")
         seq = None
-        if self.shared is not None and activity.id:
-            seq = await self.shared.accept_activity(
+        if activity.id:
+            seq = await self.activities.accept_activity(
                 activity.conversation.id, activity.id, self._window, request
             )
             if seq is None:  # another replica accepted it
@@ -241,7 +242,7 @@ class Dispatcher:
                 raise
         finally:
             self._metrics.bot_turns.labels(activity.type, outcome).inc()
-            if turn.seq is not None and self.shared is not None:
+            if turn.seq is not None:
                 # last_words is a shielded scope with a deadline (flake8-async cannot see it)
                 with lifetime.last_words(_LAST_SAVE) as words:
                     await self._finish(turn.activity.conversation.id, turn.seq, words)  # noqa: ASYNC102
@@ -251,25 +252,21 @@ class Dispatcher:
         """Wait until every earlier activity of the conversation, on any replica, is
         done. One accepted longer ago than a turn may last is not waited for: its
         replica died."""
-        if turn.seq is None or self.shared is None:
+        if turn.seq is None:  # an invoke: answered now, in no order
             return
         conversation = turn.activity.conversation.id
         longest = (self.turn_timeout or 3600.0) + _LAST_SAVE
         while True:
-            news = self.notices.news(f"conversation:{conversation}") if self.notices else None
+            news = self.notices.news(WorkKey.conversation(conversation))
             stale = time.time() - longest
-            if await self.shared.turn_clear(conversation, turn.seq, stale, turn.lifetime):
+            if await self.activities.turn_clear(conversation, turn.seq, stale, turn.lifetime):
                 return
             with anyio.move_on_after(_RECHECK):  # a lost notice costs this much at most
-                if news is not None:
-                    await news.wait()
-                else:
-                    await anyio.sleep_forever()
+                await news.wait()
 
     async def _finish(self, conversation: str, seq: int, lifetime: Lifetime) -> None:
-        assert self.shared is not None
         try:
-            await self.shared.finish_activity(conversation, seq, lifetime)
+            await self.activities.finish_activity(conversation, seq, lifetime)
         except RagLineError as exc:  # the next turn then waits out its staleness
             log.warning("bot turn not marked done: %s", exc.message)
 

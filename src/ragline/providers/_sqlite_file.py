@@ -1,15 +1,6 @@
-"""The embedded record store and job store: which generation of each document is
-visible, every chunk id ever written, and the ingestion jobs, in one small SQLite file
-beside the vector store (:class:`SqliteRecords`; PostgreSQL replaces it for many replicas).
-
-The vector store holds chunks; this file decides which of them exist. A document's new
-generation is written first, its chunk ids recorded here *before* they are upserted, and
-only then switched in one transaction. So after any crash the orphans can be found and
-deleted by id, and readers never see a half-written document.
-
-Chunks of generation 0 were written straight through the store protocol (not ingested):
-they are always visible. Ingested generations start at 1.
-"""
+"""The SQLite file behind :class:`~ragline.providers.sqlite.SqliteRecords`: one
+connection behind a lock, every method blocking and quick (the facade runs them on the
+thread bridge)."""
 
 from __future__ import annotations
 
@@ -23,11 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .lifetime import Lifetime
-from .models import Chunk, DocumentRecord, Hit
-from .threads import ThreadBridge
+from ..models import Chunk, DocumentRecord, Hit
 
-__all__ = ["SqliteRecords"]
+__all__ = ["SqliteFile"]
 
 _SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -55,102 +44,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 
-class SqliteRecords:
-    """The record store and job store in one SQLite file. Each call runs its blocking
-    query on the thread bridge under the caller's lifetime."""
-
-    def __init__(self, path: str | Path, bridge: ThreadBridge) -> None:
-        self.path = Path(path)
-        self.file = _SqliteFile(self.path)
-        self.bridge = bridge
-
-    def close(self) -> None:
-        """Close the file."""
-        self.file.close()
-
-    async def documents(self, collection: str, lifetime: Lifetime) -> dict[str, DocumentRecord]:
-        return await self.bridge.call(lifetime, self.file.documents, collection)
-
-    async def active(
-        self, collection: str, document_ids: Sequence[str], lifetime: Lifetime
-    ) -> dict[str, int]:
-        return await self.bridge.call(lifetime, self.file.active, collection, document_ids)
-
-    async def begin_generation(
-        self, collection: str, document_id: str, owner: str, lifetime: Lifetime
-    ) -> int:
-        return await self.bridge.call(
-            lifetime, self.file.begin_generation, collection, document_id, owner
-        )
-
-    async def intend_chunks(
-        self, collection: str, chunks: Sequence[Chunk], lifetime: Lifetime
-    ) -> None:
-        await self.bridge.call(lifetime, self.file.intend_chunks, collection, chunks)
-
-    async def switch(
-        self,
-        collection: str,
-        document_id: str,
-        generation: int,
-        lifetime: Lifetime,
-        *,
-        content_hash: str,
-        chunks: int,
-        source: str,
-    ) -> None:
-        await self.bridge.call(
-            lifetime,
-            self.file.switch,
-            collection,
-            document_id,
-            generation,
-            content_hash=content_hash,
-            chunks=chunks,
-            source=source,
-        )
-
-    async def remove(self, collection: str, document_id: str, lifetime: Lifetime) -> None:
-        await self.bridge.call(lifetime, self.file.remove, collection, document_id)
-
-    async def garbage(
-        self, collection: str, lifetime: Lifetime, *, owner: str | None = None
-    ) -> list[tuple[str, int, list[str]]]:
-        return await self.bridge.call(lifetime, self.file.garbage, collection, owner=owner)
-
-    async def forget(
-        self, collection: str, document_id: str, generation: int, lifetime: Lifetime
-    ) -> None:
-        await self.bridge.call(lifetime, self.file.forget, collection, document_id, generation)
-
-    async def keyword_search(
-        self, collection: str, query: str, limit: int, lifetime: Lifetime
-    ) -> list[Hit]:
-        return await self.bridge.call(lifetime, self.file.keyword_search, collection, query, limit)
-
-    async def touch_collection(
-        self, name: str, model: str, dimensions: int, lifetime: Lifetime
-    ) -> None:
-        await self.bridge.call(lifetime, self.file.touch_collection, name, model, dimensions)
-
-    async def collections(self, lifetime: Lifetime) -> list[dict[str, Any]]:
-        return await self.bridge.call(lifetime, self.file.collections)
-
-    async def save_job(
-        self, job_id: str, state: str, body: dict[str, Any], lifetime: Lifetime
-    ) -> None:
-        await self.bridge.call(lifetime, self.file.save_job, job_id, state, body)
-
-    async def jobs(
-        self, lifetime: Lifetime, *, states: Sequence[str] = ()
-    ) -> list[tuple[str, str, dict[str, Any]]]:
-        return await self.bridge.call(lifetime, self.file.jobs, *states)
-
-    async def job(self, job_id: str, lifetime: Lifetime) -> tuple[str, dict[str, Any]] | None:
-        return await self.bridge.call(lifetime, self.file.job, job_id)
-
-
-class _SqliteFile:
+class SqliteFile:
     """One SQLite connection behind a lock; every method is blocking and quick."""
 
     def __init__(self, path: str | Path) -> None:
@@ -290,7 +184,7 @@ class _SqliteFile:
         source: str,
     ) -> None:
         """Make ``generation`` the visible one, in one transaction; the previous one is
-        retired (its chunks are deleted afterwards by :meth:`retired`)."""
+        retired (its chunks are deleted afterwards, as garbage)."""
         self._transaction(
             [
                 (
@@ -339,14 +233,13 @@ class _SqliteFile:
         )
 
     # -- garbage ---------------------------------------------------------------------
-    def garbage(
-        self, collection: str, *, owner: str | None = None
-    ) -> list[tuple[str, int, list[str]]]:
-        """See :meth:`ragline.providers.RecordStore.garbage`."""
+    def garbage(self, collection: str) -> list[tuple[str, int, list[str]]]:
+        """Retired generations and every unfinished one: one process owns this file and
+        writes one job at a time, so an unfinished generation is an interrupted run's."""
         rows = self._query(
             "SELECT document_id, generation FROM generations WHERE collection = ? AND "
-            "(state = 'retired' OR (state = 'writing' AND (? IS NULL OR owner IS ?)))",
-            (collection, owner, owner),
+            "state IN ('retired', 'writing')",
+            (collection,),
         )
         out = []
         for document_id, generation in rows:

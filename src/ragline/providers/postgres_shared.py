@@ -1,6 +1,7 @@
-"""What replicas and workers share through PostgreSQL beyond the records: the parts of
-ingestion jobs with their inputs, background runs with their events, and notices that
-reach every process (LISTEN/NOTIFY on ``ragline_cancel``)."""
+"""The coordination stores on PostgreSQL (:mod:`ragline.providers.coordination`), composed
+on the deployment's one :class:`~ragline.providers.postgres.PostgresPool`: notices by
+LISTEN/NOTIFY, background runs with their events, Teams activities in order, and the
+parts of distributed ingestion jobs."""
 
 from __future__ import annotations
 
@@ -8,18 +9,43 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-import anyio
-
 from ..errors import UpstreamError
 from ..lifetime import Lifetime
-from .postgres import PostgresRecords
+from .coordination import Notice, RunEvent, WorkKey
+from .postgres import NOTICE_CHANNEL, PostgresPool
 
-__all__ = ["PostgresShared"]
+__all__ = ["PostgresActivities", "PostgresBus", "PostgresJobParts", "PostgresRunLog"]
 
 
-class PostgresShared(PostgresRecords):
-    """The record and job stores, plus what cluster mode shares through the database:
-    a job's parts and their inputs, and cancel notices that reach every replica."""
+class _OnPool:
+    def __init__(self, pool: PostgresPool) -> None:
+        self.pool = pool
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.pool!r})"
+
+
+class PostgresBus(_OnPool):
+    """:class:`~ragline.providers.coordination.NoticeBus` over LISTEN/NOTIFY on one
+    channel: every process that listens gets every notice."""
+
+    async def publish(self, notice: Notice, lifetime: Lifetime) -> None:
+        await self.pool.execute(
+            lifetime, "SELECT pg_notify(%s, %s)", (NOTICE_CHANNEL, notice.encode())
+        )
+
+    async def listen(
+        self, lifetime: Lifetime, *, ready: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[Notice]:
+        async for payload in self.pool.listen(lifetime, ready=ready):
+            notice = Notice.decode(payload)
+            if notice is not None:  # another version's notice: not ours to read
+                yield notice
+
+
+class PostgresJobParts(_OnPool):
+    """:class:`~ragline.providers.coordination.JobParts`: a job's parts and their inputs
+    beside the job store's jobs, so that no worker needs another's disk."""
 
     async def create_job(
         self,
@@ -32,7 +58,7 @@ class PostgresShared(PostgresRecords):
         from psycopg.types.json import Jsonb
 
         now = time.time()
-        async with self._connection(lifetime, transaction=True) as conn:
+        async with self.pool.connection(lifetime, transaction=True) as conn:
             await conn.execute(
                 "INSERT INTO jobs VALUES (%s, 'queued', %s, %s, %s)",
                 (job_id, Jsonb(body), now, now),
@@ -50,7 +76,7 @@ class PostgresShared(PostgresRecords):
 
     async def set_task(self, job_id: str, part: int, task_id: int, lifetime: Lifetime) -> None:
         """Note the procrastinate job that runs a part."""
-        await self._execute(
+        await self.pool.execute(
             lifetime,
             "UPDATE job_parts SET task_id = %s WHERE job_id = %s AND part = %s",
             (task_id, job_id, part),
@@ -60,7 +86,7 @@ class PostgresShared(PostgresRecords):
         self, job_id: str, part: int, lifetime: Lifetime
     ) -> tuple[dict[str, Any], str, list[str], list[tuple[str, bytes]]]:
         """A part's job body, its state, its server paths and its files."""
-        rows = await self._rows(
+        rows = await self.pool.rows(
             lifetime,
             "SELECT j.body, p.state, p.inputs FROM job_parts p JOIN jobs j USING (job_id) "
             "WHERE p.job_id = %s AND p.part = %s",
@@ -69,7 +95,7 @@ class PostgresShared(PostgresRecords):
         if not rows:
             raise UpstreamError(f"ingestion job {job_id} has no part {part}")
         body, state, inputs = rows[0]
-        files = await self._rows(
+        files = await self.pool.rows(
             lifetime,
             "SELECT name, data FROM job_files WHERE job_id = %s AND part = %s ORDER BY name",
             (job_id, part),
@@ -79,7 +105,7 @@ class PostgresShared(PostgresRecords):
 
     async def parts(self, job_id: str, lifetime: Lifetime) -> list[dict[str, Any]]:
         """Every part of a job: part, state, task_id, progress, error."""
-        rows = await self._rows(
+        rows = await self.pool.rows(
             lifetime,
             "SELECT part, state, task_id, progress, error FROM job_parts "
             "WHERE job_id = %s ORDER BY part",
@@ -106,7 +132,7 @@ class PostgresShared(PostgresRecords):
         that none of its parts saw."""
         from psycopg.types.json import Jsonb
 
-        async with self._connection(lifetime, transaction=True) as conn:
+        async with self.pool.connection(lifetime, transaction=True) as conn:
             cursor = await conn.execute(
                 "SELECT state, body FROM jobs WHERE job_id = %s FOR UPDATE", (job_id,)
             )
@@ -157,36 +183,37 @@ class PostgresShared(PostgresRecords):
 
     async def request_cancel(self, job_id: str, lifetime: Lifetime) -> None:
         """Mark a job cancelled-on-request and tell every replica (NOTIFY)."""
-        async with self._connection(lifetime, transaction=True) as conn:
+        async with self.pool.connection(lifetime, transaction=True) as conn:
             await conn.execute(
                 "UPDATE jobs SET body = body || '{\"cancel_requested\": true}'::jsonb, "
                 "updated_at = %s WHERE job_id = %s",
                 (time.time(), job_id),
             )
-            await conn.execute("SELECT pg_notify('ragline_cancel', %s)", (f"job:{job_id}",))
+            notice = Notice("cancel", WorkKey.job(job_id))
+            await conn.execute("SELECT pg_notify(%s, %s)", (NOTICE_CHANNEL, notice.encode()))
 
-    async def notify_cancel(self, key: str, lifetime: Lifetime) -> None:
-        """Tell every replica that the work called ``key`` (``run:<id>``) is cancelled."""
-        await self._execute(lifetime, "SELECT pg_notify('ragline_cancel', %s)", (key,))
 
-    # -- runs ------------------------------------------------------------------------
+class PostgresRunLog(_OnPool):
+    """:class:`~ragline.providers.coordination.RunLog`: runs and their events in two
+    tables; a save publishes the run's ``news`` in its transaction."""
+
     async def save_run(
         self,
         run_id: str,
         state: str,
         snapshot: dict[str, Any],
-        events: Sequence[tuple[int, str, dict[str, Any]]],
+        events: Sequence[RunEvent],
         lifetime: Lifetime,
         *,
         kept: int | None = None,
     ) -> None:
         """A run's snapshot and its new events, in one transaction; every replica is told
-        (``NOTIFY ragline_run``) so that its readers follow at once. With ``kept``, only
+        (``news`` on the bus) so that its readers follow at once. With ``kept``, only
         that many finished runs are kept, the newest."""
         from psycopg.types.json import Jsonb
 
         now = time.time()
-        async with self._connection(lifetime, transaction=True) as conn:
+        async with self.pool.connection(lifetime, transaction=True) as conn:
             await conn.execute(
                 "INSERT INTO runs VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE "
                 "SET state = excluded.state, snapshot = excluded.snapshot, "
@@ -204,7 +231,8 @@ class PostgresShared(PostgresRecords):
                         [Jsonb(data) for _, _, data in events],
                     ),
                 )
-            await conn.execute("SELECT pg_notify('ragline_run', %s)", (run_id,))
+            notice = Notice("news", WorkKey.run(run_id))
+            await conn.execute("SELECT pg_notify(%s, %s)", (NOTICE_CHANNEL, notice.encode()))
             if kept is not None:
                 await conn.execute(
                     "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM runs "
@@ -214,28 +242,32 @@ class PostgresShared(PostgresRecords):
 
     async def run(self, run_id: str, lifetime: Lifetime) -> dict[str, Any] | None:
         """A run's last saved snapshot, or None."""
-        rows = await self._rows(lifetime, "SELECT snapshot FROM runs WHERE run_id = %s", (run_id,))
+        rows = await self.pool.rows(
+            lifetime, "SELECT snapshot FROM runs WHERE run_id = %s", (run_id,)
+        )
         return dict(rows[0][0]) if rows else None
 
-    async def run_events(
-        self, run_id: str, first: int, lifetime: Lifetime
-    ) -> list[tuple[int, str, dict[str, Any]]]:
+    async def run_events(self, run_id: str, first: int, lifetime: Lifetime) -> list[RunEvent]:
         """A run's saved events from number ``first`` on."""
-        rows = await self._rows(
+        rows = await self.pool.rows(
             lifetime,
             "SELECT seq, event, data FROM run_events WHERE run_id = %s AND seq >= %s ORDER BY seq",
             (run_id, first),
         )
         return [(int(r[0]), str(r[1]), dict(r[2])) for r in rows]
 
-    # -- Teams activities ------------------------------------------------------------
+
+class PostgresActivities(_OnPool):
+    """:class:`~ragline.providers.coordination.ActivityLog`: accepted activities with a
+    sequence number; a redelivery to any replica hits the unique key."""
+
     async def accept_activity(
         self, conversation_id: str, activity_id: str, window: float, lifetime: Lifetime
     ) -> int | None:
         """Record an accepted activity: its place in its conversation, or None when any
         replica accepted it within ``window`` seconds (a redelivery)."""
         now = time.time()
-        async with self._connection(lifetime, transaction=True) as conn:
+        async with self.pool.connection(lifetime, transaction=True) as conn:
             # Forget what is past the window (and done), so a late redelivery is served.
             await conn.execute(
                 "DELETE FROM bot_activities WHERE conversation_id = %s AND activity_id = %s "
@@ -255,7 +287,7 @@ class PostgresShared(PostgresRecords):
     ) -> bool:
         """Whether every earlier activity of the conversation is done (one accepted
         before ``stale_before`` counts as done: its replica died mid-turn)."""
-        rows = await self._rows(
+        rows = await self.pool.rows(
             lifetime,
             "SELECT 1 FROM bot_activities WHERE conversation_id = %s AND seq < %s "
             "AND NOT done AND accepted_at >= %s LIMIT 1",
@@ -265,36 +297,8 @@ class PostgresShared(PostgresRecords):
 
     async def finish_activity(self, conversation_id: str, seq: int, lifetime: Lifetime) -> None:
         """An activity's turn has ended; the conversation's next turn, on any replica,
-        may start (``NOTIFY ragline_run 'conversation:<id>'``)."""
-        async with self._connection(lifetime, transaction=True) as conn:
+        may start (``news`` for the conversation)."""
+        async with self.pool.connection(lifetime, transaction=True) as conn:
             await conn.execute("UPDATE bot_activities SET done = true WHERE seq = %s", (seq,))
-            await conn.execute(
-                "SELECT pg_notify('ragline_run', %s)", (f"conversation:{conversation_id}",)
-            )
-
-    async def notices(
-        self, lifetime: Lifetime, *, ready: Callable[[], Awaitable[None]] | None = None
-    ) -> AsyncIterator[tuple[str, str]]:
-        """Notices from any replica as (channel, payload): ``ragline_cancel`` (``job:<id>``,
-        ``run:<id>``) and ``ragline_run`` (a run's id, when it has news). On a connection
-        of its own: LISTEN ties it up. ``ready`` runs once listening, to catch up with
-        what came before."""
-        from psycopg import AsyncConnection, Error
-
-        await lifetime.checkpoint()
-        try:
-            conn = await AsyncConnection.connect(self.url, autocommit=True)
-        except Error as exc:
-            raise self.error_for(exc) from None
-        try:
-            await conn.execute("LISTEN ragline_cancel")
-            await conn.execute("LISTEN ragline_run")
-            if ready is not None:
-                await ready()
-            async for notice in conn.notifies():
-                yield notice.channel, notice.payload
-        except Error as exc:
-            raise self.error_for(exc) from None
-        finally:
-            with anyio.move_on_after(1, shield=True):
-                await conn.close()
+            notice = Notice("news", WorkKey.conversation(conversation_id))
+            await conn.execute("SELECT pg_notify(%s, %s)", (NOTICE_CHANNEL, notice.encode()))

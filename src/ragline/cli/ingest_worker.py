@@ -15,32 +15,37 @@ from contextlib import AsyncExitStack
 
 import anyio
 
-from ..factory import build_ingestion, build_jobs, open_parts
+from ..backend import build_backend
+from ..factory import build_ingestion, open_parts
 from ..lifetime import Cause, Lifetime
 from ..settings import Settings
 from ..threads import ThreadBridge
-from ..workers import DistributedJobs
 
 __all__ = ["work"]
 
-log = logging.getLogger("ragline.worker")
+log = logging.getLogger("ragline.ingest_worker")
 
 
 async def work(settings: Settings) -> int:
-    """Run a worker until a signal; the exit status."""
+    """Run an ingestion worker until a signal; the exit status."""
     bridge = ThreadBridge(orphan_grace=settings.thread_orphan_grace)
-    ingestion = build_ingestion(settings, bridge)
-    jobs = build_jobs(settings, ingestion, bridge)
-    if not isinstance(jobs, DistributedJobs):
+    backend = build_backend(settings, bridge)
+    ingestion = build_ingestion(settings, bridge, backend.records)
+    notices = backend.notices()
+    jobs = backend.jobs(ingestion.ingestor, notices, bridge)
+    if not jobs.shared:
         print(
             "ragline worker: set RAGLINE_DATABASE_URL (workers share a PostgreSQL)", file=sys.stderr
         )
         return 2
     root = Lifetime.root("worker")
+    parts = [*backend.built, *ingestion.built, jobs]
     async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
         with root:
-            await open_parts(stack, root, [*ingestion.built, jobs], grace=settings.shutdown_grace)
+            await open_parts(stack, root, parts, grace=settings.shutdown_grace)
             tg.start_soon(_on_signal, root)
+            # One listener for the process: cancels of the parts it runs come through it.
+            tg.start_soon(notices.listen, root.child("notices"))
             log.info("worker ready")
             with root.child("ingest-worker") as lifetime:
                 await jobs.work(lifetime)

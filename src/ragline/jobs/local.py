@@ -1,4 +1,5 @@
-"""Ingestion jobs: persisted, run one at a time on a worker the application owns.
+"""Ingestion jobs in one process: persisted, run one at a time by a task the application
+owns.
 
 A job's input is saved under ``<data_dir>/jobs/<job_id>/`` (JSON documents as a JSONL file,
 uploads as files) or names server-side paths under the configured roots. Job state lives
@@ -19,39 +20,23 @@ from typing import Any
 
 import anyio
 
-from .documents import load_all
-from .errors import InvalidRequest, NotFound
-from .ingestion import Ingestor, IngestProgress, Stop
-from .lifetime import Cause, Lifetime
-from .providers import JobStore
-from .threads import CancelToken, ThreadBridge
+from ..errors import NotFound
+from ..ingestion import Ingestor, IngestProgress, Stop
+from ..lifetime import Cause, Lifetime
+from ..providers import JobStore
+from ..threads import CancelToken, ThreadBridge
+from .contract import TERMINAL, allowed_path, load_inputs
 
-__all__ = ["JobQueue", "allowed_path", "load_inputs"]
+__all__ = ["JobQueue"]
 
 log = logging.getLogger("ragline.jobs")
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def allowed_path(raw: str, roots: list[Path]) -> Path:
-    """``raw`` as a path, only under one of ``roots``, and existing."""
-    if "\x00" in raw:
-        raise InvalidRequest("a path cannot contain a NUL byte", param="paths")
-    path = Path(raw).expanduser().resolve()
-    if not any(path == root or root in path.parents for root in roots):
-        shown = ", ".join(str(r) for r in roots) or "none configured"
-        raise InvalidRequest(
-            f"path {raw!r} is outside the ingest roots ({shown}); set RAGLINE_INGEST_ROOTS",
-            param="paths",
-            code="path_not_allowed",
-        )
-    if not path.exists():
-        raise InvalidRequest(f"path {raw!r} does not exist", param="paths")
-    return path
-
 
 class JobQueue:
-    """Accepts jobs, runs them in order under the application's lifetime, reports them."""
+    """:class:`~ragline.jobs.Jobs` in this process: accepts jobs, runs them in order
+    under the application's lifetime, reports them."""
+
+    shared = False
 
     def __init__(
         self,
@@ -214,11 +199,6 @@ class JobQueue:
             body["progress"] = progress.as_dict()
         body["error"], body["cause"] = error, cause
         await self.records.save_job(job_id, state, body, lifetime)
-
-
-def load_inputs(token: CancelToken, inputs: list[Path], max_bytes: int) -> Any:
-    """A job's inputs as (documents, problems), on the thread bridge."""
-    return load_all(inputs, max_bytes=max_bytes)
 
 
 def _save_inputs(

@@ -19,21 +19,24 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from .errors import NotFound, RagLineError
-from .ingestion import Ingestor, IngestProgress, Stop
-from .jobs import TERMINAL, allowed_path, load_inputs
-from .lifetime import Cause, Lifetime
-from .providers.shared import PostgresShared
-from .threads import CancelToken, ThreadBridge
+from ..errors import NotFound, RagLineError
+from ..ingestion import Ingestor, IngestProgress, Stop
+from ..lifetime import Cause, Lifetime
+from ..notices import Notices
+from ..providers import JobStore
+from ..providers.coordination import JobParts, WorkKey
+from ..threads import CancelToken, ThreadBridge
+from .contract import TERMINAL, allowed_path, load_inputs
 
 __all__ = ["DistributedJobs"]
 
-log = logging.getLogger("ragline.workers")
+log = logging.getLogger("ragline.jobs")
 
 QUEUE = "ragline-ingest"
 _REPORT_EVERY = 0.5  # seconds between a running part's progress saves
@@ -45,13 +48,22 @@ class _Interrupted(Exception):
 
 
 class DistributedJobs:
-    """The job API (submit, status, cancel) and the worker (``work``) on procrastinate."""
+    """:class:`~ragline.jobs.Jobs` on procrastinate: the job API (submit, status,
+    cancel) and a worker of the shared queue (``work``). ``database_url`` is the
+    PostgreSQL that holds the queue, ``records`` and ``parts``; ``error_for`` turns a
+    driver's error into ours."""
+
+    shared = True
 
     def __init__(
         self,
         *,
         ingestor: Ingestor,
-        records: PostgresShared,
+        records: JobStore,
+        parts: JobParts,
+        notices: Notices,
+        database_url: str,
+        error_for: Callable[[Exception], RagLineError],
         bridge: ThreadBridge,
         roots: list[Path],
         default_collection: str,
@@ -65,6 +77,10 @@ class DistributedJobs:
 
         self.ingestor = ingestor
         self.records = records
+        self.job_parts = parts
+        self.notices = notices
+        self.database_url = database_url
+        self.error_for = error_for
         self.bridge = bridge
         self.roots = [root.resolve() for root in roots]
         self.default_collection = default_collection
@@ -73,7 +89,7 @@ class DistributedJobs:
         self.heartbeat = heartbeat
         self.stalled_after = stalled_after
         self.concurrency = concurrency
-        self.app = App(connector=PsycopgConnector(conninfo=records.url))
+        self.app = App(connector=PsycopgConnector(conninfo=database_url))
         self.task = self.app.task(
             name=TASK,
             queue=QUEUE,
@@ -92,7 +108,7 @@ class DistributedJobs:
             await self.app.open_async()
             # A connection of its own: the record store's pool opens side by side.
             async with (
-                await AsyncConnection.connect(self.records.url, autocommit=True) as conn,
+                await AsyncConnection.connect(self.database_url, autocommit=True) as conn,
                 conn.transaction(),
             ):
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (0x7261676C696E66,))
@@ -103,7 +119,7 @@ class DistributedJobs:
         except Exception as exc:  # noqa: BLE001 - procrastinate's connect errors, as ours
             with anyio.move_on_after(2, shield=True):
                 await self.app.close_async()
-            raise self.records.error_for(exc) from None
+            raise self.error_for(exc) from None
 
     async def aclose(self) -> None:
         await self.app.close_async()
@@ -136,7 +152,7 @@ class DistributedJobs:
         job_id = uuid.uuid4().hex
         body = {
             "collection": collection or self.default_collection,
-            "prune": prune,  # once every part has succeeded (see PostgresShared.save_part)
+            "prune": prune,  # once every part has succeeded (see JobParts.save_part)
             "inputs": [p for paths_, _ in parts for p in paths_],
             "parts": len(parts),
             "submitted": time.time(),
@@ -144,12 +160,12 @@ class DistributedJobs:
             "error": None,
             "cause": None,
         }
-        await self.records.create_job(job_id, body, parts, lifetime)
+        await self.job_parts.create_job(job_id, body, parts, lifetime)
         for index in range(len(parts)):
             task_id = await self.task.configure(lock=f"{job_id}:{index}").defer_async(
                 job_id=job_id, part=index
             )
-            await self.records.set_task(job_id, index, task_id, lifetime)
+            await self.job_parts.set_task(job_id, index, task_id, lifetime)
         if not parts:
             await self.records.save_job(job_id, "succeeded", body, lifetime)
         return job_id
@@ -160,7 +176,7 @@ class DistributedJobs:
         if found is None:
             raise NotFound(f"no ingestion job {job_id!r}", code="job_not_found")
         state, body = found
-        parts = await self.records.parts(job_id, lifetime)
+        parts = await self.job_parts.parts(job_id, lifetime)
         progress = [
             self._live[(job_id, p["part"])].as_dict()
             if (job_id, p["part"]) in self._live
@@ -188,11 +204,11 @@ class DistributedJobs:
         status = await self.status(lifetime, job_id)
         if status["state"] in TERMINAL:
             return status
-        await self.records.request_cancel(job_id, lifetime)
-        for part in await self.records.parts(job_id, lifetime):
+        await self.job_parts.request_cancel(job_id, lifetime)
+        for part in await self.job_parts.parts(job_id, lifetime):
             queued = part["state"] == "queued" and part["task_id"] is not None
             if queued and await self.app.job_manager.cancel_job_by_id_async(part["task_id"]):
-                await self.records.save_part(job_id, part["part"], "cancelled", lifetime)
+                await self.job_parts.save_part(job_id, part["part"], "cancelled", lifetime)
         return await self.status(lifetime, job_id)
 
     # -- the worker --------------------------------------------------------------------
@@ -227,11 +243,11 @@ class DistributedJobs:
             raise RuntimeError("a part ran outside DistributedJobs.work")
         owner = f"{job_id}:{part}"
         with self._worker.child(f"ingest-{owner}") as lifetime:
-            body, state, paths, files = await self.records.part(job_id, part, lifetime)
+            body, state, paths, files = await self.job_parts.part(job_id, part, lifetime)
             if body.get("cancel_requested") or state in TERMINAL:
-                await self.records.save_part(job_id, part, "cancelled", lifetime)
+                await self.job_parts.save_part(job_id, part, "cancelled", lifetime)
                 return
-            await self.records.save_part(job_id, part, "running", lifetime)
+            await self.job_parts.save_part(job_id, part, "running", lifetime)
             progress = self._live[(job_id, part)] = IngestProgress()
             seen: list[str] = []
             try:
@@ -241,7 +257,7 @@ class DistributedJobs:
             finally:
                 self._live.pop((job_id, part), None)
             final = "cancelled" if progress.stopped else "failed" if error else "succeeded"
-            await self.records.save_part(
+            await self.job_parts.save_part(
                 job_id,
                 part,
                 final,
@@ -252,7 +268,7 @@ class DistributedJobs:
             )
         if lifetime.reason is not None:  # our own shutdown: another start retries it
             with lifetime.last_words(1) as words:
-                await self.records.save_part(
+                await self.job_parts.save_part(
                     job_id, part, "queued", words, progress=progress.as_dict()
                 )
             raise _Interrupted(owner)
@@ -276,19 +292,21 @@ class DistributedJobs:
         async def report() -> None:
             while True:
                 await anyio.sleep(_REPORT_EVERY)
-                await self.records.save_part(
+                await self.job_parts.save_part(
                     job_id, part, "running", lifetime, progress=progress.as_dict()
                 )
 
-        async def cancelled_before() -> None:
-            found = await self.records.job(job_id, lifetime)
-            if found and found[1].get("cancel_requested"):
-                stop.request(Cause.EXPLICIT, "cancelled through the API")
-
         async def watch() -> None:
-            async for channel, key in self.records.notices(lifetime, ready=cancelled_before):
-                if channel == "ragline_cancel" and key == f"job:{job_id}":
+            # Through this process's one listener: the waiter is taken before the job
+            # is read, so a cancel between the two still wakes it.
+            key = WorkKey.job(job_id)
+            while True:
+                news = self.notices.news(key)
+                found = await self.records.job(job_id, lifetime)
+                if found and found[1].get("cancel_requested"):
                     stop.request(Cause.EXPLICIT, "cancelled through the API")
+                    return
+                await news.wait()
 
         try:
             async with anyio.create_task_group() as tg:
@@ -309,7 +327,6 @@ class DistributedJobs:
                         problems=problems,
                         stop=stop,
                         progress=progress,
-                        shared=True,
                     )
                 tg.cancel_scope.cancel()
         except RagLineError as exc:

@@ -1,0 +1,122 @@
+"""The one place that decides where a deployment keeps its state: in this process and a
+SQLite file (the embedded default), or in the PostgreSQL at ``RAGLINE_DATABASE_URL`` that
+every replica and worker shares. Everything else receives the protocols of
+:mod:`ragline.providers` and :mod:`ragline.providers.coordination`, and never asks
+which."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .ingestion import Ingestor
+from .jobs import Jobs
+from .notices import Notices
+from .providers import Records
+from .providers.coordination import ActivityLog, NoticeBus, RunLog
+from .settings import Settings
+from .threads import ThreadBridge
+
+__all__ = ["Backend", "build_backend"]
+
+JobsBuilder = Callable[[Ingestor, Notices, ThreadBridge], Jobs]
+
+
+@dataclass
+class Backend:
+    """The stores of one deployment's state, not opened yet. ``built`` lists what the
+    coordination stores need opened and closed (:func:`ragline.factory.open_parts`),
+    before anything else opens and after everything else has closed; the record store
+    opens with the ingestion that uses it (:func:`ragline.factory.build_ingestion`)."""
+
+    records: Records
+    runs: RunLog
+    activities: ActivityLog
+    bus: NoticeBus
+    build_jobs: JobsBuilder
+    built: list[object] = field(default_factory=list)
+
+    def notices(self) -> Notices:
+        """A listener of the bus for this process (it listens once it runs)."""
+        return Notices(self.bus)
+
+    def jobs(self, ingestor: Ingestor, notices: Notices, bridge: ThreadBridge) -> Jobs:
+        """The job queue that runs ``ingestor``."""
+        return self.build_jobs(ingestor, notices, bridge)
+
+
+def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
+    """The backend that ``settings`` ask for; vendor modules load only for it."""
+    s = settings
+    # What every job queue takes from the settings.
+    inputs: dict[str, Any] = {
+        "roots": [Path(r) for r in s.ingest_roots] or [Path.cwd()],
+        "default_collection": s.collection,
+        "max_document_bytes": s.max_document_bytes,
+    }
+    if s.database_url:
+        from .jobs import DistributedJobs
+        from .providers.postgres import PostgresPool
+        from .providers.postgres_records import PostgresRecords
+        from .providers.postgres_shared import (
+            PostgresActivities,
+            PostgresBus,
+            PostgresJobParts,
+            PostgresRunLog,
+        )
+
+        pool = PostgresPool(
+            s.database_url,
+            pool_size=s.database_pool_size,
+            connect_timeout=s.database_connect_timeout,
+        )
+        records = PostgresRecords(pool, abandoned_after=s.ingest_abandoned_after)
+        parts = PostgresJobParts(pool)
+
+        def distributed(ingestor: Ingestor, notices: Notices, bridge: ThreadBridge) -> Jobs:
+            return DistributedJobs(
+                ingestor=ingestor,
+                records=records,
+                parts=parts,
+                notices=notices,
+                database_url=pool.url,
+                error_for=pool.error_for,
+                bridge=bridge,
+                part_documents=s.ingest_part_documents,
+                heartbeat=s.worker_heartbeat,
+                stalled_after=s.worker_stalled_after,
+                concurrency=s.worker_concurrency,
+                **inputs,
+            )
+
+        return Backend(
+            records=records,
+            runs=PostgresRunLog(pool),
+            activities=PostgresActivities(pool),
+            bus=PostgresBus(pool),
+            build_jobs=distributed,
+            built=[pool],
+        )
+
+    from .jobs import JobQueue
+    from .providers.inprocess import InProcessActivities, InProcessBus, InProcessRunLog
+    from .providers.sqlite import SqliteRecords
+
+    bus = InProcessBus()
+    sqlite = SqliteRecords(Path(s.data_dir) / "records.sqlite", bridge)
+
+    def local(ingestor: Ingestor, notices: Notices, bridge: ThreadBridge) -> Jobs:
+        folder = Path(s.data_dir) / "jobs"
+        return JobQueue(ingestor=ingestor, records=sqlite, bridge=bridge, folder=folder, **inputs)
+
+    return Backend(
+        records=sqlite,
+        runs=InProcessRunLog(bus),
+        activities=InProcessActivities(bus),
+        bus=bus,
+        build_jobs=local,
+        # Nothing to open: the SQLite file opens with the ingestion that uses it, and a
+        # server without retrieval makes none.
+    )

@@ -1,0 +1,10 @@
+"""Ingestion jobs behind one protocol (:class:`Jobs`): :class:`JobQueue` runs them in
+this process (the embedded default), :class:`DistributedJobs` as parts that every worker
+process of a cluster takes. Which one a deployment gets is decided in one place,
+:func:`ragline.backend.build_backend`."""
+
+from .contract import TERMINAL, Jobs, allowed_path, load_inputs
+from .distributed import DistributedJobs
+from .local import JobQueue
+
+__all__ = ["TERMINAL", "DistributedJobs", "JobQueue", "Jobs", "allowed_path", "load_inputs"]

@@ -1,0 +1,172 @@
+"""The coordination stores in this process's memory (:mod:`ragline.providers.coordination`):
+the embedded default, where one process is the whole deployment, and for tests. Nothing
+here survives a restart, as nothing of a single process's runs and turns would."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ..lifetime import Lifetime
+from .coordination import Notice, RunEvent, WorkKey
+
+__all__ = ["InProcessActivities", "InProcessBus", "InProcessRunLog"]
+
+
+class InProcessBus:
+    """:class:`~ragline.providers.coordination.NoticeBus` within one process: each
+    listener has a queue of its own."""
+
+    def __init__(self) -> None:
+        self._listeners: list[MemoryObjectSendStream[Notice]] = []
+
+    async def publish(self, notice: Notice, lifetime: Lifetime) -> None:
+        await lifetime.checkpoint()
+        for listener in self._listeners:
+            listener.send_nowait(notice)  # unbounded: a notice is a few bytes
+
+    async def listen(
+        self, lifetime: Lifetime, *, ready: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[Notice]:
+        await lifetime.checkpoint()
+        send, receive = anyio.create_memory_object_stream[Notice](math.inf)
+        self._listeners.append(send)
+        try:
+            if ready is not None:
+                await ready()
+            async with receive:
+                async for notice in receive:
+                    yield notice
+        finally:
+            self._listeners.remove(send)
+            send.close()
+
+
+@dataclass
+class _Run:
+    state: str
+    snapshot: dict[str, Any]
+    events: list[RunEvent] = field(default_factory=list)
+
+
+class InProcessRunLog:
+    """:class:`~ragline.providers.coordination.RunLog` in memory; a save publishes the
+    run's ``news`` on ``bus``."""
+
+    def __init__(self, bus: InProcessBus) -> None:
+        self.bus = bus
+        self._runs: OrderedDict[str, _Run] = OrderedDict()  # least recently saved first
+
+    async def save_run(
+        self,
+        run_id: str,
+        state: str,
+        snapshot: dict[str, Any],
+        events: Sequence[RunEvent],
+        lifetime: Lifetime,
+        *,
+        kept: int | None = None,
+    ) -> None:
+        await lifetime.checkpoint()
+        run = self._runs.get(run_id)
+        if run is None:
+            run = self._runs[run_id] = _Run(state, snapshot)
+        run.state, run.snapshot = state, snapshot
+        have = run.events[-1][0] + 1 if run.events else 0
+        run.events.extend(e for e in events if e[0] >= have)  # a repeated save adds nothing
+        self._runs.move_to_end(run_id)
+        if kept is not None:
+            finished = [k for k, r in self._runs.items() if r.state != "running"]
+            for key in finished[: max(len(finished) - kept, 0)]:
+                del self._runs[key]
+        await self.bus.publish(Notice("news", WorkKey.run(run_id)), lifetime)
+
+    async def run(self, run_id: str, lifetime: Lifetime) -> dict[str, Any] | None:
+        await lifetime.checkpoint()
+        found = self._runs.get(run_id)
+        return dict(found.snapshot) if found is not None else None
+
+    async def run_events(self, run_id: str, first: int, lifetime: Lifetime) -> list[RunEvent]:
+        await lifetime.checkpoint()
+        found = self._runs.get(run_id)
+        return [e for e in found.events if e[0] >= first] if found is not None else []
+
+
+@dataclass
+class _Activity:
+    conversation_id: str
+    seq: int
+    accepted_at: float
+    done: bool = False
+
+
+class InProcessActivities:
+    """:class:`~ragline.providers.coordination.ActivityLog` in memory, bounded: an
+    activity is forgotten once done and past every window, or past ``max_kept``."""
+
+    def __init__(self, bus: InProcessBus, *, max_kept: int = 100_000) -> None:
+        self.bus = bus
+        self.max_kept = max_kept
+        self._seq = 0
+        self._accepted: OrderedDict[tuple[str, str], _Activity] = OrderedDict()
+        self._by_seq: dict[int, _Activity] = {}
+        self._open: dict[str, dict[int, float]] = {}  # per conversation: seq -> accepted at
+
+    async def accept_activity(
+        self, conversation_id: str, activity_id: str, window: float, lifetime: Lifetime
+    ) -> int | None:
+        await lifetime.checkpoint()
+        now = time.time()
+        self._forget(now - window)
+        key = (conversation_id, activity_id)
+        found = self._accepted.get(key)
+        if found is not None and found.accepted_at >= now - window:
+            return None
+        if found is not None:  # past the window: a late redelivery is served
+            self._drop(key)
+        self._seq += 1
+        activity = _Activity(conversation_id, self._seq, now)
+        self._accepted[key] = self._by_seq[self._seq] = activity
+        self._open.setdefault(conversation_id, {})[self._seq] = now
+        return self._seq
+
+    async def turn_clear(
+        self, conversation_id: str, seq: int, stale_before: float, lifetime: Lifetime
+    ) -> bool:
+        await lifetime.checkpoint()
+        waiting = self._open.get(conversation_id, {})
+        return not any(s < seq and at >= stale_before for s, at in waiting.items())
+
+    async def finish_activity(self, conversation_id: str, seq: int, lifetime: Lifetime) -> None:
+        activity = self._by_seq.get(seq)
+        if activity is not None:
+            activity.done = True
+            self._close(activity)
+        await self.bus.publish(Notice("news", WorkKey.conversation(conversation_id)), lifetime)
+
+    def _forget(self, before: float) -> None:
+        while self._accepted:
+            key, oldest = next(iter(self._accepted.items()))
+            past = oldest.done and oldest.accepted_at < before
+            if not past and len(self._accepted) <= self.max_kept:
+                return
+            self._drop(key)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        activity = self._accepted.pop(key)
+        self._by_seq.pop(activity.seq, None)
+        self._close(activity)
+
+    def _close(self, activity: _Activity) -> None:
+        waiting = self._open.get(activity.conversation_id)
+        if waiting is not None:
+            waiting.pop(activity.seq, None)
+            if not waiting:
+                del self._open[activity.conversation_id]
