@@ -7,9 +7,9 @@ database, so no worker needs another's disk.
 
 The ingestion rules hold across workers: a document is switched in whole or not at all
 (the record store's generations), a part stops at its next batch boundary when its job
-is cancelled from any replica (a NOTIFY every worker LISTENs to), and a part whose
-worker died (kill -9: its heartbeat stops) is retried by another worker, which first
-collects what that part left half-written and skips what it had finished.
+is cancelled from any replica (a notice that reaches every worker process), and a part
+whose worker died (kill -9: its heartbeat stops) is retried by another worker, which
+first collects what that part left half-written and skips what it had finished.
 """
 
 from __future__ import annotations
