@@ -4,12 +4,16 @@ raw HTTP client that can hang up at any moment."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +194,81 @@ async def milvus_server(data_dir: Path, port: int | None = None) -> AsyncIterato
     finally:
         with anyio.move_on_after(15, shield=True):
             await end_process(process)
+
+
+@dataclass
+class MilvusStandalone:
+    """The real Milvus server of the test session: Milvus 2.3.5 standalone (Go and C++,
+    embedded etcd, local storage), from the ``milvus`` wheel's ``milvus-server``."""
+
+    uri: str
+    folder: Path
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusStandalone]:
+    """The real Milvus server, started once for the session (about 6 s) on free loopback
+    ports and stopped at its end. Never skipped: ``milvus==2.3.5`` is a dev dependency, and
+    a missing ``milvus-server`` is an error."""
+    from ragline.cli.cluster import milvus_standalone_command, milvus_standalone_state
+
+    folder = tmp_path_factory.mktemp("milvus-standalone")
+    port = free_port()
+    command, extra = milvus_standalone_command(folder / "server", port)
+    launcher_log = folder / "launcher.log"
+    with launcher_log.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **extra},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: see stop below
+        )
+    try:
+        deadline = time.monotonic() + 180  # its first start unpacks 250 MB of binaries
+        state = None
+        while state is None and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            state = milvus_standalone_state(launcher_log.read_text(errors="replace"))
+        if not state:
+            server_log = folder / "server" / "logs" / "milvus-stdout.log"
+            tail = server_log.read_text(errors="replace")[-3000:] if server_log.exists() else ""
+            raise RuntimeError(f"milvus-server did not start:\n{launcher_log.read_text()}\n{tail}")
+        yield MilvusStandalone(f"http://127.0.0.1:{port}", folder)
+    finally:
+        # SIGINT: the launcher stops Milvus (SIGTERM, then SIGKILL a second later) and
+        # exits. SIGTERM would end the launcher alone and leave Milvus running.
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the group
+        process.wait(5)
+
+
+@pytest.fixture
+def milvus_database(milvus_standalone: MilvusStandalone) -> Iterator[str]:
+    """A fresh, empty database on the session's real Milvus server: its URI
+    (``http://127.0.0.1:P/<database>``, the form ``RAGLINE_VECTOR_URI`` takes). Dropped
+    afterwards with its collections (Milvus 2.3 allows 64 databases)."""
+    from pymilvus import MilvusClient
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    root = MilvusClient(uri=milvus_standalone.uri)
+    try:
+        root.create_database(name)
+        yield f"{milvus_standalone.uri}/{name}"
+        inside = MilvusClient(uri=f"{milvus_standalone.uri}/{name}")
+        try:
+            for collection in inside.list_collections():
+                inside.drop_collection(collection)
+        finally:
+            inside.close()
+        root.drop_database(name)
+    finally:
+        root.close()
 
 
 async def end_process(process: Process) -> None:

@@ -12,7 +12,9 @@ fixture (module- or class-level) returning a fresh, opened, empty store for vect
         default_collection = "shelf"
 
 Vectors are deterministic. Every call runs under a fresh root lifetime, except where a
-test cancels one on purpose.
+test cancels one on purpose. What a call has written is visible to the next search at
+once (read your writes): a server store reads at its strongest consistency (Milvus:
+``Strong``, where a server's default, ``Bounded``, fails this suite).
 """
 
 from __future__ import annotations

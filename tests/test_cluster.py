@@ -1,6 +1,8 @@
-"""ragline on many machines, on one: a real PostgreSQL (pip wheel), a ``milvus-lite
-server`` process, two ``ragline serve`` replica processes and ``ragline worker``
-processes, all sharing state through the engines only (each has its own data dir)."""
+"""ragline on many machines, on one: a real PostgreSQL (pip wheel), the real Milvus
+standalone server (the ``milvus`` wheel), two ``ragline serve`` replica processes and
+``ragline worker`` processes, all sharing state through the engines only (each has its
+own data dir). Only what needs several processes is here: the coordination stores' own
+contract is tests/test_coordination.py."""
 
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ from conftest import (
     Running,
     bot_settings,
     free_port,
-    milvus_server,
     serve,
     upstream_running,
 )
@@ -102,9 +103,33 @@ class Cluster:
 
         return await anyio.to_thread.run_sync(count)
 
+    async def milvus_ids(self, ids: list[str], collection: str = "default") -> set[str]:
+        """Which of ``ids`` the Milvus server's collection holds."""
+        from pymilvus import MilvusClient
+
+        def found() -> set[str]:
+            client = MilvusClient(uri=self.env["RAGLINE_VECTOR_URI"])
+            try:
+                rows = client.get(collection, ids=ids, output_fields=["id"])
+                return {str(row["id"]) for row in rows}
+            finally:
+                client.close()
+
+        return await anyio.to_thread.run_sync(found)
+
     def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.database_url) as conn:
             return conn.execute(sql.encode(), args).fetchall()
+
+
+# The cluster's vectors live on the real Milvus server of the session (Milvus 2.3.5
+# standalone, from the `milvus` wheel), in a fresh database for each test.
+_VECTOR_URI = [""]
+
+
+@pytest.fixture(autouse=True)
+def _vectors_on_milvus_standalone(milvus_database: str) -> None:
+    _VECTOR_URI[0] = milvus_database
 
 
 @asynccontextmanager
@@ -115,7 +140,7 @@ async def cluster(
     upstream: FakeUpstream | None = None,
 ) -> AsyncIterator[Cluster]:
     async with AsyncExitStack() as stack:
-        vector_uri = await stack.enter_async_context(milvus_server(tmp_path / "milvus"))
+        vector_uri = _VECTOR_URI[0]
         await stack.enter_async_context(embeddings_server(embeddings))
         llm = "http://127.0.0.1:9/v1"
         if upstream is not None:
@@ -525,3 +550,52 @@ async def test_a_replicas_shutdown_interrupts_only_its_own_turns(
             await calls["a"].closed.wait()
     assert calls["b"].finished  # B's turn ran to its end
     assert not calls["a"].finished  # A's was cut by A's shutdown
+
+
+async def test_a_cli_ingest_beside_a_worker_leaves_the_workers_document_whole(
+    tmp_path: Path, database_url: str
+) -> None:
+    """`ragline ingest` with RAGLINE_DATABASE_URL writes in its own process while a
+    worker is in the middle of a long document of the same collection. Its garbage
+    collection must take only what it left half-written itself: before, it reclaimed the
+    worker's unfinished generation, whose first chunks were then missing for good (the
+    worker switched the document in, and its content hash made later runs skip it)."""
+    long = [{"id": f"long{i}", "text": text(i, 400)} for i in range(4)]
+    small = tmp_path / "small"
+    small.mkdir()
+    for i in range(3):
+        (small / f"note{i}.txt").write_text(text(100 + i, 30), encoding="utf-8")
+    slow = FakeEmbeddings(delay=0.1)
+    async with cluster(tmp_path, database_url, slow) as made:
+        # API only, and one part, so that one worker writes the long documents in order.
+        api = await made.serve(RAGLINE_SERVE_JOBS="false", RAGLINE_INGEST_PART_DOCUMENTS="100")
+        await made.start("worker")
+        async with httpx.AsyncClient(timeout=30) as http:
+            job_id = (await http.post(f"{api}/api/v1/ingest", json={"documents": long})).json()[
+                "job_id"
+            ]
+            with anyio.fail_after(60):  # the worker is part-way into its first document
+                while made.rows("SELECT count(*) FROM chunks")[0][0] < 4:
+                    await anyio.sleep(0.05)
+            assert made.rows("SELECT count(*) FROM documents")[0][0] == 0
+            cli = await made.start("ingest", str(small))
+            with anyio.fail_after(120):
+                await cli.wait()
+            assert cli.returncode == 0, (made.root / f"p{len(made.processes) - 1}.log").read_text()
+            status = await wait_for_state(http, api, job_id, "succeeded", "failed", "cancelled")
+        assert status["state"] == "succeeded", status
+        # Equal to a clean run: 7 documents, every chunk the chunker makes, once.
+        chunker = Chunker(minilm_tokenizer(), size=24, overlap=4)
+        expected = sum(len(chunker.split(d["text"])) for d in long)
+        expected += sum(len(chunker.split(p.read_text())) for p in small.iterdir())
+        documents_count, chunks_sum = made.rows("SELECT count(*), sum(chunks) FROM documents")[0]
+        assert (documents_count, chunks_sum) == (7, expected)
+        assert await made.milvus_count() == expected
+        # And every long document still has its first chunk, in the vector store.
+        firsts = made.rows(
+            "SELECT c.chunk_id FROM chunks c JOIN documents d USING (collection, document_id, "
+            "generation) WHERE c.chunk_index = 0 AND d.document_id LIKE %s",
+            "long%",
+        )
+        assert len(firsts) == 4
+        assert await made.milvus_ids([row[0] for row in firsts]) == {row[0] for row in firsts}

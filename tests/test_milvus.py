@@ -1,8 +1,12 @@
-"""MilvusStore on Milvus Lite in a temporary file, and on a Milvus server (``milvus-lite
-server`` in its own process): the VectorStore conformance suite on both, then
-what only Milvus has (a file that outlives the client, VARCHAR limits, a fixed dimension).
+"""MilvusStore on the three Milvus a deployment may use, each its own process or not:
+Milvus Lite in a temporary file, ``milvus-lite server`` (a development server in its own
+process), and the real Milvus 2.3.5 standalone server (``milvus-server`` from the
+``milvus`` wheel, started once per session). The VectorStore conformance suite runs on all
+three, then what only Milvus has (a file that outlives the client, VARCHAR limits, a
+fixed dimension) and what Milvus 2.3 lacks.
 
-Each test opens its own Milvus Lite file (about a second); asyncio only.
+Each Lite test opens its own file (about a second), each ``milvus-lite server`` test its
+own server, each standalone test its own database on the session's server; asyncio only.
 
 Milvus Lite runs in-process: pymilvus starts one server per file, which holds the file's
 lock until it is released; ``MilvusClient.close()`` alone does not release it, so
@@ -13,18 +17,21 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
 
 from conftest import milvus_server
-from ragline import Chunk, InvalidRequest, Lifetime, ThreadBridge
+from ragline import Chunk, InvalidRequest, Lifetime, ThreadBridge, UpstreamError
 from ragline.providers.milvus import MilvusStore
 from store_conformance import DIM, StoreConformance, basis, chunk, search, upsert
 
 DEFAULT = "shelf"
 MAX_TEXT_BYTES = 65_535
+KINDS = ("lite", "lite_server", "standalone")
+"""Milvus Lite in a file, ``milvus-lite server``, the real Milvus 2.3.5 standalone server."""
 
 
 async def opened(uri: str) -> MilvusStore:
@@ -35,36 +42,36 @@ async def opened(uri: str) -> MilvusStore:
     return store
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[MilvusStore]:
-    store = await opened(str(tmp_path / "milvus.db"))
-    try:
-        yield store
-    finally:
-        await store.aclose()
+@asynccontextmanager
+async def milvus_uri(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[str]:
+    """A fresh, empty Milvus of ``kind``: its URI."""
+    if kind == "lite":
+        yield str(tmp_path / "milvus.db")
+    elif kind == "lite_server":
+        async with milvus_server(tmp_path / "server") as uri:
+            yield uri
+    else:
+        yield request.getfixturevalue("milvus_database")
+
+
+@pytest.fixture(params=KINDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MilvusStore]:
+    async with milvus_uri(request.param, request, tmp_path) as uri:
+        store = await opened(uri)
+        assert store.is_lite == (request.param == "lite")
+        try:
+            yield store
+        finally:
+            await store.aclose()
 
 
 class TestMilvusStore(StoreConformance):
-    """Milvus Lite passes the whole contract."""
+    """Milvus Lite, ``milvus-lite server`` and Milvus 2.3.5 standalone (the last two
+    reached over gRPC at an ``http://`` URI) pass the whole contract."""
 
     default_collection = DEFAULT
-
-
-class TestMilvusServerStore(StoreConformance):
-    """A Milvus server (``milvus-lite server`` in its own process, reached over gRPC at an
-    ``http://`` URI) passes the same contract."""
-
-    default_collection = DEFAULT
-
-    @pytest.fixture
-    async def store(self, tmp_path: Path) -> AsyncIterator[MilvusStore]:
-        async with milvus_server(tmp_path / "server") as uri:
-            store = await opened(uri)
-            assert not store.is_lite
-            try:
-                yield store
-            finally:
-                await store.aclose()
 
 
 @pytest.mark.anyio
@@ -199,17 +206,93 @@ async def test_a_query_of_the_wrong_dimension_is_invalid(store: MilvusStore) -> 
 
 
 @pytest.mark.anyio
-async def test_a_file_written_at_another_dimension_is_invalid(tmp_path: Path) -> None:
-    """Reopening a file with a different ``dimensions`` is rejected as invalid, not a crash."""
-    uri = str(tmp_path / "milvus.db")
-    first = await opened(uri)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_collection_written_at_another_dimension_is_invalid(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Reopening a file (or a server's collection) with a different ``dimensions`` is
+    rejected as invalid, not a crash."""
+    async with milvus_uri(kind, request, tmp_path) as uri:
+        first = await opened(uri)
+        try:
+            await upsert(first, [chunk("a", basis(0))])
+        finally:
+            await first.aclose()
+        wider = MilvusStore(ThreadBridge(), uri=uri, dimensions=2 * DIM, default_collection=DEFAULT)
+        try:
+            with pytest.raises(InvalidRequest, match="dimension"):
+                await upsert(wider, [chunk("b", [1.0] * (2 * DIM))])
+        finally:
+            await wider.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["lite_server", "standalone"])
+async def test_two_writers_creating_one_collection_at_once_both_succeed(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Two replicas (two clients) write the first chunks of a new collection at the same
+    moment: one creates it, the other waits for its index instead of failing to load it."""
+    async with milvus_uri(kind, request, tmp_path) as uri:
+        stores = [await opened(uri), await opened(uri)]
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, store in enumerate(stores):
+                    tg.start_soon(upsert, store, [chunk(f"c{i}", basis(i))])
+            for store in stores:
+                hits = await search(store, basis(0), 10)
+                assert sorted(hit.document_id for hit in hits) == ["doc-c0", "doc-c1"]
+        finally:
+            for store in stores:
+                await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_collection_whose_creator_died_before_indexing_it_is_indexed(
+    milvus_database: str,
+) -> None:
+    """A collection left without its index (its creator died between the calls) gets the
+    index from the next writer, after a few seconds' wait for the creator."""
+    from pymilvus import DataType, MilvusClient
+
+    raw = MilvusClient(uri=milvus_database)
     try:
-        await upsert(first, [chunk("a", basis(0))])
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=128)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+        for name in ("document_id", "source", "text"):
+            schema.add_field(name, DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
+        schema.add_field("chunk_index", DataType.INT64)
+        schema.add_field("generation", DataType.INT64)
+        raw.create_collection(DEFAULT, schema=schema)
+        assert raw.list_indexes(DEFAULT) == []
     finally:
-        await first.aclose()
-    wider = MilvusStore(ThreadBridge(), uri=uri, dimensions=2 * DIM, default_collection=DEFAULT)
+        raw.close()
+    store = await opened(milvus_database)
     try:
-        with pytest.raises(InvalidRequest, match="dimension"):
-            await upsert(wider, [chunk("b", [1.0] * (2 * DIM))])
+        await upsert(store, [chunk("a", basis(0))])
+        assert [hit.document_id for hit in await search(store, basis(0), 5)] == ["doc-a"]
     finally:
-        await wider.aclose()
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_server_older_than_2_3_is_refused_by_its_version(
+    milvus_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Milvus before 2.3 lacks the COSINE metric and upsert: refused at connect, with its
+    version named (no such server here: the real one is made to answer as 2.2)."""
+    from pymilvus import MilvusClient
+
+    store = await opened(milvus_database)
+    try:
+        assert store.server_version == "v2.3.5-lite"
+    finally:
+        await store.aclose()
+    monkeypatch.setattr(MilvusClient, "get_server_version", lambda self, **kw: "v2.2.16")
+    old = MilvusStore(ThreadBridge(), uri=milvus_database, dimensions=DIM)
+    try:
+        with pytest.raises(UpstreamError, match=r"is v2\.2\.16: ragline needs Milvus 2\.3"):
+            await upsert(old, [chunk("a", basis(0))])
+    finally:
+        await old.aclose()

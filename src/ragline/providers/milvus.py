@@ -4,11 +4,18 @@ cluster when the URI is ``http(s)://``. The same client code talks to both.
 pymilvus is blocking (gRPC), so every call goes through the thread bridge. Each collection
 keeps the chunk id, vector, document id, chunk index, generation, source and text, under a
 cosine HNSW index.
+
+Servers: Milvus 2.3 or later (tested on 2.3.5 standalone and ``milvus-lite server``). What
+ragline calls (COSINE metric, upsert, databases in the URI path) all exist in 2.3; the
+COSINE metric and upsert came in 2.3, so an older server is refused at connect, by its
+version. Reads are ``Strong``: a server's default (``Bounded``) would hide what was just
+written, for up to 5 s on 2.3, from a reader that checked the record store first.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +34,7 @@ __all__ = ["MilvusStore"]
 _OUTPUT = ["document_id", "chunk_index", "generation", "source", "text"]
 _MAX_TEXT_BYTES = 65_535
 _MAX_ID_BYTES = 512
+_OLDEST = (2, 3)  # COSINE and upsert
 
 
 class MilvusStore:
@@ -47,6 +55,7 @@ class MilvusStore:
         self.default_collection = default_collection
         self._token = token
         self._client: Any = None
+        self.server_version: str | None = None  # as the server says it, once connected
         self._known: set[str] = set()
         self._create_lock = anyio.Lock()
 
@@ -71,7 +80,7 @@ class MilvusStore:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
             logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
         try:
-            return MilvusClient(uri=self.uri, token=self._token or "")
+            client = MilvusClient(uri=self.uri, token=self._token or "")
         except MilvusException as exc:
             if self.is_lite:
                 raise UpstreamError(
@@ -80,6 +89,19 @@ class MilvusStore:
                     "to the server that owns it"
                 ) from None
             raise self._failure("cannot connect to Milvus at", exc) from None
+        if not self.is_lite:
+            try:
+                self.server_version = str(client.get_server_version())
+            except MilvusException as exc:
+                client.close()
+                raise self._failure("cannot connect to Milvus at", exc) from None
+            if (_release(self.server_version) or _OLDEST) < _OLDEST:
+                client.close()
+                raise UpstreamError(
+                    f"Milvus at {redact(self.uri)} is {self.server_version}: ragline needs "
+                    "Milvus 2.3 or later (the COSINE metric and upsert came in 2.3)"
+                )
+        return client
 
     async def aclose(self) -> None:
         """Close the client; for Milvus Lite also stop its server, which otherwise keeps
@@ -118,9 +140,9 @@ class MilvusStore:
         """Whether ``name`` exists; if it does, check its dimension and load it (a
         restarted Milvus reopens collections released, and search needs them loaded)."""
         with self._reached():
-            return self._prepare_reached(name)
+            return self._prepare_reached(name, token)
 
-    def _prepare_reached(self, name: str) -> bool:
+    def _prepare_reached(self, name: str, token: CancelToken) -> bool:
         if not self._client.has_collection(name):
             return False
         described = self._client.describe_collection(name)
@@ -132,8 +154,37 @@ class MilvusStore:
                         f"collection {name!r} holds {dim}-dimensional vectors; the embedder "
                         f"makes {self.dimensions}: use another collection or re-ingest"
                     )
+        self._await_index(name, token)
         self._client.load_collection(name)
         return True
+
+    def _await_index(self, name: str, token: CancelToken) -> None:
+        """A collection that another replica or worker is creating has no index for a
+        moment (creating one with its index is three calls: create, index, load), and
+        loading it fails until it has: wait for the index, or, if it never comes (its
+        creator died in between), build it."""
+        from pymilvus.exceptions import MilvusException
+
+        for _ in range(20):  # its creator indexes it within a second
+            if self._client.list_indexes(name, field_name="vector"):
+                return
+            if token.wait(0.25):
+                return
+        try:
+            self._client.create_index(name, self._index_params())
+        except MilvusException:
+            if not self._client.list_indexes(name, field_name="vector"):
+                raise
+
+    def _index_params(self) -> Any:
+        index = self._client.prepare_index_params()
+        index.add_index(
+            field_name="vector",
+            index_type="HNSW",
+            metric_type="COSINE",
+            params={"M": 16, "efConstruction": 200},
+        )
+        return index
 
     def _create(self, token: CancelToken, name: str) -> None:
         from pymilvus import DataType, MilvusClient
@@ -146,16 +197,14 @@ class MilvusStore:
         schema.add_field("generation", DataType.INT64)
         schema.add_field("source", DataType.VARCHAR, max_length=2048)
         schema.add_field("text", DataType.VARCHAR, max_length=_MAX_TEXT_BYTES)
-        index = self._client.prepare_index_params()
-        index.add_index(
-            field_name="vector",
-            index_type="HNSW",
-            metric_type="COSINE",
-            params={"M": 16, "efConstruction": 200},
-        )
         try:
             with self._reached():
-                self._client.create_collection(name, schema=schema, index_params=index)
+                self._client.create_collection(
+                    name,
+                    schema=schema,
+                    index_params=self._index_params(),
+                    consistency_level="Strong",
+                )
         except UpstreamError:
             # Another replica or worker may have created it at the same moment (the
             # server then refuses ours): use theirs once it is ready.
@@ -209,6 +258,7 @@ class MilvusStore:
                 limit=top_k,
                 output_fields=_OUTPUT,
                 search_params={"metric_type": "COSINE", "params": {"ef": max(64, top_k)}},
+                consistency_level="Strong",
             )
         return result[0] if result else []
 
@@ -276,7 +326,16 @@ class MilvusStore:
         """Milvus's error as ours: the server named, its password withheld."""
         where = redact(self.uri)
         reason = str(getattr(exc, "message", "") or exc).replace(self.uri, where)
+        if self.server_version:
+            reason += f" (server {self.server_version})"
         return UpstreamError(f"{what} {where}: {reason}")
+
+
+def _release(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a Milvus version such as ``v2.3.5-lite``; None for another
+    server (``milvus_lite-3.2.2``, the Lite server, which is not versioned as Milvus)."""
+    match = re.fullmatch(r"v?(\d+)\.(\d+)(?:[.\-+].*)?", version.strip())
+    return (int(match[1]), int(match[2])) if match else None
 
 
 def _clip(text: str, max_bytes: int) -> str:
