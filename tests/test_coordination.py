@@ -6,6 +6,7 @@ other process)."""
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,6 +20,7 @@ from ragline.backend import Backend, build_backend
 from ragline.factory import open_parts
 from ragline.notices import Notices
 from ragline.providers.coordination import ActivityLog, Notice, NoticeBus, RunLog, WorkKey
+from ragline.providers.inprocess import InProcessBus
 
 pytestmark = pytest.mark.anyio
 
@@ -206,3 +208,13 @@ async def test_a_turn_waits_for_every_earlier_turn_of_its_conversation(
         assert await log.turn_clear("c", two, now - 60, life)
         # The end of a turn is news for its conversation, in every process.
         await until(lambda: Notice("news", WorkKey.conversation("c")) in heard)
+
+
+async def test_a_waiter_that_gives_up_is_forgotten() -> None:
+    notices = Notices(InProcessBus())
+    for n in range(100):
+        notices.news(WorkKey.run(f"r{n}"))  # taken, never waited on: its reader left
+    kept = notices.news(WorkKey.run("kept"))
+    gc.collect()
+    assert list(notices._waiters) == [WorkKey.run("kept")]
+    assert notices.news(WorkKey.run("kept")) is kept

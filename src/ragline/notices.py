@@ -11,6 +11,7 @@ it saves the run, so that readers anywhere follow it; a Teams turn's end publish
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 
 import anyio
@@ -30,7 +31,10 @@ class Notices:
     def __init__(self, bus: NoticeBus) -> None:
         self.bus = bus
         self.on_cancel: list[Callable[[WorkKey], None]] = []
-        self._waiters: dict[WorkKey, anyio.Event] = {}
+        # Weak: a waiter that gave up (its reader left) is forgotten with its event.
+        self._waiters: weakref.WeakValueDictionary[WorkKey, anyio.Event] = (
+            weakref.WeakValueDictionary()
+        )
 
     def news(self, key: WorkKey) -> anyio.Event:
         """An event set by the next notice about ``key`` (or when the listener
