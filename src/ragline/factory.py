@@ -151,6 +151,7 @@ def build_store(settings: Settings, bridge: ThreadBridge, *, dimensions: int) ->
         dimensions=dimensions,
         default_collection=s.collection,
         token=s.vector_token.get_secret_value() if s.vector_token else None,
+        consistency=s.vector_consistency,
     )
 
 

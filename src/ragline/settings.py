@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     data_dir: str = "./.ragline"
     vector_uri: str | None = None  # http(s)://host:19530 for a Milvus server or cluster
     vector_token: SecretStr | None = None
+    # Strong: a search sees every chunk written before it (a switched-in document whole);
+    # Bounded trades that for the server's time tick (up to 5 s stale on Milvus 2.3).
+    vector_consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
     # postgresql://user:password@host/db: shared state for many replicas (default: SQLite)
     database_url: str | None = Field(None, repr=False)  # its password: never in a repr
     database_pool_size: int = Field(10, ge=1, le=1000)
