@@ -46,7 +46,8 @@ from ragline.lifetime import Lifetime
 from ragline.providers import Records
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.minilm import MiniLMEmbedder
-from ragline.providers.postgres import PostgresRecords
+from ragline.providers.postgres import PostgresPool
+from ragline.providers.postgres_records import PostgresRecords
 from ragline.providers.sqlite import SqliteRecords
 from ragline.retrieval import RecordKeywords, VisibleStore
 from ragline.threads import ThreadBridge
@@ -232,12 +233,12 @@ async def engines(
             records.close()
         return
     async with local_cluster(folder / "cluster") as engines_:
-        postgres = PostgresRecords(engines_.database_url)
-        await postgres.open(Lifetime.root("open"))
+        pool = PostgresPool(engines_.database_url)
+        await pool.open(Lifetime.root("open"))
         try:
-            yield engines_.vector_uri, postgres
+            yield engines_.vector_uri, PostgresRecords(pool)
         finally:
-            await postgres.aclose()
+            await pool.aclose()
 
 
 async def run(data: Path, limit_queries: int | None, cluster: bool = False) -> Results:
