@@ -82,7 +82,7 @@ async def test_recording_a_chunk_twice_keeps_one(records: Records, life: Lifetim
     await records.intend_chunks("c", [chunk("a", generation)], life)
     await records.intend_chunks("c", [chunk("a", generation), chunk("b", generation)], life)
     await records.switch("c", "doc", generation, life, content_hash="h", chunks=2, source="s")
-    await records.remove("c", "doc", life)
+    assert await records.prune("c", ["other"], life) == 1
     assert await records.garbage("c", life, owner="gc") == [("doc", generation, ["a", "b"])]
 
 
@@ -103,7 +103,7 @@ async def test_concurrent_writers_get_distinct_generations(
 async def test_remove_retires_a_document(records: Records, life: Lifetime) -> None:
     generation = await records.begin_generation("c", "doc", "job", life)
     await records.switch("c", "doc", generation, life, content_hash="h", chunks=0, source="s")
-    await records.remove("c", "doc", life)
+    assert await records.prune("c", ["other"], life) == 1
     assert await records.documents("c", life) == {}
     assert await records.garbage("c", life, owner="gc") == [("doc", generation, [])]
 
@@ -353,3 +353,15 @@ async def test_a_shared_store_collects_what_a_dead_writer_abandoned(database_url
         assert await records.garbage("c", life, owner="other") == [("doc", live, [])]
     finally:
         await pool.aclose()
+
+
+async def test_prune_keeps_only_what_it_is_told_at_once(records: Records, life: Lifetime) -> None:
+    for name in ("a", "b", "c"):
+        generation = await records.begin_generation("col", name, "job", life)
+        await records.intend_chunks("col", [chunk(f"{name}1", generation)], life)
+        await records.switch("col", name, generation, life, content_hash="h", chunks=1, source="s")
+    assert await records.prune("col", {"b", "not-there"}, life) == 2
+    assert set(await records.documents("col", life)) == {"b"}
+    assert [g[0] for g in await records.garbage("col", life, owner="gc")] == ["a", "c"]
+    assert await records.prune("col", [], life) == 1
+    assert await records.documents("col", life) == {}

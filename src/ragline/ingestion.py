@@ -201,10 +201,9 @@ class Ingestor:
                 changed.append((document, content_hash))
         progress.documents_total = len(changed)
         if prune:
-            present = {d.id for d in documents} | {p.document_id for p in problems}
-            for document_id in set(existing) - present:
-                await self.records.remove(collection, document_id, lifetime)
-                progress.documents_pruned += 1
+            present = {d.id for d in documents}
+            present |= {p.document_id for p in problems if p.document_id is not None}
+            progress.documents_pruned += await self.records.prune(collection, present, lifetime)
         run = _Run(self, lifetime, collection, owner, stop, progress, on_progress)
         await run.write(changed)
         if progress.stopped is None:

@@ -6,7 +6,7 @@ inside themselves, so importing this package loads none.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..lifetime import Lifetime
@@ -140,8 +140,9 @@ class RecordStore(Protocol):
         """Make ``generation`` the visible one and retire the previous, atomically."""
         ...
 
-    async def remove(self, collection: str, document_id: str, lifetime: Lifetime) -> None:
-        """Make a document invisible; its generations are retired."""
+    async def prune(self, collection: str, keep: Collection[str], lifetime: Lifetime) -> int:
+        """Make every document of ``collection`` not in ``keep`` invisible, at once (their
+        generations retired, to be collected); how many."""
         ...
 
     async def garbage(

@@ -9,7 +9,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -216,21 +216,20 @@ class SqliteFile:
             ]
         )
 
-    def remove(self, collection: str, document_id: str) -> None:
-        """Make a document invisible (pruned); its generations are retired."""
-        self._transaction(
-            [
-                (
-                    "DELETE FROM documents WHERE collection = ? AND document_id = ?",
-                    (collection, document_id),
-                ),
-                (
-                    "UPDATE generations SET state = 'retired' WHERE collection = ? AND "
-                    "document_id = ? AND state = 'active'",
-                    (collection, document_id),
-                ),
-            ]
-        )
+    def prune(self, collection: str, keep: Collection[str]) -> int:
+        """Make the documents not in ``keep`` invisible, in one transaction; how many."""
+        with self._atomic() as db:
+            rows = db.execute(
+                "SELECT document_id FROM documents WHERE collection = ?", (collection,)
+            ).fetchall()
+            gone = [(collection, row[0]) for row in rows if row[0] not in keep]
+            db.executemany("DELETE FROM documents WHERE collection = ? AND document_id = ?", gone)
+            db.executemany(
+                "UPDATE generations SET state = 'retired' WHERE collection = ? AND "
+                "document_id = ? AND state = 'active'",
+                gone,
+            )
+        return len(gone)
 
     # -- garbage ---------------------------------------------------------------------
     def garbage(self, collection: str) -> list[tuple[str, int, list[str]]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..lifetime import Lifetime
@@ -17,7 +17,7 @@ from .postgres import PostgresPool
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
-__all__ = ["PostgresRecords"]
+__all__ = ["PostgresRecords", "prune_documents"]
 
 
 class PostgresRecords:
@@ -191,17 +191,9 @@ class PostgresRecords:
                 ),
             )
 
-    async def remove(self, collection: str, document_id: str, lifetime: Lifetime) -> None:
+    async def prune(self, collection: str, keep: Collection[str], lifetime: Lifetime) -> int:
         async with self.pool.connection(lifetime, transaction=True) as conn:
-            await conn.execute(
-                "DELETE FROM documents WHERE collection = %s AND document_id = %s",
-                (collection, document_id),
-            )
-            await conn.execute(
-                "UPDATE generations SET state = 'retired' "
-                "WHERE collection = %s AND document_id = %s AND state = 'active'",
-                (collection, document_id),
-            )
+            return await prune_documents(conn, collection, keep)
 
     # -- garbage -----------------------------------------------------------------------
     async def garbage(
@@ -303,6 +295,23 @@ class PostgresRecords:
             lifetime, "SELECT state, body FROM jobs WHERE job_id = %s", (job_id,)
         )
         return (str(rows[0][0]), dict(rows[0][1])) if rows else None
+
+
+async def prune_documents(
+    conn: AsyncConnection[Any], collection: str, keep: Collection[str]
+) -> int:
+    """Make the documents of ``collection`` not in ``keep`` invisible (their generations
+    retired), in ``conn``'s transaction: :meth:`PostgresRecords.prune`, and the prune of
+    a distributed job once every part has succeeded. How many."""
+    cursor = await conn.execute(
+        "WITH gone AS (DELETE FROM documents WHERE collection = %(c)s "
+        "AND document_id <> ALL(%(keep)s) RETURNING document_id) "
+        "UPDATE generations SET state = 'retired' WHERE collection = %(c)s "
+        "AND state = 'active' AND document_id IN (SELECT document_id FROM gone) "
+        "RETURNING document_id",
+        {"c": collection, "keep": list(keep)},
+    )
+    return len(await cursor.fetchall())
 
 
 async def _lock_stats(conn: AsyncConnection[Any], collection: str) -> None:

@@ -13,6 +13,7 @@ from ..errors import UpstreamError
 from ..lifetime import Lifetime
 from .coordination import Notice, RunEvent, WorkKey
 from .postgres import NOTICE_CHANNEL, PostgresPool
+from .postgres_records import prune_documents
 
 __all__ = ["PostgresActivities", "PostgresBus", "PostgresJobParts", "PostgresRunLog"]
 
@@ -165,16 +166,12 @@ class PostgresJobParts(_OnPool):
             pruned = 0
             if new == "succeeded" and job[1].get("prune"):
                 cursor = await conn.execute(
-                    "WITH seen AS (SELECT jsonb_array_elements_text(documents) AS id "
-                    "FROM job_parts WHERE job_id = %(j)s), "
-                    "gone AS (DELETE FROM documents WHERE collection = %(c)s "
-                    "AND document_id NOT IN (SELECT id FROM seen) RETURNING document_id) "
-                    "UPDATE generations SET state = 'retired' WHERE collection = %(c)s "
-                    "AND state = 'active' AND document_id IN (SELECT document_id FROM gone) "
-                    "RETURNING document_id",
-                    {"j": job_id, "c": job[1]["collection"]},
+                    "SELECT DISTINCT jsonb_array_elements_text(documents) FROM job_parts "
+                    "WHERE job_id = %s",
+                    (job_id,),
                 )
-                pruned = len(await cursor.fetchall())
+                seen = [row[0] for row in await cursor.fetchall()]
+                pruned = await prune_documents(conn, job[1]["collection"], seen)
             await conn.execute(
                 "UPDATE jobs SET state = %s, updated_at = %s, "
                 "body = jsonb_set(body, '{pruned}', to_jsonb(%s::int)) WHERE job_id = %s",

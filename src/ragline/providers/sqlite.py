@@ -14,7 +14,7 @@ they are always visible. Ingested generations start at 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +99,8 @@ class SqliteRecords:
             source=source,
         )
 
-    async def remove(self, collection: str, document_id: str, lifetime: Lifetime) -> None:
-        await self.bridge.call(lifetime, self.file.remove, collection, document_id)
+    async def prune(self, collection: str, keep: Collection[str], lifetime: Lifetime) -> int:
+        return await self.bridge.call(lifetime, self.file.prune, collection, set(keep))
 
     async def garbage(
         self, collection: str, lifetime: Lifetime, *, owner: str
