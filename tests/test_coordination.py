@@ -19,7 +19,14 @@ from ragline import Lifetime, Settings, ThreadBridge
 from ragline.backend import Backend, build_backend
 from ragline.factory import open_parts
 from ragline.notices import Notices
-from ragline.providers.coordination import ActivityLog, Notice, NoticeBus, RunLog, WorkKey
+from ragline.providers.coordination import (
+    ActivityLog,
+    Notice,
+    NoticeBus,
+    RunLog,
+    RunSave,
+    WorkKey,
+)
 from ragline.providers.inprocess import InProcessBus
 
 pytestmark = pytest.mark.anyio
@@ -131,14 +138,16 @@ async def test_the_process_listener_wakes_waiters_and_hands_cancels_out(
 async def test_a_run_log_keeps_snapshots_and_events_for_every_process(
     deployment: Deployment,
 ) -> None:
+    life = Lifetime.root("t")
     async with two_processes(deployment) as (here, there, tg):
-        heard = await listening(there.bus, tg)
         runs: RunLog = here.runs
-        life = Lifetime.root("t")
-        await runs.save_run("r", "running", {"state": "running"}, [(0, "step", {"n": 0})], life)
+        heard = await listening(there.bus, tg)
+        await runs.save_run(
+            RunSave("r", "running", {"state": "running"}, [(0, "step", {"n": 0})]), life
+        )
         # A repeated save (a retry after a lost answer) adds no event twice.
         events = [(0, "step", {"n": 0}), (1, "step", {"n": 1})]
-        await runs.save_run("r", "running", {"state": "running", "steps": 2}, events, life)
+        await runs.save_run(RunSave("r", "running", {"state": "running", "steps": 2}, events), life)
         assert await there.runs.run("r", life) == {"state": "running", "steps": 2}
         assert await there.runs.run_events("r", 0, life) == events
         assert await there.runs.run_events("r", 1, life) == [(1, "step", {"n": 1})]
@@ -153,10 +162,12 @@ async def test_only_the_newest_finished_runs_are_kept(deployment: Deployment) ->
     async with AsyncExitStack() as stack:
         runs = (await opened(deployment, stack)).runs
         life = Lifetime.root("t")
-        await runs.save_run("live", "running", {"state": "running"}, [(0, "step", {})], life)
+        await runs.save_run(
+            RunSave("live", "running", {"state": "running"}, [(0, "step", {})]), life
+        )
         for n in range(3):
             events = [(0, "step", {}), (1, "done", {"n": n})]
-            await runs.save_run(f"r{n}", "completed", {"n": n}, events, life, kept=2)
+            await runs.save_run(RunSave(f"r{n}", "completed", {"n": n}, events), life, kept=2)
         assert await runs.run("r0", life) is None  # the oldest finished one went
         assert await runs.run_events("r0", 0, life) == []
         assert await runs.run("r2", life) == {"n": 2}

@@ -26,7 +26,7 @@ from .errors import NotFound, Overloaded, RagLineError, StageTimeout, UpstreamEr
 from .lifetime import Cause, Lifetime
 from .models import ChatRequest
 from .notices import Notices
-from .providers.coordination import Notice, RunLog, WorkKey
+from .providers.coordination import Notice, RunLog, RunSave, WorkKey
 from .supervisor import Supervisor
 from .tools import ToolRegistry
 
@@ -207,14 +207,8 @@ class Runs:
         first = run.saved
         events = [(first + i, name, data) for i, (name, data) in enumerate(run.events[first:])]
         try:
-            await self.log.save_run(
-                run.id,
-                run.state,
-                run.snapshot(),
-                events,
-                lifetime,
-                kept=self.kept if run.finished else None,
-            )
+            save = RunSave(run.id, run.state, run.snapshot(), events)
+            await self.log.save_run(save, lifetime, kept=self.kept if run.finished else None)
         except UpstreamError as exc:
             log.warning("run not saved: %s", exc.message, extra={"run_id": run.id})
             return

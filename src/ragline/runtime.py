@@ -23,7 +23,7 @@ from .factory import (
     build_transformer,
     open_parts,
 )
-from .jobs import Jobs
+from .jobs import JobInput, Jobs
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
 from .outcomes import Outcomes
@@ -187,9 +187,7 @@ class Runtime:
             documents = await self.records.documents(self.settings.collection, lifetime)
             pending = await self.records.jobs(lifetime, states=["queued", "running"])
             if not documents and not pending:
-                job_id = await self.jobs.submit(
-                    lifetime, collection=None, prune=False, paths=[Path(folder)]
-                )
+                job_id = await self.jobs.submit(lifetime, JobInput(None, paths=[Path(folder)]))
                 log.info("ingesting the seed documents", extra={"job_id": job_id, "path": seed})
 
     @asynccontextmanager

@@ -3,8 +3,16 @@ this process (the embedded default), :class:`DistributedJobs` as parts that ever
 process of a cluster takes. Which one a deployment gets is decided in one place,
 :func:`ragline.backend.build_backend`."""
 
-from .contract import TERMINAL, Jobs, allowed_path, load_inputs
+from .contract import TERMINAL, JobInput, Jobs, allowed_path, load_inputs
 from .distributed import DistributedJobs
 from .local import JobQueue
 
-__all__ = ["TERMINAL", "DistributedJobs", "JobQueue", "Jobs", "allowed_path", "load_inputs"]
+__all__ = [
+    "TERMINAL",
+    "DistributedJobs",
+    "JobInput",
+    "JobQueue",
+    "Jobs",
+    "allowed_path",
+    "load_inputs",
+]

@@ -3,17 +3,32 @@ they share."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..documents import load_all
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..lifetime import Lifetime
+from ..providers import JobStore
 from ..threads import CancelToken
 
-__all__ = ["TERMINAL", "Jobs", "allowed_path", "load_inputs"]
+__all__ = ["TERMINAL", "JobInput", "Jobs", "allowed_path", "load_inputs", "stored_job"]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobInput:
+    """What a job ingests, and into which collection (the default one for None); with
+    ``prune``, the collection keeps only what the job saw."""
+
+    collection: str | None
+    prune: bool = False
+    paths: Sequence[Path] = ()
+    documents: Sequence[dict[str, Any]] = ()
+    uploads: Sequence[tuple[str, bytes]] = ()
 
 
 @runtime_checkable
@@ -30,16 +45,7 @@ class Jobs(Protocol):
         """A server-side path, only under a configured root."""
         ...
 
-    async def submit(
-        self,
-        lifetime: Lifetime,
-        *,
-        collection: str | None,
-        prune: bool,
-        paths: list[Path],
-        documents: list[dict[str, Any]] | None = None,
-        uploads: list[tuple[str, bytes]] | None = None,
-    ) -> str:
+    async def submit(self, lifetime: Lifetime, job: JobInput) -> str:
         """Persist a job; its id."""
         ...
 
@@ -54,6 +60,16 @@ class Jobs(Protocol):
     async def work(self, lifetime: Lifetime) -> None:
         """Run jobs until ``lifetime`` ends."""
         ...
+
+
+async def stored_job(
+    records: JobStore, job_id: str, lifetime: Lifetime
+) -> tuple[str, dict[str, Any]]:
+    """A job's (state, body) from the job store; 404 when there is none."""
+    found = await records.job(job_id, lifetime)
+    if found is None:
+        raise NotFound(f"no ingestion job {job_id!r}", code="job_not_found")
+    return found
 
 
 def allowed_path(raw: str, roots: list[Path]) -> Path:

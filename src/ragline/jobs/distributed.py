@@ -25,14 +25,14 @@ from typing import Any
 
 import anyio
 
-from ..errors import NotFound, RagLineError
+from ..errors import RagLineError
 from ..ingestion import Ingestor, IngestProgress, Stop
 from ..lifetime import Cause, Lifetime
 from ..notices import Notices
 from ..providers import JobStore
-from ..providers.coordination import JobParts, WorkKey
+from ..providers.coordination import JobParts, PartInputs, PartUpdate, WorkKey
 from ..threads import CancelToken, ThreadBridge
-from .contract import TERMINAL, allowed_path, load_inputs
+from .contract import TERMINAL, JobInput, allowed_path, load_inputs, stored_job
 
 __all__ = ["DistributedJobs"]
 
@@ -129,30 +129,21 @@ class DistributedJobs:
         return allowed_path(raw, self.roots)
 
     # -- the API -----------------------------------------------------------------------
-    async def submit(
-        self,
-        lifetime: Lifetime,
-        *,
-        collection: str | None,
-        prune: bool,
-        paths: list[Path],
-        documents: list[dict[str, Any]] | None = None,
-        uploads: list[tuple[str, bytes]] | None = None,
-    ) -> str:
+    async def submit(self, lifetime: Lifetime, job: JobInput) -> str:
         """Persist a job and its parts, and defer one task per part; returns its id."""
-        parts: list[tuple[list[str], list[tuple[str, bytes]]]] = [([str(p)], []) for p in paths]
-        documents = documents or []
+        parts: list[PartInputs] = [([str(p)], []) for p in job.paths]
+        documents = job.documents
         for start in range(0, len(documents), self.part_documents):
             lines = "".join(
                 json.dumps(d) + "\n" for d in documents[start : start + self.part_documents]
             )
             parts.append(([], [("documents.jsonl", lines.encode())]))
-        for name, data in uploads or []:
+        for name, data in job.uploads:
             parts.append(([], [(Path(name).name.lstrip(".") or "upload", data)]))
         job_id = uuid.uuid4().hex
         body = {
-            "collection": collection or self.default_collection,
-            "prune": prune,  # once every part has succeeded (see JobParts.save_part)
+            "collection": job.collection or self.default_collection,
+            "prune": job.prune,  # once every part has succeeded (see JobParts.save_part)
             "inputs": [p for paths_, _ in parts for p in paths_],
             "parts": len(parts),
             "submitted": time.time(),
@@ -172,10 +163,7 @@ class DistributedJobs:
 
     async def status(self, lifetime: Lifetime, job_id: str) -> dict[str, Any]:
         """The job's state, with its parts' progress summed."""
-        found = await self.records.job(job_id, lifetime)
-        if found is None:
-            raise NotFound(f"no ingestion job {job_id!r}", code="job_not_found")
-        state, body = found
+        state, body = await stored_job(self.records, job_id, lifetime)
         parts = await self.job_parts.parts(job_id, lifetime)
         progress = [
             self._live[(job_id, p["part"])].as_dict()
@@ -208,7 +196,9 @@ class DistributedJobs:
         for part in await self.job_parts.parts(job_id, lifetime):
             queued = part["state"] == "queued" and part["task_id"] is not None
             if queued and await self.app.job_manager.cancel_job_by_id_async(part["task_id"]):
-                await self.job_parts.save_part(job_id, part["part"], "cancelled", lifetime)
+                await self.job_parts.save_part(
+                    PartUpdate(job_id, part["part"], "cancelled"), lifetime
+                )
         return await self.status(lifetime, job_id)
 
     # -- the worker --------------------------------------------------------------------
@@ -245,9 +235,9 @@ class DistributedJobs:
         with self._worker.child(f"ingest-{owner}") as lifetime:
             body, state, paths, files = await self.job_parts.part(job_id, part, lifetime)
             if body.get("cancel_requested") or state in TERMINAL:
-                await self.job_parts.save_part(job_id, part, "cancelled", lifetime)
+                await self.job_parts.save_part(PartUpdate(job_id, part, "cancelled"), lifetime)
                 return
-            await self.job_parts.save_part(job_id, part, "running", lifetime)
+            await self.job_parts.save_part(PartUpdate(job_id, part, "running"), lifetime)
             progress = self._live[(job_id, part)] = IngestProgress()
             seen: list[str] = []
             try:
@@ -257,20 +247,12 @@ class DistributedJobs:
             finally:
                 self._live.pop((job_id, part), None)
             final = "cancelled" if progress.stopped else "failed" if error else "succeeded"
-            await self.job_parts.save_part(
-                job_id,
-                part,
-                final,
-                lifetime,
-                progress=progress.as_dict(),
-                error=error,
-                documents=seen,
-            )
+            ended = PartUpdate(job_id, part, final, progress.as_dict(), error, documents=seen)
+            await self.job_parts.save_part(ended, lifetime)
         if lifetime.reason is not None:  # our own shutdown: another start retries it
             with lifetime.last_words(1) as words:
-                await self.job_parts.save_part(
-                    job_id, part, "queued", words, progress=progress.as_dict()
-                )
+                again = PartUpdate(job_id, part, "queued", progress.as_dict())
+                await self.job_parts.save_part(again, words)
             raise _Interrupted(owner)
 
     async def _ingest(
@@ -292,9 +274,8 @@ class DistributedJobs:
         async def report() -> None:
             while True:
                 await anyio.sleep(_REPORT_EVERY)
-                await self.job_parts.save_part(
-                    job_id, part, "running", lifetime, progress=progress.as_dict()
-                )
+                running = PartUpdate(job_id, part, "running", progress.as_dict())
+                await self.job_parts.save_part(running, lifetime)
 
         async def watch() -> None:
             # Through this process's one listener: the waiter is taken before the job

@@ -15,17 +15,17 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from ..errors import NotFound
 from ..ingestion import Ingestor, IngestProgress, Stop
 from ..lifetime import Cause, Lifetime
 from ..providers import JobStore
 from ..threads import CancelToken, ThreadBridge
-from .contract import TERMINAL, allowed_path, load_inputs
+from .contract import TERMINAL, JobInput, allowed_path, load_inputs, stored_job
 
 __all__ = ["JobQueue"]
 
@@ -64,29 +64,20 @@ class JobQueue:
         """A server-side path, only under a configured root."""
         return allowed_path(raw, self.roots)
 
-    async def submit(
-        self,
-        lifetime: Lifetime,
-        *,
-        collection: str | None,
-        prune: bool,
-        paths: list[Path],
-        documents: list[dict[str, Any]] | None = None,
-        uploads: list[tuple[str, bytes]] | None = None,
-    ) -> str:
+    async def submit(self, lifetime: Lifetime, job: JobInput) -> str:
         """Persist a job and wake the worker; returns its id."""
         job_id = uuid.uuid4().hex
         folder = self.folder / job_id
-        inputs = [str(p) for p in paths]
-        if documents or uploads:
+        inputs = [str(p) for p in job.paths]
+        if job.documents or job.uploads:
             # Each saved file is named, not the folder walked: an upload of an unsupported
             # type is then reported instead of silently skipped.
             inputs += await self.bridge.run(
-                lifetime, _save_inputs, folder, documents or [], uploads or []
+                lifetime, _save_inputs, folder, job.documents, job.uploads
             )
         body = {
-            "collection": collection or self.default_collection,
-            "prune": prune,
+            "collection": job.collection or self.default_collection,
+            "prune": job.prune,
             "inputs": inputs,
             "submitted": time.time(),
             "progress": None,
@@ -99,10 +90,7 @@ class JobQueue:
 
     async def status(self, lifetime: Lifetime, job_id: str) -> dict[str, Any]:
         """The job's state, counts, rate, ETA and per-document errors."""
-        found = await self.records.job(job_id, lifetime)
-        if found is None:
-            raise NotFound(f"no ingestion job {job_id!r}", code="job_not_found")
-        state, body = found
+        state, body = await stored_job(self.records, job_id, lifetime)
         live = self._live.get(job_id)
         progress = live[1].as_dict() if live else body.get("progress")
         return {
@@ -204,8 +192,8 @@ class JobQueue:
 def _save_inputs(
     token: CancelToken,
     folder: Path,
-    documents: list[dict[str, Any]],
-    uploads: list[tuple[str, bytes]],
+    documents: Sequence[dict[str, Any]],
+    uploads: Sequence[tuple[str, bytes]],
 ) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     saved: list[str] = []

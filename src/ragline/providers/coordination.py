@@ -22,13 +22,39 @@ __all__ = [
     "JobParts",
     "Notice",
     "NoticeBus",
+    "PartInputs",
+    "PartUpdate",
     "RunLog",
+    "RunSave",
     "WorkKey",
 ]
 
 WorkKind = Literal["run", "job", "conversation"]
 Action = Literal["cancel", "news"]
 RunEvent = tuple[int, str, dict[str, Any]]
+PartInputs = tuple[list[str], list[tuple[str, bytes]]]  # a part's server paths and files
+
+
+@dataclass(frozen=True, slots=True)
+class RunSave:
+    """A run's state and snapshot as it is now, with its events not saved yet."""
+
+    run_id: str
+    state: str
+    snapshot: dict[str, Any]
+    events: Sequence[RunEvent] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PartUpdate:
+    """A job part's new state, with what it has to say (each None: unchanged)."""
+
+    job_id: str
+    part: int
+    state: str
+    progress: dict[str, Any] | None = None
+    error: str | None = None
+    documents: list[str] | None = None  # the ids of the documents the part saw
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,16 +132,7 @@ class RunLog(Protocol):
     """Background runs' snapshots and numbered events, readable from any process; a save
     publishes ``news`` for the run."""
 
-    async def save_run(
-        self,
-        run_id: str,
-        state: str,
-        snapshot: dict[str, Any],
-        events: Sequence[RunEvent],
-        lifetime: Lifetime,
-        *,
-        kept: int | None = None,
-    ) -> None:
+    async def save_run(self, save: RunSave, lifetime: Lifetime, *, kept: int | None = None) -> None:
         """The run's snapshot and its new events, at once. With ``kept``, only that many
         finished runs are kept, the newest."""
         ...
@@ -159,11 +176,7 @@ class JobParts(Protocol):
     (:class:`ragline.jobs.DistributedJobs`)."""
 
     async def create_job(
-        self,
-        job_id: str,
-        body: dict[str, Any],
-        parts: Sequence[tuple[list[str], list[tuple[str, bytes]]]],
-        lifetime: Lifetime,
+        self, job_id: str, body: dict[str, Any], parts: Sequence[PartInputs], lifetime: Lifetime
     ) -> None:
         """The job, queued, with its parts: each (server paths, files), at once."""
         ...
@@ -182,17 +195,7 @@ class JobParts(Protocol):
         """Every part of a job: part, state, task_id, progress, error."""
         ...
 
-    async def save_part(
-        self,
-        job_id: str,
-        part: int,
-        state: str,
-        lifetime: Lifetime,
-        *,
-        progress: dict[str, Any] | None = None,
-        error: str | None = None,
-        documents: list[str] | None = None,
-    ) -> None:
+    async def save_part(self, update: PartUpdate, lifetime: Lifetime) -> None:
         """A part's new state; the job's follows at once (see the implementation)."""
         ...
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ..lifetime import Lifetime
-from .coordination import Notice, RunEvent, WorkKey
+from .coordination import Notice, RunEvent, RunSave, WorkKey
 
 __all__ = ["InProcessActivities", "InProcessBus", "InProcessRunLog"]
 
@@ -64,23 +64,15 @@ class InProcessRunLog:
         self.bus = bus
         self._runs: OrderedDict[str, _Run] = OrderedDict()  # least recently saved first
 
-    async def save_run(
-        self,
-        run_id: str,
-        state: str,
-        snapshot: dict[str, Any],
-        events: Sequence[RunEvent],
-        lifetime: Lifetime,
-        *,
-        kept: int | None = None,
-    ) -> None:
+    async def save_run(self, save: RunSave, lifetime: Lifetime, *, kept: int | None = None) -> None:
         await lifetime.checkpoint()
+        run_id, state, snapshot = save.run_id, save.state, save.snapshot
         run = self._runs.get(run_id)
         if run is None:
             run = self._runs[run_id] = _Run(state, snapshot)
         run.state, run.snapshot = state, snapshot
         have = run.events[-1][0] + 1 if run.events else 0
-        run.events.extend(e for e in events if e[0] >= have)  # a repeated save adds nothing
+        run.events.extend(e for e in save.events if e[0] >= have)  # a repeated save adds nothing
         self._runs.move_to_end(run_id)
         if kept is not None:
             finished = [k for k, r in self._runs.items() if r.state != "running"]

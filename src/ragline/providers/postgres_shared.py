@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import UpstreamError
 from ..lifetime import Lifetime
-from .coordination import Notice, RunEvent, WorkKey
+from .coordination import Notice, PartInputs, PartUpdate, RunEvent, RunSave, WorkKey
 from .postgres import NOTICE_CHANNEL, PostgresPool
 from .postgres_records import prune_documents
 
@@ -49,11 +49,7 @@ class PostgresJobParts(_OnPool):
     beside the job store's jobs, so that no worker needs another's disk."""
 
     async def create_job(
-        self,
-        job_id: str,
-        body: dict[str, Any],
-        parts: Sequence[tuple[list[str], list[tuple[str, bytes]]]],
-        lifetime: Lifetime,
+        self, job_id: str, body: dict[str, Any], parts: Sequence[PartInputs], lifetime: Lifetime
     ) -> None:
         """The job, queued, with its parts: each (server paths, files), in one transaction."""
         from psycopg.types.json import Jsonb
@@ -115,17 +111,7 @@ class PostgresJobParts(_OnPool):
         keys = ("part", "state", "task_id", "progress", "error")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    async def save_part(
-        self,
-        job_id: str,
-        part: int,
-        state: str,
-        lifetime: Lifetime,
-        *,
-        progress: dict[str, Any] | None = None,
-        error: str | None = None,
-        documents: list[str] | None = None,
-    ) -> None:
+    async def save_part(self, update: PartUpdate, lifetime: Lifetime) -> None:
         """A part's new state (with the ids of the ``documents`` it saw); the job's
         follows in the same transaction: running once a part runs, and when every part
         has ended, cancelled if any was (or a cancel was asked for), else failed if any
@@ -133,6 +119,7 @@ class PostgresJobParts(_OnPool):
         that none of its parts saw."""
         from psycopg.types.json import Jsonb
 
+        job_id, progress, documents = update.job_id, update.progress, update.documents
         async with self.pool.connection(lifetime, transaction=True) as conn:
             cursor = await conn.execute(
                 "SELECT state, body FROM jobs WHERE job_id = %s FOR UPDATE", (job_id,)
@@ -143,12 +130,12 @@ class PostgresJobParts(_OnPool):
                 "error = COALESCE(%s, error), documents = COALESCE(%s, documents) "
                 "WHERE job_id = %s AND part = %s",
                 (
-                    state,
+                    update.state,
                     Jsonb(progress) if progress is not None else None,
-                    error,
+                    update.error,
                     Jsonb(documents) if documents is not None else None,
                     job_id,
-                    part,
+                    update.part,
                 ),
             )
             if job is None or job[0] in ("succeeded", "failed", "cancelled"):
@@ -194,28 +181,20 @@ class PostgresRunLog(_OnPool):
     """:class:`~ragline.providers.coordination.RunLog`: runs and their events in two
     tables; a save publishes the run's ``news`` in its transaction."""
 
-    async def save_run(
-        self,
-        run_id: str,
-        state: str,
-        snapshot: dict[str, Any],
-        events: Sequence[RunEvent],
-        lifetime: Lifetime,
-        *,
-        kept: int | None = None,
-    ) -> None:
+    async def save_run(self, save: RunSave, lifetime: Lifetime, *, kept: int | None = None) -> None:
         """A run's snapshot and its new events, in one transaction; every replica is told
         (``news`` on the bus) so that its readers follow at once. With ``kept``, only
         that many finished runs are kept, the newest."""
         from psycopg.types.json import Jsonb
 
+        run_id, events = save.run_id, save.events
         now = time.time()
         async with self.pool.connection(lifetime, transaction=True) as conn:
             await conn.execute(
                 "INSERT INTO runs VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE "
                 "SET state = excluded.state, snapshot = excluded.snapshot, "
                 "updated_at = excluded.updated_at",
-                (run_id, state, Jsonb(snapshot), now, now),
+                (run_id, save.state, Jsonb(save.snapshot), now, now),
             )
             if events:
                 await conn.execute(

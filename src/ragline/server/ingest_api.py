@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import InvalidRequest, NotFound
-from ..jobs import Jobs
+from ..jobs import JobInput, Jobs
 from ..models import CollectionName
 from .boundary import request_context
 from .routing import OBJECT, STR, ApiRoute, Doc, Policy, array, obj
@@ -73,14 +73,14 @@ async def submit(request: Request) -> Response:
         if not body.documents and not body.paths:
             raise InvalidRequest("nothing to ingest: give documents or paths", param="documents")
     paths = [jobs.allowed_path(p) for p in body.paths]
-    job_id = await jobs.submit(
-        ctx.lifetime,
-        collection=body.collection,
-        prune=body.prune,
+    job = JobInput(
+        body.collection,
+        body.prune,
         paths=paths,
         documents=[d.model_dump() for d in body.documents],
         uploads=uploads,
     )
+    job_id = await jobs.submit(ctx.lifetime, job)
     return JSONResponse({"job_id": job_id}, status_code=202)
 
 
