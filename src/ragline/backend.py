@@ -35,16 +35,12 @@ class Backend:
     runs: RunLog
     activities: ActivityLog
     bus: NoticeBus
-    build_jobs: JobsBuilder
+    jobs: JobsBuilder  # (ingestor, notices, bridge) -> the job queue that runs ingestor
     built: list[object] = field(default_factory=list)
 
     def notices(self) -> Notices:
         """A listener of the bus for this process (it listens once it runs)."""
         return Notices(self.bus)
-
-    def jobs(self, ingestor: Ingestor, notices: Notices, bridge: ThreadBridge) -> Jobs:
-        """The job queue that runs ``ingestor``."""
-        return self.build_jobs(ingestor, notices, bridge)
 
 
 def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
@@ -96,7 +92,7 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
             runs=PostgresRunLog(pool),
             activities=PostgresActivities(pool),
             bus=PostgresBus(pool),
-            build_jobs=distributed,
+            jobs=distributed,
             built=[pool],
         )
 
@@ -116,7 +112,7 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
         runs=InProcessRunLog(bus),
         activities=InProcessActivities(bus),
         bus=bus,
-        build_jobs=local,
+        jobs=local,
         # Nothing to open: the SQLite file opens with the ingestion that uses it, and a
         # server without retrieval makes none.
     )

@@ -47,10 +47,8 @@ class SqliteRecords:
 
     async def open(self, lifetime: Lifetime) -> None:
         """Create or open the file, on the thread bridge."""
-        await self.bridge.call(lifetime, self._create)
-
-    def _create(self) -> None:
-        self.file  # noqa: B018 - the property creates it
+        # Reading the property creates the file: blocking, so on the bridge.
+        await self.bridge.call(lifetime, getattr, self, "file")
 
     def close(self) -> None:
         """Close the file."""

@@ -130,14 +130,13 @@ class RunEvents:
         self.raw_headers = list(SSE_HEADERS)
         self.ctx = ctx
         self.run_id = run_id
-        self.first = first
+        self.sent = first  # events from this number on are still to be written
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         lifetime = self.ctx.lifetime
-        sent = [self.first]
         try:
-            await self._follow(sent, send, lifetime, recheck=_RECHECK)
+            await self._follow(send, lifetime, recheck=_RECHECK)
         except anyio.get_cancelled_exc_class():
             reason = lifetime.reason
             if reason is not None and reason.cause is not Cause.CLIENT_DISCONNECTED:
@@ -148,31 +147,30 @@ class RunEvents:
                 window = self.ctx.runtime.settings.final_event_window
                 with lifetime.last_words(window) as words:
                     until_done = reason.cause is Cause.SHUTDOWN
-                    await self._follow(sent, send, words, recheck=0.02, until_done=until_done)  # noqa: ASYNC102
+                    await self._follow(send, words, recheck=0.02, until_done=until_done)  # noqa: ASYNC102
                     await send({"type": "http.response.body", "body": b"", "more_body": False})  # noqa: ASYNC102
             raise
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _follow(
         self,
-        sent: list[int],
         send: Send,
         lifetime: Lifetime,
         *,
         recheck: float,
         until_done: bool = True,
     ) -> None:
-        """Write the events from ``sent[0]`` on, until ``done`` (or, without
+        """Write the events from number ``self.sent`` on, until ``done`` (or, without
         ``until_done``, until none is left)."""
         runs, notices = self.ctx.runtime.runs, self.ctx.runtime.notices
         key = WorkKey.run(self.run_id)
         while True:
             news = notices.news(key)  # before reading: no news is missed
-            found = await runs.log.run_events(self.run_id, sent[0], lifetime)
+            found = await runs.log.run_events(self.run_id, self.sent, lifetime)
             if found:
                 body = b"".join(_event(n, name, data) for n, name, data in found)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
-                sent[0] = found[-1][0] + 1
+                self.sent = found[-1][0] + 1
                 if found[-1][1] == "done":
                     return
                 continue
