@@ -22,16 +22,20 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
 from ragline import Cause, Chunk, Hit, Lifetime
+from ragline.access import Readable
 from ragline.providers import VectorStore
 
 __all__ = ["DIM", "StoreConformance", "basis", "chunk", "delete", "search", "upsert"]
 
 DIM = 8
 TOL = 1e-4  # float32 stores: scores agree with exact cosine to this
+
+ALL = Readable.everything()
 
 
 # -- vectors and chunks ------------------------------------------------------------------
@@ -84,11 +88,16 @@ async def upsert(
 
 
 async def search(
-    store: VectorStore, vector: Sequence[float], top_k: int, *, collection: str | None = None
+    store: VectorStore,
+    vector: Sequence[float],
+    top_k: int,
+    *,
+    collection: str | None = None,
+    readable: Readable = ALL,
 ) -> list[Hit]:
     hits: list[Hit] | None = None
     with Lifetime.root("test") as lifetime:
-        hits = await store.search(vector, top_k, lifetime, collection=collection)
+        hits = await store.search(vector, top_k, lifetime, readable=readable, collection=collection)
     assert hits is not None, "search did not return"
     return hits
 
@@ -184,6 +193,21 @@ class StoreConformance:
         everything = await search(store, basis(0), 50)
         assert len(everything) == len(ANGLES)
         assert_descending(everything)
+
+    async def test_search_returns_only_readable_acl_classes_and_fills_top_k(
+        self, store: VectorStore
+    ) -> None:
+        # 30 chunks of a class the reader may not read lie nearer the query than the 6
+        # it may: the filter is in the search, so the best 5 readable ones come back.
+        near = [replace(chunk(f"x{i}", rotated(i * 0.1)), acl=7) for i in range(30)]
+        far = [replace(chunk(f"r{i}", rotated(40 + i)), acl=(0 if i % 2 else 3)) for i in range(6)]
+        await upsert(store, near + far)
+        readable = Readable(frozenset({0, 3}))
+        hits = await search(store, basis(0), 5, readable=readable)
+        assert [h.document_id for h in hits] == [f"doc-r{i}" for i in range(5)]
+        only_zero = await search(store, basis(0), 10, readable=Readable(frozenset({0})))
+        assert {h.document_id for h in only_zero} == {"doc-r1", "doc-r3", "doc-r5"}
+        assert len(await search(store, basis(0), 50, readable=ALL)) == 36
 
     async def test_hits_carry_the_stored_fields_exactly(self, store: VectorStore) -> None:
         """document_id, chunk_index, source and text come back exactly as stored."""
@@ -339,7 +363,7 @@ class StoreConformance:
         returned = False
         root = cancelled_lifetime()
         with root:
-            await store.search(basis(0), 5, root)
+            await store.search(basis(0), 5, root, readable=ALL)
             returned = True
         assert not returned, "search returned under a cancelled lifetime"
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ragline import Settings, ThreadBridge
-from ragline.backend import build_backend
+from ragline.backend import Directory, build_backend
 from ragline.providers import Records
 from ragline.providers.coordination import ActivityLog, NoticeBus, RunLog
 
@@ -28,11 +28,13 @@ def test_embedded_by_default_and_postgresql_with_a_database_url(tmp_path: Path) 
         assert isinstance(backend.runs, RunLog)
         assert isinstance(backend.activities, ActivityLog)
         assert isinstance(backend.bus, NoticeBus)
+        assert isinstance(backend.directory, Directory)
     assert (embedded.records.shared, shared.records.shared) == (False, True)
-    assert embedded.built == []  # nothing to connect to; the SQLite file opens with ingestion
+    # Only the principals' file opens at start; the records' file opens with ingestion.
+    assert embedded.built == [embedded.directory]
     assert len(shared.built) == 1  # one pool that every PostgreSQL store is composed on
     assert "u@127.0.0.1" in repr(shared.records)
-    assert not (tmp_path / "records.sqlite").exists()  # built, not opened: no file yet
+    assert not list(tmp_path.iterdir())  # built, not opened: no file yet
 
 
 def test_no_module_outside_the_providers_and_the_choice_point_names_a_backend() -> None:

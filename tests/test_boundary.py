@@ -18,6 +18,7 @@ from openai import AsyncOpenAI
 
 from conftest import LogCapture, RawClient, Running, serve, settings_for, upstream_running
 from ragline import Hit, Lifetime
+from ragline.access import Readable
 from upstream import Behavior, Call, FakeUpstream
 
 pytestmark = pytest.mark.anyio
@@ -50,6 +51,7 @@ class SlowStore:
         top_k: int,
         lifetime: Lifetime,
         *,
+        readable: Readable,
         collection: str | None = None,
     ) -> list[Hit]:
         self.searching.set()

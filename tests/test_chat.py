@@ -22,10 +22,12 @@ from ragline import (
     StageTimeout,
     StageTimeouts,
 )
+from ragline.access import Readable
 from ragline.chat import fuse
 from ragline.metrics import Metrics
 from ragline.providers.prompt import ContextPromptComposer
 from ragline.providers.rewrite import LLMRewriter
+from ragline.retrieval import ReadAll
 from ragline.tracing import Tracing
 
 pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
@@ -56,6 +58,7 @@ class Store:
         top_k: int,
         lifetime: Lifetime,
         *,
+        readable: Readable,
         collection: str | None = None,
     ) -> list[Hit]:
         self.seen.append((vector, top_k))
@@ -100,6 +103,7 @@ def pipeline(
         generator=generator,
         embedder=Embedder(),
         store=store,
+        access=ReadAll(),
         tracing=Tracing(provider),
         metrics=Metrics(),
         timeouts=StageTimeouts(**timeouts),

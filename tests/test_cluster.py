@@ -6,10 +6,7 @@ contract is tests/test_coordination.py."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +28,7 @@ from conftest import (
     serve,
     upstream_running,
 )
+from deployment import launch, until_ready
 from fake_embeddings import FakeEmbeddings, embeddings_server
 from ragline import Settings
 from ragline.chunking import Chunker, minilm_tokenizer
@@ -57,17 +55,8 @@ class Cluster:
     async def start(self, *argv: str, **env: str) -> Process:
         """A ``ragline`` process of the cluster, with a data dir and a log file of its own."""
         name = f"p{len(self.processes)}"
-        environment = {**os.environ, **self.env, "RAGLINE_DATA_DIR": str(self.root / name), **env}
-        log = os.open(self.root / f"{name}.log", os.O_WRONLY | os.O_CREAT)  # for post-mortems
-        try:
-            process = await anyio.open_process(
-                [sys.executable, "-m", "ragline", *argv],
-                env=environment,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        finally:
-            os.close(log)
+        environment = {**self.env, "RAGLINE_DATA_DIR": str(self.root / name), **env}
+        process = await launch(list(argv), environment, self.root / f"{name}.log")
         self.processes.append(process)
         return process
 
@@ -76,16 +65,8 @@ class Cluster:
         port = free_port()
         process = await self.start("serve", "--port", str(port), **env)
         url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient() as http:
-            with anyio.fail_after(120):
-                while True:
-                    assert process.returncode is None, "the replica exited"
-                    try:
-                        if (await http.get(f"{url}/readyz")).status_code == 200:
-                            return url
-                    except httpx.TransportError:
-                        pass
-                    await anyio.sleep(0.1)
+        await until_ready(url, process)
+        return url
 
     async def milvus_count(self, collection: str = "default") -> int:
         """Chunks in the Milvus server's collection."""

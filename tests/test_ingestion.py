@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from ragline import Cause, Lifetime
+from ragline.access import Readable
 from ragline.chunking import Chunker, minilm_tokenizer
 from ragline.documents import Document, load_all
 from ragline.ingestion import Ingestor, Stop
@@ -41,6 +42,8 @@ WORDS = [
     "wing",
     "dawn",
 ]
+
+ALL = Readable.everything()
 
 
 def text(seed: int, words: int = 120) -> str:
@@ -254,8 +257,8 @@ async def test_a_changed_document_is_swapped_atomically_under_concurrent_queries
         nonlocal raw_mixed
         writing.set()
         with Lifetime.root() as lifetime:
-            hits = await rig.visible.search(probe, 50, lifetime)
-            raw = await rig.store.search(probe, 50, lifetime)
+            hits = await rig.visible.search(probe, 50, lifetime, readable=ALL)
+            raw = await rig.store.search(probe, 50, lifetime, readable=ALL)
         seen.append({h.generation for h in hits})
         raw_mixed += len({h.generation for h in raw}) > 1
 
@@ -264,7 +267,7 @@ async def test_a_changed_document_is_swapped_atomically_under_concurrent_queries
         await rig.run(long_v2, lifetime)
     rig.embedder.hook = None
     with Lifetime.root() as lifetime:
-        after = await rig.visible.search(probe, 50, lifetime)
+        after = await rig.visible.search(probe, 50, lifetime, readable=ALL)
     assert len(seen) >= 3, "the queries did not interleave with the write"
     assert all(len(generations) == 1 for generations in seen), seen
     assert raw_mixed > 0, "the raw store never held both generations: the test proves nothing"

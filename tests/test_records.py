@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from ragline import Cause, Chunk, Lifetime, Unavailable
+from ragline.access import Readable, acl_class
 from ragline.providers import Records
 from ragline.providers.postgres import PostgresPool
 from ragline.providers.postgres_records import PostgresRecords
@@ -20,9 +21,13 @@ from ragline.threads import ThreadBridge
 
 pytestmark = pytest.mark.anyio
 
+ALL = Readable.everything()
 
-def chunk(chunk_id: str, generation: int, text: str = "herons wait by the river") -> Chunk:
-    return Chunk(chunk_id, "doc", 0, text, "doc.txt", (), generation)
+
+def chunk(
+    chunk_id: str, generation: int, text: str = "herons wait by the river", document: str = "doc"
+) -> Chunk:
+    return Chunk(chunk_id, document, 0, text, "doc.txt", (), generation)
 
 
 @pytest.fixture
@@ -49,12 +54,16 @@ async def test_a_generation_becomes_visible_only_when_switched(
     first = await records.begin_generation("c", "doc", "job1", life)
     await records.intend_chunks("c", [chunk("a", first), chunk("b", first)], life)
     assert await records.active("c", ["doc"], life) == {}
-    await records.switch("c", "doc", first, life, content_hash="h1", chunks=2, source="doc.txt")
+    await records.switch(
+        "c", "doc", first, life, content_hash="h1", chunks=2, source="doc.txt", readers=()
+    )
     assert await records.active("c", ["doc", "other"], life) == {"doc": first}
     second = await records.begin_generation("c", "doc", "job2", life)
     assert second == first + 1
     await records.intend_chunks("c", [chunk("c", second)], life)
-    await records.switch("c", "doc", second, life, content_hash="h2", chunks=1, source="doc.txt")
+    await records.switch(
+        "c", "doc", second, life, content_hash="h2", chunks=1, source="doc.txt", readers=()
+    )
     assert await records.active("c", ["doc"], life) == {"doc": second}
     assert await records.garbage("c", life, owner="gc") == [("doc", first, ["a", "b"])]
     await records.forget("c", "doc", first, life)
@@ -81,7 +90,9 @@ async def test_recording_a_chunk_twice_keeps_one(records: Records, life: Lifetim
     generation = await records.begin_generation("c", "doc", "job", life)
     await records.intend_chunks("c", [chunk("a", generation)], life)
     await records.intend_chunks("c", [chunk("a", generation), chunk("b", generation)], life)
-    await records.switch("c", "doc", generation, life, content_hash="h", chunks=2, source="s")
+    await records.switch(
+        "c", "doc", generation, life, content_hash="h", chunks=2, source="s", readers=()
+    )
     assert await records.prune("c", ["other"], life) == 1
     assert await records.garbage("c", life, owner="gc") == [("doc", generation, ["a", "b"])]
 
@@ -102,7 +113,9 @@ async def test_concurrent_writers_get_distinct_generations(
 
 async def test_remove_retires_a_document(records: Records, life: Lifetime) -> None:
     generation = await records.begin_generation("c", "doc", "job", life)
-    await records.switch("c", "doc", generation, life, content_hash="h", chunks=0, source="s")
+    await records.switch(
+        "c", "doc", generation, life, content_hash="h", chunks=0, source="s", readers=()
+    )
     assert await records.prune("c", ["other"], life) == 1
     assert await records.documents("c", life) == {}
     assert await records.garbage("c", life, owner="gc") == [("doc", generation, [])]
@@ -126,7 +139,9 @@ async def test_collections_count_visible_documents(records: Records, life: Lifet
     (empty,) = await records.collections(life)
     assert (empty["name"], empty["documents"], empty["chunks"]) == ("c", 0, 0)
     generation = await records.begin_generation("c", "doc", "job", life)
-    await records.switch("c", "doc", generation, life, content_hash="h", chunks=3, source="s")
+    await records.switch(
+        "c", "doc", generation, life, content_hash="h", chunks=3, source="s", readers=()
+    )
     (full,) = await records.collections(life)
     assert (full["embedding_model"], full["dimensions"]) == ("model", 384)
     assert (full["documents"], full["chunks"]) == (1, 3)
@@ -138,20 +153,54 @@ async def test_keyword_search_sees_only_visible_generations(
 ) -> None:
     first = await records.begin_generation("c", "doc", "job", life)
     await records.intend_chunks("c", [chunk("a", first, "the heron waits by the river")], life)
-    assert await records.keyword_search("c", "heron", 5, life) == []  # not switched in yet
-    await records.switch("c", "doc", first, life, content_hash="h", chunks=1, source="doc.txt")
-    (hit,) = await records.keyword_search("c", "Herons? rivers!", 5, life)
+    assert (
+        await records.keyword_search("c", "heron", 5, life, readable=ALL) == []
+    )  # not switched in yet
+    await records.switch(
+        "c", "doc", first, life, content_hash="h", chunks=1, source="doc.txt", readers=()
+    )
+    (hit,) = await records.keyword_search("c", "Herons? rivers!", 5, life, readable=ALL)
     assert hit.text == "the heron waits by the river"
     assert hit.score > 0
     assert hit.bm25 == hit.score
-    assert await records.keyword_search("other", "heron", 5, life) == []
+    assert await records.keyword_search("other", "heron", 5, life, readable=ALL) == []
     second = await records.begin_generation("c", "doc", "job", life)
     await records.intend_chunks("c", [chunk("b", second, "stones in the marsh")], life)
-    await records.switch("c", "doc", second, life, content_hash="h2", chunks=1, source="doc.txt")
-    assert await records.keyword_search("c", "heron", 5, life) == []
-    assert [h.generation for h in await records.keyword_search("c", "marsh", 5, life)] == [second]
-    assert await records.keyword_search("c", '"; DROP TABLE chunks; --', 5, life) == []
-    assert await records.keyword_search("c", "?!", 5, life) == []
+    await records.switch(
+        "c", "doc", second, life, content_hash="h2", chunks=1, source="doc.txt", readers=()
+    )
+    assert await records.keyword_search("c", "heron", 5, life, readable=ALL) == []
+    assert [
+        h.generation for h in await records.keyword_search("c", "marsh", 5, life, readable=ALL)
+    ] == [second]
+    assert (
+        await records.keyword_search("c", '"; DROP TABLE chunks; --', 5, life, readable=ALL) == []
+    )
+    assert await records.keyword_search("c", "?!", 5, life, readable=ALL) == []
+
+
+async def test_keyword_search_returns_only_readable_documents_and_fills_its_limit(
+    records: Records, life: Lifetime
+) -> None:
+    team_a = ("group:team-a",)
+    for i in range(12):  # 10 better matches that the reader may not read, 2 it may
+        readers = team_a if i < 10 else ()
+        text = "heron heron marsh" if i < 10 else "a heron somewhere"
+        generation = await records.begin_generation("c", f"d{i}", "job", life)
+        await records.intend_chunks("c", [chunk(f"c{i}", generation, text, f"d{i}")], life)
+        await records.switch(
+            "c", f"d{i}", generation, life, content_hash="h", chunks=1, source="s", readers=readers
+        )
+    assert await records.acl_classes("c", life) == {0: [], acl_class(team_a): list(team_a)}
+    member = Readable(frozenset({0}))
+    assert {
+        h.document_id for h in await records.keyword_search("c", "heron", 2, life, readable=member)
+    } == {"d10", "d11"}
+    reader_of_a = Readable(frozenset({0, acl_class(team_a)}))
+    best = await records.keyword_search("c", "heron marsh", 3, life, readable=reader_of_a)
+    assert len(best) == 3
+    assert {h.document_id for h in best} <= {f"d{i}" for i in range(10)}
+    assert len(await records.keyword_search("c", "heron", 50, life, readable=ALL)) == 12
 
 
 async def test_keyword_search_ranks_the_better_match_first(
@@ -169,9 +218,16 @@ async def test_keyword_search_ranks_the_better_match_first(
         )
         await records.intend_chunks("c", [piece], life)
         await records.switch(
-            "c", document_id, generation, life, content_hash="h", chunks=1, source=piece.source
+            "c",
+            document_id,
+            generation,
+            life,
+            content_hash="h",
+            chunks=1,
+            source=piece.source,
+            readers=(),
         )
-    hits = await records.keyword_search("c", "heron marsh", 2, life)
+    hits = await records.keyword_search("c", "heron marsh", 2, life, readable=ALL)
     assert [h.document_id for h in hits][:1] == ["d2"]
     assert len(hits) == 2
 
@@ -179,8 +235,10 @@ async def test_keyword_search_ranks_the_better_match_first(
 async def test_text_with_a_nul_byte_is_recorded(records: Records, life: Lifetime) -> None:
     generation = await records.begin_generation("c", "doc", "job", life)
     await records.intend_chunks("c", [chunk("a", generation, "heron\x00 river")], life)
-    await records.switch("c", "doc", generation, life, content_hash="h", chunks=1, source="s")
-    (hit,) = await records.keyword_search("c", "heron", 5, life)
+    await records.switch(
+        "c", "doc", generation, life, content_hash="h", chunks=1, source="s", readers=()
+    )
+    (hit,) = await records.keyword_search("c", "heron", 5, life, readable=ALL)
     assert "heron" in hit.text
 
 
@@ -359,7 +417,9 @@ async def test_prune_keeps_only_what_it_is_told_at_once(records: Records, life: 
     for name in ("a", "b", "c"):
         generation = await records.begin_generation("col", name, "job", life)
         await records.intend_chunks("col", [chunk(f"{name}1", generation)], life)
-        await records.switch("col", name, generation, life, content_hash="h", chunks=1, source="s")
+        await records.switch(
+            "col", name, generation, life, content_hash="h", chunks=1, source="s", readers=()
+        )
     assert await records.prune("col", {"b", "not-there"}, life) == 2
     assert set(await records.documents("col", life)) == {"b"}
     assert [g[0] for g in await records.garbage("col", life, owner="gc")] == ["a", "c"]

@@ -10,6 +10,7 @@ import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from pydantic import BaseModel
 
 from conftest import bot_settings, eventually, serve, upstream_running
 from ragline.lifetime import Lifetime
-from ragline.teams.bot import BOUND_NOTES, INFORMATIVE
+from ragline.teams.bot import BOUND_NOTES, INFORMATIVE, NO_ACCESS
 from ragline.tools import ToolRegistry, make_tool
 from teams_fakes import FakeTeams
 from test_teams_bot import Bot, stream_where, tokens
@@ -178,3 +179,37 @@ async def test_a_group_chat_message_goes_through_the_loop_in_one_message() -> No
         await eventually(lambda: b.running.metric("ragline_bot_turns_total") == 1)
         assert b.running.metric("ragline_bot_turns_total", outcome="completed") == 1
         assert b.running.metric("ragline_agent_loops_total", finish_reason="stop") == 1
+
+
+def search_once(body: dict[str, Any]) -> Behavior:
+    """Step 1: a call of the server's ``search``; then the answer."""
+    if not tool_results(body):
+        return Behavior(tokens=0, tool_calls=[("search", '{"query": "launch code"}')])
+    return Behavior(texts=["The code is ", "[1]."])
+
+
+async def test_the_search_tool_retrieves_as_the_teams_user(tmp_path: Path) -> None:
+    from test_teams_members import TEAM_A, TEAM_B, scene
+
+    settings = {"bot_tools": ["search"], "tools": ["search"], "bot_stream_interval": PACING}
+    async with scene(tmp_path, behave=search_once, **settings) as s:
+        # alice in team A's channel: the tool searched team A's collection only.
+        answer = await s.ask(s.users.alice, "what is the launch code?", team=TEAM_A)
+        assert answer["text"].startswith("The code is [1].")
+        [result] = s.upstream.calls[-1].tool_results
+        assert "4711" in result["content"]
+        assert "9999" not in result["content"]
+        # bob in his 1:1 chat: the default collection, nothing of either team's.
+        await s.ask(s.users.bob, "what is the launch code?")
+        [result] = s.upstream.calls[-1].tool_results
+        assert "1234" in result["content"]
+        assert "4711" not in result["content"]
+        assert "9999" not in result["content"]
+        # alice in team B's channel may read none of its collections: no loop at all.
+        calls = len(s.upstream.calls)
+        refused = await s.ask(s.users.alice, "what is the launch code?", team=TEAM_B)
+        assert refused["text"] == NO_ACCESS
+        assert len(s.upstream.calls) == calls
+        await eventually(lambda: s.running.metric("ragline_bot_turns_total") == 3)
+        assert s.running.metric("ragline_bot_turns_total", outcome="completed") == 3
+        assert s.running.metric("ragline_tool_calls_total", tool="search", status="ok") == 2

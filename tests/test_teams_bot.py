@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,8 +18,10 @@ import pytest
 from opentelemetry.trace import StatusCode
 
 from conftest import LogCapture, Running, bot_settings, eventually, serve, upstream_running
+from ragline.errors import Hidden
 from ragline.teams import InvokeResponse, TurnContext
-from teams_fakes import FakeTeams, Stream
+from ragline.teams.replies import NO_ACCESS
+from teams_fakes import ConversationKind, FakeTeams, Stream
 from test_serve import GRACE, free_port, server_process, sigterm
 from upstream import Behavior, FakeUpstream
 
@@ -443,3 +446,47 @@ def test_the_final_message_numbers_its_sources_as_the_answer_cites_them() -> Non
         "1. GUIDE.md: Jobs (similarity 0.62)\n"
         "2. GUIDE.md (BM25 7.1)"
     )
+
+
+class _Revoked:
+    """Access taken away between the bot's check and the retrieval."""
+
+    async def readable(self, lifetime: Any, collection: str | None) -> Any:
+        raise Hidden(f"no collection {collection!r}", code="collection_not_found")
+
+
+@pytest.mark.parametrize("kind", ["personal", "groupChat"])
+async def test_a_retrieval_refused_midway_is_a_polite_sentence_and_a_completed_turn(
+    tmp_path: Path, logs: LogCapture, kind: ConversationKind
+) -> None:
+    from test_teams_members import scene  # a bot with retrieval, grants and a mapping
+
+    async with scene(tmp_path) as s:
+        runtime = s.running.server.runtime
+        assert runtime.teams is not None
+        names: list[object] = []
+
+        @runtime.teams.bot.on("invoke")
+        async def whoami(ctx: TurnContext) -> InvokeResponse:
+            principal = ctx.lifetime.get("principal")
+            names.append(getattr(principal, "name", principal))
+            return InvokeResponse(status=200, body={})
+
+        runtime.pipeline.access = _Revoked()
+        activity = s.teams.activity("what is the launch code?", kind=kind)
+        activity["from"] = {"id": "29:1alice", "name": "Alice", "aadObjectId": s.users.alice}
+        conversation = activity["conversation"]["id"]
+        assert (await s.teams.deliver(s.url, activity)).status == 202
+        await eventually(lambda: s.running.metric("ragline_bot_turns_total") == 1, 30)
+        [message] = s.teams.messages(conversation)
+        assert message["text"] == NO_ACCESS
+        assert message["replyToId"] == activity["id"]
+        assert s.running.metric("ragline_bot_turns_total", outcome="completed") == 1
+        assert s.upstream.calls == []  # refused before the model was asked
+        assert not logs.at_least(logging.WARNING)
+
+        # An invoke runs as its user's principal too, never as the webhook's caller.
+        invoke = s.teams.activity(activity_type="invoke", name="whoami", value={})
+        invoke["from"] = activity["from"]
+        assert (await s.teams.deliver(s.url, invoke)).status == 200
+        assert names == ["alice"]

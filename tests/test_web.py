@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,10 +64,11 @@ async def site(
     tmp_path: Path,
     behave: Callable[[dict[str, Any]], Behavior],
     *,
-    keys: bool = False,
+    api_keys: Sequence[str] = (),
     delay: float = 0.0,
 ) -> AsyncIterator[Site]:
-    """``ragline serve`` (retrieval on, Milvus Lite) before the fake model and embeddings."""
+    """``ragline serve`` (retrieval on, Milvus Lite) before the fake model and embeddings;
+    with ``api_keys`` (admins' keys), ``Site.headers`` carry the first."""
     upstream = FakeUpstream(behave)
     embeddings = FakeEmbeddings(delay=delay)
     async with AsyncExitStack() as stack:
@@ -87,7 +88,7 @@ async def site(
             "RAGLINE_EMBEDDINGS_DIMENSIONS": str(embeddings.dimensions),
             "RAGLINE_EMBEDDINGS_BATCH_SIZE": "2",
             "RAGLINE_INGEST_BATCH_SIZE": "2",
-            "RAGLINE_API_KEYS": KEY if keys else "",
+            "RAGLINE_API_KEYS": ",".join(api_keys),
         }
         log = (tmp_path / "serve.log").open("wb")
         stack.callback(log.close)
@@ -98,7 +99,7 @@ async def site(
             stderr=log,
         )
         url = f"http://127.0.0.1:{port}"
-        headers = {"authorization": f"Bearer {KEY}"} if keys else {}
+        headers = bearer(api_keys[0]) if api_keys else {}
         try:
             async with httpx.AsyncClient() as http:
                 with anyio.fail_after(120):
@@ -117,6 +118,10 @@ async def site(
                 await process.wait()
             if process.returncode is None:
                 process.kill()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
 
 
 def chromium() -> str:
@@ -147,9 +152,23 @@ async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=shot_path(name), full_page=True)
 
 
-async def ingest(s: Site, documents: list[dict[str, Any]]) -> None:
-    async with httpx.AsyncClient(headers=s.headers, timeout=30) as http:
-        job = (await http.post(f"{s.url}/api/v1/ingest", json={"documents": documents})).json()
+async def ingest(
+    s: Site,
+    documents: list[dict[str, Any]],
+    *,
+    headers: dict[str, str] | None = None,
+    collection: str | None = None,
+) -> None:
+    """Index ``documents`` (as the site's admin, or with ``headers``) and wait for it."""
+    body: dict[str, Any] = {"documents": documents}
+    if collection is not None:
+        body["collection"] = collection
+    async with httpx.AsyncClient(
+        headers=s.headers if headers is None else headers, timeout=30
+    ) as http:
+        started = await http.post(f"{s.url}/api/v1/ingest", json=body)
+        assert started.status_code == 202, started.text
+        job = started.json()
         with anyio.fail_after(60):
             while True:
                 found = (await http.get(f"{s.url}/api/v1/ingest/{job['job_id']}")).json()
@@ -327,7 +346,7 @@ async def test_a_runs_steps_appear_live_and_cancel_stops_it(tmp_path: Path) -> N
 
 
 async def test_with_api_keys_the_page_without_a_key_gets_nothing(tmp_path: Path) -> None:
-    async with site(tmp_path, answering("ok"), keys=True) as s, browser() as b:
+    async with site(tmp_path, answering("ok"), api_keys=[KEY]) as s, browser() as b:
         await ingest(s, DOCS)
         page = await b.new_page()
         answers: list[tuple[str, int]] = []
@@ -352,8 +371,165 @@ async def test_with_api_keys_the_page_without_a_key_gets_nothing(tmp_path: Path)
         assert await page.evaluate("() => localStorage.length") == 0
 
 
+async def make_member(s: Site, name: str, groups: list[str]) -> str:
+    """A member principal, made by the site's admin over HTTP: its key."""
+    async with httpx.AsyncClient(headers=s.headers, timeout=30) as http:
+        made = await http.post(
+            f"{s.url}/api/v1/principals", json={"name": name, "groups": groups, "admin": False}
+        )
+    assert made.status_code == 201, made.text
+    return str(made.json()["key"])
+
+
+async def finished_run(s: Site, key: str, query: str, collection: str) -> str:
+    """A run started over HTTP with ``key``, waited for until it has completed: its id."""
+    async with httpx.AsyncClient(headers=bearer(key), timeout=30) as http:
+        started = await http.post(
+            f"{s.url}/api/v1/runs", json={"query": query, "collection": collection}
+        )
+        assert started.status_code == 202, started.text
+        run_id = str(started.json()["run_id"])
+        with anyio.fail_after(30):
+            while (found := (await http.get(f"{s.url}/api/v1/runs/{run_id}")).json())[
+                "state"
+            ] == "running":
+                await anyio.sleep(0.05)
+    assert found["state"] == "completed", found
+    return run_id
+
+
+async def sign_in(page: Page, key: str) -> None:
+    await expect(page.locator("#key-form")).to_be_visible(timeout=10_000)
+    await page.fill("#key-input", key)
+    await page.click("#key-save")
+
+
+async def sign_out(page: Page) -> None:
+    await page.click("#sign-out")
+    await expect(page.locator("#who")).to_have_text("Not signed in", timeout=10_000)
+
+
+async def test_signing_in_shows_who_you_are_and_only_your_collections_and_runs(
+    tmp_path: Path,
+) -> None:
+    def behave(body: dict[str, Any]) -> Behavior:
+        if "SLOW" in json.dumps(body):
+            return Behavior(texts=[f"s{i} " for i in range(2000)], tokens=2000, interval=0.05)
+        return Behavior(texts=["ok"], tokens=1)
+
+    async with site(tmp_path, behave, api_keys=["admin-key"]) as s, browser() as b:
+        ann = await make_member(s, "ann", ["eng"])
+        bob = await make_member(s, "bob", ["ops"])
+        # The first writer of a new collection owns it: only its owner (and admins) read it.
+        await ingest(s, DOCS[:1], headers=bearer(ann), collection="ann_notes")
+        await ingest(s, DOCS[1:], headers=bearer(bob), collection="bob_notes")
+        await finished_run(s, ann, "ANN-TASK: which star is closest?", "ann_notes")
+        await finished_run(s, bob, "BOB-TASK: which star is red?", "bob_notes")
+
+        page = await b.new_page()
+        await page.goto(s.url)
+        who = page.locator("#who")
+        collections = page.locator("#collections")
+        runs = page.locator("#run-list")
+        # Keys are on: the page asks for one at once, and shows nothing yet.
+        await expect(page.locator("#key-form")).to_be_visible(timeout=10_000)
+        await expect(who).to_have_text("Not signed in")
+        await expect(page.locator("#sign-in")).to_be_visible()
+
+        # A wrong key is refused, said so, and not kept.
+        await sign_in(page, "not-a-key")
+        await expect(page.locator("#key-msg")).to_contain_text("refused", timeout=10_000)
+        await expect(who).to_have_text("Not signed in")
+        assert await page.evaluate("() => sessionStorage.getItem('ragline-key')") is None
+        await shot(page, "sign-in-refused")
+        await page.click("#sign-in")  # the header's Sign in leads to the form
+        await expect(page.locator("#key-input")).to_be_focused()
+
+        # Bob: his name, role and groups; his collection and run, none of Ann's.
+        await sign_in(page, bob)
+        await expect(page.locator("#key-form")).to_be_hidden(timeout=10_000)
+        await expect(who).to_contain_text("Signed in as bob (member; groups: ops)")
+        await expect(collections).to_contain_text("bob_notes", timeout=10_000)
+        await expect(collections).not_to_contain_text("ann_notes")
+        await expect(collections.locator("tr", has_text="bob_notes")).to_contain_text("bob (owner)")
+        await expect(runs).to_contain_text("BOB-TASK", timeout=10_000)
+        await expect(runs).to_contain_text("completed")
+        await expect(runs).not_to_contain_text("ANN-TASK")
+        await expect(page.locator("#run-list-h")).to_have_text("Your runs")
+        await expect(runs.locator("th.owner")).to_be_hidden()  # a member's runs are all theirs
+        await expect(page.locator("#run-collection")).not_to_contain_text("ann_notes")
+        await shot(page, "signed-in-member")
+
+        # Signing out forgets the key and wipes Bob's lists before anyone else signs in.
+        await sign_out(page)
+        await expect(page.locator("#key-form")).to_be_visible()
+        await expect(collections).not_to_contain_text("bob_notes")
+        await expect(runs).not_to_contain_text("BOB-TASK")
+        assert await page.evaluate("() => sessionStorage.getItem('ragline-key')") is None
+
+        # Ann: hers, none of Bob's; a run she starts on the page joins her list.
+        await sign_in(page, ann)
+        await expect(who).to_contain_text("Signed in as ann (member; groups: eng)", timeout=10_000)
+        await expect(collections).to_contain_text("ann_notes", timeout=10_000)
+        await expect(collections).not_to_contain_text("bob_notes")
+        await expect(runs).to_contain_text("ANN-TASK", timeout=10_000)
+        await expect(runs).not_to_contain_text("BOB-TASK")
+        await page.select_option("#run-collection", "ann_notes")
+        await page.fill("#run-query", "PAGE-TASK: and the brightest?")
+        await page.click("#run-start")
+        await expect(page.locator("#run-state")).to_contain_text("completed", timeout=15_000)
+        page_run = runs.locator("tr", has_text="PAGE-TASK")
+        await expect(page_run).to_contain_text("completed", timeout=10_000)
+        await shot(page, "signed-in-other-member")
+
+        # Signing out in the middle of a run: its steps go, and none arrive later.
+        await page.fill("#run-query", "SLOW: talk for a long time")
+        await page.click("#run-start")
+        steps = page.locator("#run-steps")
+        await expect(steps.locator("[data-event=step]").first).to_be_visible(timeout=15_000)
+        await expect(runs.locator("tr", has_text="SLOW")).to_contain_text("running")
+        await sign_out(page)
+        await expect(steps).to_be_empty()
+        await expect(runs).not_to_contain_text("SLOW")
+        await anyio.sleep(1.0)  # the run goes on at the server: nothing of it may come back
+        await expect(steps).to_be_empty()
+        await expect(page.locator("#run-state")).to_be_empty()
+        await expect(page.locator("#run-error")).to_be_hidden()
+        await expect(page.locator("#run-start")).to_be_enabled()
+
+        # The admin sees everyone's collections and runs, each run with its owner.
+        await sign_in(page, "admin-key")
+        await expect(who).to_contain_text("(admin; no groups)", timeout=10_000)
+        await expect(collections).to_contain_text("ann_notes", timeout=10_000)
+        await expect(collections).to_contain_text("bob_notes")
+        await expect(page.locator("#run-list-h")).to_have_text("All runs")
+        await expect(runs.locator("tr", has_text="BOB-TASK")).to_contain_text("bob", timeout=10_000)
+        await expect(runs.locator("tr", has_text="PAGE-TASK")).to_contain_text("ann")
+        await shot(page, "signed-in-admin")
+
+        # The key was never in the address, nor in a cookie, nor kept beyond this tab.
+        assert "key" not in page.url
+        assert await page.context.cookies() == []
+        assert await page.evaluate("() => localStorage.length") == 0
+
+
+async def test_without_credentials_the_page_says_local_needs_no_sign_in(tmp_path: Path) -> None:
+    async with site(tmp_path, answering("ok")) as s, browser() as b:
+        page = await b.new_page()
+        await page.goto(s.url)
+        await expect(page.locator("#who")).to_have_text(
+            "local (admin, no sign-in needed)", timeout=10_000
+        )
+        await expect(page.locator("#key-form")).to_be_hidden()
+        await expect(page.locator("#sign-in")).to_be_hidden()
+        await expect(page.locator("#sign-out")).to_be_hidden()
+        await expect(page.locator("#run-list-h")).to_have_text("All runs")
+        await expect(page.locator("#run-list")).to_contain_text("No runs yet.", timeout=10_000)
+        await shot(page, "open-mode")
+
+
 async def test_the_api_document_renders_offline_at_docs(tmp_path: Path) -> None:
-    async with site(tmp_path, answering("ok"), keys=True) as s, browser() as b:
+    async with site(tmp_path, answering("ok"), api_keys=[KEY]) as s, browser() as b:
         page = await b.new_page()
         requested: list[str] = []
         page.on("request", lambda r: requested.append(r.url))

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .access import Grant, Principal, Readable
 from .agent import Agent, AgentResult, LoopLimits
 from .chat import ChatPipeline, StageTimeouts
 from .errors import (
+    Conflict,
+    Forbidden,
+    Hidden,
     InvalidRequest,
     NotFound,
     Overloaded,
@@ -54,7 +58,11 @@ __all__ = [
     "ChatRequest",
     "ChatResult",
     "Chunk",
+    "Conflict",
+    "Forbidden",
     "Generation",
+    "Grant",
+    "Hidden",
     "Hit",
     "InvalidRequest",
     "Lifetime",
@@ -64,11 +72,13 @@ __all__ = [
     "Message",
     "NotFound",
     "Overloaded",
+    "Principal",
     "Prompt",
     "RagLineError",
     "Ragline",
     "RaglineMiddleware",
     "RateLimited",
+    "Readable",
     "RepetitionGuard",
     "RetrieveRequest",
     "Sampling",

@@ -9,19 +9,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .ingestion import Ingestor
 from .jobs import Jobs
 from .notices import Notices
 from .providers import Records
 from .providers.coordination import ActivityLog, NoticeBus, RunLog
+from .providers.directory import GrantStore, PrincipalStore
 from .settings import Settings
 from .threads import ThreadBridge
 
-__all__ = ["Backend", "build_backend"]
+__all__ = ["Backend", "Directory", "build_backend", "keys_only"]
 
 JobsBuilder = Callable[[Ingestor, Notices, ThreadBridge], Jobs]
+
+
+@runtime_checkable
+class Directory(PrincipalStore, GrantStore, Protocol):
+    """Principals and grants, kept together (every backend keeps both in one place)."""
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Backend:
     runs: RunLog
     activities: ActivityLog
     bus: NoticeBus
+    directory: Directory  # principals and collection grants
     jobs: JobsBuilder  # (ingestor, notices, bridge) -> the job queue that runs ingestor
     built: list[object] = field(default_factory=list)
 
@@ -55,6 +62,7 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
     if s.database_url:
         from .jobs import DistributedJobs
         from .providers.postgres import PostgresPool
+        from .providers.postgres_directory import PostgresDirectory
         from .providers.postgres_records import PostgresRecords
         from .providers.postgres_shared import (
             PostgresActivities,
@@ -92,6 +100,7 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
             runs=PostgresRunLog(pool),
             activities=PostgresActivities(pool),
             bus=PostgresBus(pool),
+            directory=PostgresDirectory(pool),
             jobs=distributed,
             built=[pool],
         )
@@ -99,9 +108,11 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
     from .jobs import JobQueue
     from .providers.inprocess import InProcessActivities, InProcessBus, InProcessRunLog
     from .providers.sqlite import SqliteRecords
+    from .providers.sqlite_directory import SqliteDirectory
 
     bus = InProcessBus()
     sqlite = SqliteRecords(Path(s.data_dir) / "records.sqlite", bridge)
+    directory = SqliteDirectory(Path(s.data_dir) / "access.sqlite", bridge)
 
     def local(ingestor: Ingestor, notices: Notices, bridge: ThreadBridge) -> Jobs:
         folder = Path(s.data_dir) / "jobs"
@@ -112,7 +123,17 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
         runs=InProcessRunLog(bus),
         activities=InProcessActivities(bus),
         bus=bus,
+        directory=directory,
         jobs=local,
-        # Nothing to open: the SQLite file opens with the ingestion that uses it, and a
-        # server without retrieval makes none.
+        # The records' SQLite file opens with the ingestion that uses it (a server
+        # without retrieval makes none); the directory's always: every request needs it.
+        built=[directory],
     )
+
+
+def keys_only() -> Directory:
+    """The directory of an application that mounts ragline's middleware: no principal
+    store of its own, only the keys of ``RAGLINE_API_KEYS``."""
+    from .providers.inprocess import InProcessDirectory
+
+    return InProcessDirectory()

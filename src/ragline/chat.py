@@ -29,6 +29,7 @@ from .providers import (
     VectorStore,
 )
 from .repetition import RepetitionGuard
+from .retrieval import ReadAccess
 from .tracing import Tracing, mark_cancelled, set_attributes
 
 __all__ = ["ChatPipeline", "StageTimeouts", "estimate_tokens"]
@@ -58,11 +59,15 @@ class ChatPipeline:
         embedder: Embedder | None = None,
         store: VectorStore | None = None,
         keywords: KeywordIndex | None = None,
+        access: ReadAccess | None = None,
         timeouts: StageTimeouts = StageTimeouts(),
         repetition_guard: bool = True,
     ) -> None:
         if (embedder is None) != (store is None):
             raise ValueError("retrieval needs both an embedder and a vector store")
+        if store is not None and access is None:
+            raise ValueError("retrieval needs to know what each principal may read (access)")
+        self.access = access
         self.transformer = transformer
         self.composer = composer
         self.generator = generator
@@ -123,14 +128,24 @@ class ChatPipeline:
         """The search half of the pipeline on its own, as its ``retrieve`` stage."""
         if self.embedder is None or self.store is None:
             raise InvalidRequest("retrieval is not configured on this server", code="no_retrieval")
+        assert self.access is not None  # given with the store (__init__)
         with self._stage(lifetime, "retrieve", self.timeouts.retrieve) as (stage, span):
+            # As the lifetime's principal: the stores filter by it inside their queries.
+            readable = await self.access.readable(stage, collection)
             vectors = await self.embedder.embed([query], stage, kind="query")
-            if self.keywords is None:
-                hits = await self.store.search(vectors[0], top_k, stage, collection=collection)
+            store, keywords, vector = self.store, self.keywords, vectors[0]
+            if keywords is None:
+                hits = await store.search(
+                    vector, top_k, stage, readable=readable, collection=collection
+                )
             else:
                 pool = max(top_k * 4, 20)
-                dense = await self.store.search(vectors[0], pool, stage, collection=collection)
-                lexical = await self.keywords.search(query, pool, stage, collection=collection)
+                dense = await store.search(
+                    vector, pool, stage, readable=readable, collection=collection
+                )
+                lexical = await keywords.search(
+                    query, pool, stage, readable=readable, collection=collection
+                )
                 hits = fuse([dense, lexical], top_k)
             span.set_attribute("ragline.hits", len(hits))
         return hits

@@ -20,7 +20,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .access import normalize_entries
 from .discovery import SUFFIXES, discover, find, os_reason, relative_name
+from .errors import InvalidRequest
 from .models import Document, DocumentProblem
 from .prose import html_text, markdown_title
 
@@ -32,6 +34,7 @@ __all__ = [
     "discover",
     "load",
     "load_all",
+    "read_acl",
 ]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
@@ -217,7 +220,21 @@ def _json_document(line: str, number: int, source: str) -> Document | DocumentPr
         return DocumentProblem(source, doc_id, "empty")
     if not isinstance(metadata, dict):
         return DocumentProblem(source, doc_id, "metadata must be an object")
-    return Document(doc_id, text, source, metadata)
+    try:
+        acl = read_acl(record.get("acl"))
+    except InvalidRequest as exc:
+        return DocumentProblem(source, doc_id, exc.message)
+    return Document(doc_id, text, source, metadata, acl)
+
+
+def read_acl(raw: object) -> tuple[str, ...]:
+    """A document's ``"acl": {"read": [...]}``, checked; () for none."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or set(raw) - {"read"} or not isinstance(raw.get("read"), list):
+        raise InvalidRequest('acl must be {"read": ["user:NAME", "group:NAME", ...]}', param="acl")
+    entries = normalize_entries(raw["read"], "acl.read")
+    return () if "*" in entries else entries
 
 
 def _load_pdf(data: bytes, name: str) -> Document | DocumentProblem:

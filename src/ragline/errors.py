@@ -11,6 +11,9 @@ through its lifetime. Only a timeout that belongs to a stage becomes an error.
 from __future__ import annotations
 
 __all__ = [
+    "Conflict",
+    "Forbidden",
+    "Hidden",
     "InvalidRequest",
     "NotFound",
     "Overloaded",
@@ -28,9 +31,11 @@ class RagLineError(Exception):
 
     code = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if code is not None:  # a more precise code than the class's own
+            self.code = code
 
 
 class InvalidRequest(RagLineError):
@@ -39,10 +44,8 @@ class InvalidRequest(RagLineError):
     code = "invalid_request"
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, code=code)
         self.param = param
-        if code is not None:
-            self.code = code
 
 
 class Unauthorized(RagLineError):
@@ -56,10 +59,32 @@ class NotFound(RagLineError):
 
     code = "not_found"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
+
+class Hidden(NotFound):
+    """Something the caller may not see, answered exactly as if it did not exist (404):
+    another member's run, job or collection. ``principal`` names who asked, for the
+    audit log (never their key)."""
+
+    def __init__(self, message: str, *, code: str, principal: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.principal = principal
+
+
+class Forbidden(RagLineError):
+    """Something the caller may see but not do (403): writing a collection they may
+    only read."""
+
+    code = "forbidden"
+
+    def __init__(self, message: str, *, code: str | None = None, principal: str | None = None):
+        super().__init__(message, code=code)
+        self.principal = principal
+
+
+class Conflict(RagLineError):
+    """The request clashes with what exists (409): a principal's name is taken."""
+
+    code = "conflict"
 
 
 class StageTimeout(RagLineError, TimeoutError):

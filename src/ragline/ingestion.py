@@ -24,6 +24,7 @@ from typing import Any
 
 import anyio
 
+from .access import acl_class
 from .chunking import Chunker
 from .documents import Document, DocumentProblem
 from .lifetime import CancelReason, Cause, Lifetime
@@ -141,18 +142,17 @@ class Ingestor:
         self.batch_size = batch_size
 
     def _hash(self, document: Document) -> str:
-        material = json.dumps(
-            [
-                document.text,
-                dict(document.metadata),
-                document.source,
-                self.embedder.model,
-                self.chunker.size,
-                self.chunker.overlap,
-            ],
-            sort_keys=True,
-            default=str,
-        )
+        parts: list[Any] = [
+            document.text,
+            dict(document.metadata),
+            document.source,
+            self.embedder.model,
+            self.chunker.size,
+            self.chunker.overlap,
+        ]
+        if document.acl:  # a new ACL is a change; no ACL hashes as it did before ACLs
+            parts.append(list(document.acl))
+        material = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(material.encode()).hexdigest()
 
     async def collect_garbage(self, collection: str, lifetime: Lifetime, *, owner: str) -> int:
@@ -270,6 +270,7 @@ class _Run:
                     source=document.source,
                     vector=(),
                     generation=generation,
+                    acl=acl_class(document.acl),
                 )
                 batch.append((pending, chunk))
                 if len(batch) == ing.batch_size:
@@ -314,7 +315,7 @@ class _Run:
         ing, lifetime, progress = self.ingestor, self.lifetime, self.progress
         batch, vectors = done
         chunks = [
-            Chunk(c.id, c.document_id, c.chunk_index, c.text, c.source, vector, c.generation)
+            Chunk(c.id, c.document_id, c.chunk_index, c.text, c.source, vector, c.generation, c.acl)
             for (_, c), vector in zip(batch, vectors, strict=True)
         ]
         await ing.store.upsert(chunks, lifetime, collection=self.collection)
@@ -333,6 +334,7 @@ class _Run:
                 content_hash=pending.content_hash,
                 chunks=pending.chunks,
                 source=pending.document.source,
+                readers=pending.document.acl,
             )
             progress.documents_done += 1
         if self.on_progress is not None:

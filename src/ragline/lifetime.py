@@ -179,6 +179,11 @@ class Lifetime:
         """One carried value."""
         return self._values.get(key, default)
 
+    def bind(self, key: str, value: Any) -> None:
+        """Carry ``value`` from now on: for an owner that learns it after making the
+        lifetime (the boundary learns who the caller is), before any child exists."""
+        self._values[key] = value
+
     @property
     def reason(self) -> CancelReason | None:
         """The earliest cancellation on this lifetime's chain, or ``None``."""

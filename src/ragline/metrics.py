@@ -31,6 +31,13 @@ class Metrics:
             ["cause", "owner"],
             registry=r,
         )
+        self.access_denied = Counter(
+            "ragline_access_denied",
+            "Requests refused: a bad credential (401), or an object, collection or admin "
+            "route the caller may not touch (403, 404)",
+            ["route"],
+            registry=r,
+        )
         self.stage_timeouts = Counter(
             "ragline_stage_timeouts",
             "Stages that ran past their own deadline",

@@ -33,9 +33,11 @@ from opentelemetry import trace
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .backend import keys_only
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
 from .outcomes import Outcomes
+from .principals import Principals
 from .server.boundary import Boundary, Policy, request_context
 from .settings import Settings
 from .tracing import Tracing
@@ -62,6 +64,8 @@ class Ragline:
         self.tracing = Tracing(trace.get_tracer_provider())
         self.metrics = Metrics()
         self.outcomes = Outcomes(self.settings.outcomes_kept)
+        # The keys of RAGLINE_API_KEYS only (no principal store of its own).
+        self.principals = Principals(self.settings.api_keys, keys_only())
 
     def shutdown(self, detail: str = "") -> None:
         """Cancel every request in flight with cause ``shutdown``. Loop thread only."""

@@ -245,6 +245,7 @@ class Chunk:
     source: str
     vector: Sequence[float]
     generation: int = 0
+    acl: int = 0  # its document's ACL class (ragline.access.acl_class); 0: no ACL
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,12 +337,15 @@ class Generation:
 
 @dataclass(frozen=True)
 class Document:
-    """A document's text and where it came from; ``metadata`` is read-only."""
+    """A document's text and where it came from; ``metadata`` is read-only. ``acl``:
+    who may read it (``user:NAME``, ``group:NAME``), narrowing its collection's grant;
+    empty: whoever may read the collection."""
 
     id: str
     text: str
     source: str
     metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    acl: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # A frozen dataclass still hands out its dict: copy it behind a read-only view.

@@ -24,7 +24,7 @@ class Outcome:
     """How one request ended. The pipeline adds what its generations produced."""
 
     request_id: str
-    owner: str | None = None  # a digest of the API key that made the request
+    owner: str | None = None  # the name of the principal that made the request
     route: str = ""
     status: int | None = None
     cause: str | None = None
@@ -69,9 +69,6 @@ class Outcomes:
         while len(self._found) > self._kept:
             self._found.popitem(last=False)
 
-    def get(self, request_id: str, owner: str | None) -> Outcome | None:
-        """The outcome of ``request_id`` if ``owner`` made it."""
-        found = self._found.get(request_id)
-        if found is None or found.owner != owner:
-            return None
-        return found
+    def get(self, request_id: str) -> Outcome | None:
+        """The outcome of ``request_id``, whoever made it (see its ``owner``)."""
+        return self._found.get(request_id)

@@ -13,11 +13,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from .access import Readable
 from .lifetime import Lifetime
 from .models import Chunk, Hit
 from .providers import RecordStore, VectorStore
 
-__all__ = ["GenerationIndex", "RecordKeywords", "VisibleStore"]
+__all__ = ["GenerationIndex", "ReadAccess", "ReadAll", "RecordKeywords", "VisibleStore"]
+
+
+@runtime_checkable
+class ReadAccess(Protocol):
+    """What the principal of a lifetime may find in a collection
+    (:class:`ragline.grants.Grants` in ragline's application)."""
+
+    async def readable(self, lifetime: Lifetime, collection: str | None) -> Readable:
+        """The ACL classes a search may return; refuses a collection the principal may
+        not read (404)."""
+        ...
+
+
+class ReadAll:
+    """Every principal reads everything: for a pipeline without principals (a library
+    user's own, tests)."""
+
+    async def readable(self, lifetime: Lifetime, collection: str | None) -> Readable:
+        await lifetime.checkpoint()
+        return Readable.everything()
 
 
 @runtime_checkable
@@ -52,13 +73,17 @@ class VisibleStore:
         top_k: int,
         lifetime: Lifetime,
         *,
+        readable: Readable,
         collection: str | None = None,
     ) -> list[Hit]:
-        """The best ``top_k`` visible hits; over-fetches to make up for invisible ones."""
+        """The best ``top_k`` visible hits of ``readable`` documents; over-fetches to
+        make up for invisible generations (the ACL filter is the store's own)."""
         name = collection or self.default_collection
         fetch = top_k * 2
         while True:
-            hits = await self.store.search(vector, fetch, lifetime, collection=name)
+            hits = await self.store.search(
+                vector, fetch, lifetime, readable=readable, collection=name
+            )
             managed = [h.document_id for h in hits if h.generation > 0]
             active = await self.generations.active(name, managed, lifetime) if managed else {}
             visible = [
@@ -87,8 +112,14 @@ class RecordKeywords:
         self.default_collection = default_collection
 
     async def search(
-        self, query: str, top_k: int, lifetime: Lifetime, *, collection: str | None = None
+        self,
+        query: str,
+        top_k: int,
+        lifetime: Lifetime,
+        *,
+        readable: Readable,
+        collection: str | None = None,
     ) -> list[Hit]:
-        """The best ``top_k`` chunks for the query's words."""
+        """The best ``top_k`` chunks of ``readable`` documents for the query's words."""
         name = collection or self.default_collection
-        return await self.records.keyword_search(name, query, top_k, lifetime)
+        return await self.records.keyword_search(name, query, top_k, lifetime, readable=readable)

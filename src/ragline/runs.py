@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import anyio
 
+from .access import principal_of
 from .agent import Agent, AgentResult, LoopLimits
 from .errors import NotFound, Overloaded, RagLineError, StageTimeout, UpstreamError
 from .lifetime import Cause, Lifetime
@@ -30,7 +31,7 @@ from .providers.coordination import Notice, RunLog, RunSave, WorkKey
 from .supervisor import Supervisor
 from .tools import ToolRegistry
 
-__all__ = ["Run", "RunState", "Runs"]
+__all__ = ["Run", "RunState", "Runs", "missing_run"]
 
 log = logging.getLogger("ragline.runs")
 
@@ -50,6 +51,7 @@ class Run:
     id: str
     request: ChatRequest
     lifetime: Lifetime
+    owner: str  # the principal who started it
     created_at: float = field(default_factory=time.time)
     state: RunState = "running"
     finished_at: float | None = None
@@ -83,6 +85,8 @@ class Run:
         reason = self.lifetime.reason if self.state == "cancelled" else None
         return {
             "id": self.id,
+            "owner": self.owner,
+            "query": self.request.query,
             "state": self.state,
             "finish_reason": result.usage.finish_reason,
             "cause": str(reason.cause) if reason else None,
@@ -95,6 +99,11 @@ class Run:
             "sources": [s.model_dump(mode="json") for s in result.sources],
             "error": self.error,
         }
+
+
+def missing_run(run_id: str) -> NotFound:
+    """The 404 of a run that does not exist (or is not the caller's)."""
+    return NotFound(f"no run {run_id!r}", code="run_not_found")
 
 
 class Runs:
@@ -131,7 +140,8 @@ class Runs:
         tools: ToolRegistry,
         limits: LoopLimits,
     ) -> Run:
-        """Start a run detached from ``owner`` (the request)."""
+        """Start a run detached from ``owner`` (the request), for its principal."""
+        principal = principal_of(owner)
         if self._active >= self.max_active:
             raise Overloaded(f"{self._active} runs are in flight already; try again later")
         run_id = f"run_{uuid.uuid4().hex}"
@@ -140,7 +150,7 @@ class Runs:
             limits = limits.tightened(deadline=timeout)
         backstop = limits.deadline + _BACKSTOP if limits.deadline is not None else None
         lifetime = owner.detach("run", timeout=backstop, values={"run_id": run_id})
-        run = Run(id=run_id, request=request, lifetime=lifetime)
+        run = Run(id=run_id, request=request, lifetime=lifetime, owner=principal.name)
 
         async def work(life: Lifetime) -> None:
             try:
@@ -156,7 +166,7 @@ class Runs:
         self.supervisor.start(lifetime, work)  # may refuse: then nothing is registered
         self._runs[run_id] = run
         self._active += 1
-        log.info("run started", extra={"run_id": run_id})
+        log.info("run started", extra={"run_id": run_id, "principal": principal.name})
         return run
 
     async def _work(
@@ -221,7 +231,7 @@ class Runs:
             return run.snapshot()
         found = await self.log.run(run_id, lifetime)
         if found is None:
-            raise NotFound(f"no run {run_id!r}", code="run_not_found")
+            raise missing_run(run_id)
         return found
 
     async def cancel_anywhere(self, run_id: str, lifetime: Lifetime) -> dict[str, Any]:
@@ -243,7 +253,7 @@ class Runs:
         """The run called ``run_id``."""
         run = self._runs.get(run_id)
         if run is None:
-            raise NotFound(f"no run {run_id!r}", code="run_not_found")
+            raise missing_run(run_id)
         return run
 
     def cancel(self, run_id: str) -> Run:

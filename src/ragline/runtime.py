@@ -23,10 +23,13 @@ from .factory import (
     build_transformer,
     open_parts,
 )
-from .jobs import JobInput, Jobs
+from .grants import Grants
+from .jobs import SYSTEM, JobInput, Jobs
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
+from .oidc import OidcVerifier
 from .outcomes import Outcomes
+from .principals import Principals
 from .providers import (
     Embedder,
     Generator,
@@ -86,6 +89,19 @@ class Runtime:
         self._parts.extend(backend.built)  # first: it closes last
         self.records = backend.records
         self.notices = backend.notices()
+        # Who asks, and what they may read.
+        self.principals = Principals(
+            settings.api_keys,
+            backend.directory,
+            principals_file=settings.principals_file,
+            oidc=OidcVerifier.from_settings(settings),
+        )
+        self.grants = Grants(
+            backend.directory,
+            backend.records,
+            self.principals,
+            default_collection=settings.collection,
+        )
         self.jobs: Jobs | None = None
         keywords: KeywordIndex | None = None
         if settings.retrieval:
@@ -116,6 +132,7 @@ class Runtime:
             embedder=embedder,
             store=store,
             keywords=keywords,
+            access=self.grants if store is not None else None,
             tracing=self.tracing,
             metrics=self.metrics,
             timeouts=StageTimeouts(
@@ -157,6 +174,7 @@ class Runtime:
                 backend.activities,
                 self.notices,
                 agent=self.agent,
+                grants=self.grants,
             )
             self._parts.append(self.teams)
 
@@ -187,7 +205,8 @@ class Runtime:
             documents = await self.records.documents(self.settings.collection, lifetime)
             pending = await self.records.jobs(lifetime, states=["queued", "running"])
             if not documents and not pending:
-                job_id = await self.jobs.submit(lifetime, JobInput(None, paths=[Path(folder)]))
+                job = JobInput(None, paths=[Path(folder)], owner=SYSTEM)
+                job_id = await self.jobs.submit(lifetime, job)
                 log.info("ingesting the seed documents", extra={"job_id": job_id, "path": seed})
 
     @asynccontextmanager

@@ -6,7 +6,7 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .models import Sampling
@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=256)  # server processes on one socket (`serve --workers`)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     allow_public_without_auth: bool = False
+    # Principals declared in a TOML file (name, groups, admin, the SHA-256 of the key),
+    # beside the ones made over HTTP or with `ragline principals`: docs/DEPLOY.md.
+    principals_file: str | None = None
+    # Bearer JWTs of an OpenID Connect issuer (Entra ID…) as principals: docs/DEPLOY.md.
+    oidc_jwks_url: str | None = None
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_name_claim: str = "preferred_username"
+    oidc_groups_claim: str = "groups"
+    oidc_admin_group: str | None = None  # members of this group are admins
+    oidc_algorithms: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["RS256"])
     max_body_bytes: int = Field(1_048_576, ge=1024)
     request_deadline: Seconds = 120.0
     shutdown_grace: float = Field(2.0, gt=0, le=60)
@@ -196,6 +207,10 @@ class Settings(BaseSettings):
     bot_top_k: int = Field(4, ge=1, le=50)
     bot_connector_timeout: float = Field(15.0, gt=0)
     bot_tools: Annotated[list[str], NoDecode] = Field(default_factory=list)  # [] = plain RAG
+    # Which principal each Teams user is, and which collections a team or channel answers
+    # from (a TOML file: docs/TEAMS.md); unset: every Teams user is a member with no
+    # groups, who reads what everyone may (the default collection).
+    teams_mapping: str | None = None
 
     # -- lifecycle and observability ---------------------------------------------------------
     thread_orphan_grace: float = Field(5.0, gt=0)
@@ -203,7 +218,15 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
-    @field_validator("api_keys", "ingest_roots", "tools", "bot_tools", "llm_stop", mode="before")
+    @field_validator(
+        "api_keys",
+        "ingest_roots",
+        "tools",
+        "bot_tools",
+        "llm_stop",
+        "oidc_algorithms",
+        mode="before",
+    )
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -255,6 +278,16 @@ class Settings(BaseSettings):
         """A bot turn's own limit: none while debugging."""
         return None if self.bot_debug else self.bot_process_activity_timeout
 
+    @model_validator(mode="after")
+    def _oidc_whole(self) -> Settings:
+        given = [self.oidc_jwks_url, self.oidc_issuer, self.oidc_audience]
+        if any(given) and not all(given):
+            raise ValueError(
+                "OIDC needs RAGLINE_OIDC_JWKS_URL, RAGLINE_OIDC_ISSUER and "
+                "RAGLINE_OIDC_AUDIENCE together"
+            )
+        return self
+
     @property
     def bot_enabled(self) -> bool:
         """Whether ``POST /api/messages`` serves a bot."""
@@ -267,7 +300,8 @@ class Settings(BaseSettings):
                 f"refusing to bind {host} with RAGLINE_BOT_AUTH=off: unauthenticated bot "
                 "activities are only accepted on a loopback address such as 127.0.0.1"
             )
-        if not self.api_keys and not is_loopback(host) and not self.allow_public_without_auth:
+        keyed = self.api_keys or self.principals_file or self.oidc_jwks_url
+        if not keyed and not is_loopback(host) and not self.allow_public_without_auth:
             raise ValueError(
                 f"refusing to bind {host} with no RAGLINE_API_KEYS set; set keys, bind "
                 "127.0.0.1, or set RAGLINE_ALLOW_PUBLIC_WITHOUT_AUTH=true"

@@ -41,6 +41,14 @@ def _serve(args: argparse.Namespace) -> int:
     inherited = os.environ.get(FD_VARIABLE)
     try:
         check_processes(settings, workers)
+        if workers > 1 and settings.bot_enabled and settings.teams_mapping:
+            from ..teams.members import MappingFile
+
+            MappingFile.load(settings.teams_mapping)  # here once, not in a restart loop
+        if workers > 1 and settings.principals_file:
+            from ..principal_file import read_principals_file
+
+            read_principals_file(settings.principals_file)  # the same: once, here
         app = None if workers > 1 and inherited is None else create_app(settings)
     except ValueError as exc:  # settings that do not fit together
         print(f"ragline: {exc}", file=sys.stderr)
@@ -222,6 +230,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "`milvus` wheel (default: lite)",
     )
     cluster.set_defaults(func=_cluster)
+    from .principals import add_arguments
+
+    add_arguments(
+        commands.add_parser(
+            "principals",
+            help="make, list, re-key and remove principals and their keys (docs/DEPLOY.md)",
+        )
+    )
     check = commands.add_parser(
         "check", help="find dropped lifetimes and other lifecycle mistakes (docs/CHECK.md)"
     )

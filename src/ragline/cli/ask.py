@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import anyio
 import httpx
 
+from ..access import LOCAL
 from ..errors import RagLineError
 from ..lifetime import CancelReason, Cause, Lifetime
 from ..models import ChatRequest, ChatResult, Source
@@ -154,7 +155,8 @@ async def _local(
     result = ChatResult()
     try:
         async with runtime.running():
-            with runtime.lifetime.child("ask") as lifetime:
+            # Whoever can open the data directory reads all of it: an administrator.
+            with runtime.lifetime.child("ask", values={"principal": LOCAL}) as lifetime:
                 request = ChatRequest(query=question, top_k=top_k)
                 await runtime.pipeline.run(request, lifetime, on_delta=on_delta, into=result)
             # Read before leaving: leaving the runtime cancels it with cause shutdown.

@@ -3,11 +3,12 @@ this process (the embedded default), :class:`DistributedJobs` as parts that ever
 process of a cluster takes. Which one a deployment gets is decided in one place,
 :func:`ragline.backend.build_backend`."""
 
-from .contract import TERMINAL, JobInput, Jobs, allowed_path, load_inputs
+from .contract import SYSTEM, TERMINAL, JobInput, Jobs, allowed_path, load_inputs, missing_job
 from .distributed import DistributedJobs
 from .local import JobQueue
 
 __all__ = [
+    "SYSTEM",
     "TERMINAL",
     "DistributedJobs",
     "JobInput",
@@ -15,4 +16,5 @@ __all__ = [
     "Jobs",
     "allowed_path",
     "load_inputs",
+    "missing_job",
 ]

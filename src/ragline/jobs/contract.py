@@ -4,7 +4,7 @@ they share."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -14,9 +14,19 @@ from ..lifetime import Lifetime
 from ..providers import JobStore
 from ..threads import CancelToken
 
-__all__ = ["TERMINAL", "JobInput", "Jobs", "allowed_path", "load_inputs", "stored_job"]
+__all__ = [
+    "SYSTEM",
+    "TERMINAL",
+    "JobInput",
+    "Jobs",
+    "allowed_path",
+    "load_inputs",
+    "missing_job",
+    "stored_job",
+]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+SYSTEM = "ragline"  # the owner of the work ragline starts itself (the seed documents)
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,8 @@ class JobInput:
     paths: Sequence[Path] = ()
     documents: Sequence[dict[str, Any]] = ()
     uploads: Sequence[tuple[str, bytes]] = ()
+    owner: str = ""  # the principal who submitted it (SYSTEM: ragline itself)
+    acl: Sequence[str] = ()  # who may read the documents of its paths and uploads
 
 
 @runtime_checkable
@@ -68,8 +80,13 @@ async def stored_job(
     """A job's (state, body) from the job store; 404 when there is none."""
     found = await records.job(job_id, lifetime)
     if found is None:
-        raise NotFound(f"no ingestion job {job_id!r}", code="job_not_found")
+        raise missing_job(job_id)
     return found
+
+
+def missing_job(job_id: str) -> NotFound:
+    """The 404 of a job that does not exist (or is not the caller's)."""
+    return NotFound(f"no ingestion job {job_id!r}", code="job_not_found")
 
 
 def allowed_path(raw: str, roots: list[Path]) -> Path:
@@ -89,6 +106,12 @@ def allowed_path(raw: str, roots: list[Path]) -> Path:
     return path
 
 
-def load_inputs(token: CancelToken, inputs: list[Path], max_bytes: int) -> Any:
-    """A job's inputs as (documents, problems), on the thread bridge."""
-    return load_all(inputs, max_bytes=max_bytes)
+def load_inputs(
+    token: CancelToken, inputs: list[Path], max_bytes: int, acl: Sequence[str] = ()
+) -> Any:
+    """A job's inputs as (documents, problems), on the thread bridge; a document that
+    carries no ACL of its own gets the job's ``acl``."""
+    documents, problems = load_all(inputs, max_bytes=max_bytes)
+    if acl:
+        documents = [d if d.acl else replace(d, acl=tuple(acl)) for d in documents]
+    return documents, problems

@@ -143,6 +143,8 @@ class DistributedJobs:
         job_id = uuid.uuid4().hex
         body = {
             "collection": job.collection or self.default_collection,
+            "owner": job.owner,
+            "acl": list(job.acl),
             "prune": job.prune,  # once every part has succeeded (see JobParts.save_part)
             "inputs": [p for paths_, _ in parts for p in paths_],
             "parts": len(parts),
@@ -180,6 +182,7 @@ class DistributedJobs:
             "job_id": job_id,
             "state": state,
             "collection": body["collection"],
+            "owner": body.get("owner"),
             "progress": summed,
             "parts": [{"part": p["part"], "state": p["state"]} for p in parts],
             "error": "; ".join(errors) or None,
@@ -297,7 +300,7 @@ class DistributedJobs:
                     inputs = [Path(p) for p in paths]
                     inputs += await self.bridge.run(lifetime, _write, Path(scratch), files)
                     documents, problems = await self.bridge.run(
-                        lifetime, load_inputs, inputs, self.max_document_bytes
+                        lifetime, load_inputs, inputs, self.max_document_bytes, body.get("acl", ())
                     )
                     seen += [d.id for d in documents] + [p.document_id for p in problems]
                     await self.ingestor.run(

@@ -77,6 +77,8 @@ class JobQueue:
             )
         body = {
             "collection": job.collection or self.default_collection,
+            "owner": job.owner,
+            "acl": list(job.acl),
             "prune": job.prune,
             "inputs": inputs,
             "submitted": time.time(),
@@ -97,6 +99,7 @@ class JobQueue:
             "job_id": job_id,
             "state": state,
             "collection": body["collection"],
+            "owner": body.get("owner"),
             "progress": progress,
             "error": body.get("error"),
             "cause": body.get("cause"),
@@ -135,7 +138,7 @@ class JobQueue:
         try:
             inputs = [Path(p) for p in body["inputs"]]
             documents, problems = await self.bridge.run(
-                lifetime, load_inputs, inputs, self.max_document_bytes
+                lifetime, load_inputs, inputs, self.max_document_bytes, body.get("acl", ())
             )
             await self.ingestor.run(
                 documents,

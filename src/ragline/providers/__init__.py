@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from ..access import Readable
 from ..lifetime import Lifetime
 from ..models import ChatRequest, Chunk, DocumentRecord, Generation, Hit, Prompt
 
@@ -59,7 +60,9 @@ class VectorStore(Protocol):
     """Stores chunks with their vectors and finds the nearest ones, per collection.
 
     ``collection=None`` means the store's default collection. Searching a collection
-    that does not exist finds nothing. Upserting a chunk id again replaces it.
+    that does not exist finds nothing. Upserting a chunk id again replaces it. A search
+    returns only chunks whose ACL class is ``readable``, filtered inside the query, so
+    ``top_k`` is filled from those.
     """
 
     async def search(
@@ -68,6 +71,7 @@ class VectorStore(Protocol):
         top_k: int,
         lifetime: Lifetime,
         *,
+        readable: Readable,
         collection: str | None = None,
     ) -> list[Hit]: ...
 
@@ -82,10 +86,17 @@ class VectorStore(Protocol):
 
 @runtime_checkable
 class KeywordIndex(Protocol):
-    """Lexical (BM25) search over the same chunks, for hybrid retrieval."""
+    """Lexical (BM25) search over the same chunks, for hybrid retrieval; only chunks of
+    ``readable`` ACL classes, as :class:`VectorStore`."""
 
     async def search(
-        self, query: str, top_k: int, lifetime: Lifetime, *, collection: str | None = None
+        self,
+        query: str,
+        top_k: int,
+        lifetime: Lifetime,
+        *,
+        readable: Readable,
+        collection: str | None = None,
     ) -> list[Hit]: ...
 
 
@@ -136,8 +147,10 @@ class RecordStore(Protocol):
         content_hash: str,
         chunks: int,
         source: str,
+        readers: Sequence[str],
     ) -> None:
-        """Make ``generation`` the visible one and retire the previous, atomically."""
+        """Make ``generation`` the visible one and retire the previous, atomically; the
+        document's ACL (``readers``; empty: none) takes effect with it."""
         ...
 
     async def prune(self, collection: str, keep: Collection[str], lifetime: Lifetime) -> int:
@@ -162,9 +175,14 @@ class RecordStore(Protocol):
         ...
 
     async def keyword_search(
-        self, collection: str, query: str, limit: int, lifetime: Lifetime
+        self, collection: str, query: str, limit: int, lifetime: Lifetime, *, readable: Readable
     ) -> list[Hit]:
-        """Visible chunks ranked for the query's words, best first."""
+        """Visible chunks of ``readable`` documents ranked for the query's words, best
+        first (the ACL filter is in the same query)."""
+        ...
+
+    async def acl_classes(self, collection: str, lifetime: Lifetime) -> dict[int, list[str]]:
+        """The read entries of each ACL class that a document of ``collection`` has had."""
         ...
 
     async def touch_collection(

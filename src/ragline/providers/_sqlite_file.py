@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..access import acl_class
 from ..models import Chunk, DocumentRecord, Hit
 
 __all__ = ["SqliteFile"]
@@ -38,6 +39,9 @@ CREATE VIRTUAL TABLE IF NOT EXISTS chunk_text USING fts5(
 CREATE TABLE IF NOT EXISTS collections (
     name TEXT PRIMARY KEY, embedding_model TEXT NOT NULL, dimensions INTEGER NOT NULL,
     last_ingestion REAL);
+CREATE TABLE IF NOT EXISTS acl_classes (
+    collection TEXT NOT NULL, acl INTEGER NOT NULL, readers TEXT NOT NULL,
+    PRIMARY KEY (collection, acl));
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, state TEXT NOT NULL, body TEXT NOT NULL, created_at REAL NOT NULL,
     updated_at REAL NOT NULL);
@@ -54,6 +58,9 @@ class SqliteFile:
         self._lock = threading.Lock()
         with self._lock:
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
+            if "acl" not in columns:  # a file from before document ACLs
+                self._db.execute("ALTER TABLE documents ADD COLUMN acl INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         """Close the file."""
@@ -149,21 +156,26 @@ class SqliteFile:
                         ),
                     )
 
-    def keyword_search(self, collection: str, query: str, limit: int) -> list[Hit]:
-        """BM25 over the visible chunks' text (SQLite FTS5), best first. The score is
-        BM25's, higher is better."""
+    def keyword_search(
+        self, collection: str, query: str, limit: int, classes: Collection[int] | None
+    ) -> list[Hit]:
+        """BM25 over the visible chunks' text (SQLite FTS5), best first, of documents of
+        the ACL ``classes`` (None: all). The score is BM25's, higher is better."""
         words = re.findall(r"\w+", query.lower())
         if not words:
             return []
         match = " OR ".join(f'"{word}"' for word in words)
+        only = ""
+        if classes is not None:
+            only = f"AND documents.acl IN ({','.join(str(int(c)) for c in sorted(classes))}) "
         rows = self._query(
             "SELECT chunk_text.document_id, chunk_text.chunk_index, chunk_text.text, "
             "chunk_text.source, -bm25(chunk_text) AS score, chunk_text.generation "
             "FROM chunk_text JOIN documents ON documents.collection = chunk_text.collection "
             "AND documents.document_id = chunk_text.document_id "
             "AND documents.generation = chunk_text.generation "
-            "WHERE chunk_text MATCH ? AND chunk_text.collection = ? "
-            "ORDER BY bm25(chunk_text) LIMIT ?",
+            "WHERE chunk_text MATCH ? AND chunk_text.collection = ? " + only + "ORDER BY "
+            "bm25(chunk_text) LIMIT ?",
             (match, collection, limit),
         )
         return [
@@ -182,11 +194,18 @@ class SqliteFile:
         content_hash: str,
         chunks: int,
         source: str,
+        readers: Sequence[str],
     ) -> None:
         """Make ``generation`` the visible one, in one transaction; the previous one is
-        retired (its chunks are deleted afterwards, as garbage)."""
+        retired (its chunks are deleted afterwards, as garbage). The document's ACL
+        class comes with it."""
+        acl = acl_class(readers)
         self._transaction(
             [
+                (
+                    "INSERT INTO acl_classes VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    (collection, acl, json.dumps(sorted(set(readers)))),
+                ),
                 (
                     "UPDATE generations SET state = 'retired' "
                     "WHERE collection = ? AND document_id = ? AND state = 'active'",
@@ -198,11 +217,13 @@ class SqliteFile:
                     (collection, document_id, generation),
                 ),
                 (
-                    "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "INSERT INTO documents (collection, document_id, content_hash, "
+                    "generation, chunks, source, updated_at, acl) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (collection, document_id) DO UPDATE SET "
                     "content_hash = excluded.content_hash, generation = excluded.generation, "
                     "chunks = excluded.chunks, source = excluded.source, "
-                    "updated_at = excluded.updated_at",
+                    "updated_at = excluded.updated_at, acl = excluded.acl",
                     (
                         collection,
                         document_id,
@@ -211,6 +232,7 @@ class SqliteFile:
                         chunks,
                         source,
                         time.time(),
+                        acl,
                     ),
                 ),
             ]
@@ -274,6 +296,13 @@ class SqliteFile:
                 ),
             ]
         )
+
+    def acl_classes(self, collection: str) -> dict[int, list[str]]:
+        """The read entries of each ACL class documents of ``collection`` have had."""
+        rows = self._query(
+            "SELECT acl, readers FROM acl_classes WHERE collection = ?", (collection,)
+        )
+        return {int(r[0]): json.loads(r[1]) for r in rows}
 
     # -- collections and jobs ---------------------------------------------------------------
     def touch_collection(self, name: str, model: str, dimensions: int) -> None:

@@ -145,6 +145,13 @@ class RunLog(Protocol):
         """A run's saved events from number ``first`` on."""
         ...
 
+    async def runs(
+        self, lifetime: Lifetime, *, owner: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` runs' snapshots, newest first; only ``owner``'s unless
+        None."""
+        ...
+
 
 @runtime_checkable
 class ActivityLog(Protocol):

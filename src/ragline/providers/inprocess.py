@@ -7,17 +7,18 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ..access import Grant, Principal
 from ..lifetime import Lifetime
 from .coordination import Notice, RunEvent, RunSave, WorkKey
 
-__all__ = ["InProcessActivities", "InProcessBus", "InProcessRunLog"]
+__all__ = ["InProcessActivities", "InProcessBus", "InProcessDirectory", "InProcessRunLog"]
 
 
 class InProcessBus:
@@ -89,6 +90,18 @@ class InProcessRunLog:
         await lifetime.checkpoint()
         found = self._runs.get(run_id)
         return [e for e in found.events if e[0] >= first] if found is not None else []
+
+    async def runs(
+        self, lifetime: Lifetime, *, owner: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        await lifetime.checkpoint()
+        mine = [
+            dict(r.snapshot)
+            for r in self._runs.values()
+            if owner is None or r.snapshot.get("owner") == owner
+        ]
+        mine.sort(key=lambda snapshot: snapshot.get("created_at") or 0.0, reverse=True)
+        return mine[:limit]
 
 
 @dataclass
@@ -162,3 +175,66 @@ class InProcessActivities:
             waiting.pop(activity.seq, None)
             if not waiting:
                 del self._open[activity.conversation_id]
+
+
+class InProcessDirectory:
+    """:class:`~ragline.providers.directory.PrincipalStore` and
+    :class:`~ragline.providers.directory.GrantStore` in memory: for an application that
+    mounts ragline's middleware with the keys of ``RAGLINE_API_KEYS`` only, and tests."""
+
+    def __init__(self) -> None:
+        self._principals: dict[str, tuple[Principal, str]] = {}
+        self._grants: dict[str, Grant] = {}
+
+    async def add_principal(self, principal: Principal, digest: str, lifetime: Lifetime) -> bool:
+        await lifetime.checkpoint()
+        if principal.name in self._principals:
+            return False
+        self._principals[principal.name] = (principal, digest)
+        return True
+
+    async def principals(self, lifetime: Lifetime) -> list[Principal]:
+        await lifetime.checkpoint()
+        return [p for _, (p, _d) in sorted(self._principals.items())]
+
+    async def find_key(self, digest: str, lifetime: Lifetime) -> Principal | None:
+        await lifetime.checkpoint()
+        return next((p for p, d in self._principals.values() if d == digest), None)
+
+    async def replace_key(self, name: str, digest: str, lifetime: Lifetime) -> bool:
+        await lifetime.checkpoint()
+        if name not in self._principals:
+            return False
+        self._principals[name] = (self._principals[name][0], digest)
+        return True
+
+    async def remove_principal(self, name: str, lifetime: Lifetime) -> bool:
+        await lifetime.checkpoint()
+        return self._principals.pop(name, None) is not None
+
+    async def grant(self, collection: str, lifetime: Lifetime) -> Grant | None:
+        await lifetime.checkpoint()
+        return self._grants.get(collection)
+
+    async def grants(self, lifetime: Lifetime) -> dict[str, Grant]:
+        await lifetime.checkpoint()
+        return dict(self._grants)
+
+    async def claim(self, collection: str, creator: str, lifetime: Lifetime) -> Grant:
+        await lifetime.checkpoint()
+        return self._grants.setdefault(collection, Grant(creator=creator))
+
+    async def set_grant(
+        self,
+        collection: str,
+        read: Sequence[str],
+        write: Sequence[str],
+        lifetime: Lifetime,
+        *,
+        creator: str,
+    ) -> Grant:
+        await lifetime.checkpoint()
+        old = self._grants.get(collection)
+        owner = old.creator if old is not None and old.creator is not None else creator
+        grant = self._grants[collection] = Grant(tuple(read), tuple(write), owner, True)
+        return grant

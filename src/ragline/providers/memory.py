@@ -9,6 +9,7 @@ import heapq
 import math
 from collections.abc import Sequence
 
+from ..access import Readable
 from ..errors import InvalidRequest
 from ..lifetime import Lifetime
 from ..models import Chunk, Hit
@@ -29,12 +30,14 @@ class MemoryStore:
         top_k: int,
         lifetime: Lifetime,
         *,
+        readable: Readable,
         collection: str | None = None,
     ) -> list[Hit]:
         await lifetime.checkpoint()
         rows = self._collections.get(collection or self.default_collection, {})
         query = _unit(vector)
-        best = heapq.nlargest(top_k, rows.values(), key=lambda row: _dot(query, row[1]))
+        allowed = (row for row in rows.values() if readable.allows(row[0].acl))
+        best = heapq.nlargest(top_k, allowed, key=lambda row: _dot(query, row[1]))
         return [
             Hit(
                 document_id=chunk.document_id,

@@ -2,8 +2,8 @@
 cluster when the URI is ``http(s)://``. The same client code talks to both.
 
 pymilvus is blocking (gRPC), so every call goes through the thread bridge. Each collection
-keeps the chunk id, vector, document id, chunk index, generation, source and text, under a
-cosine HNSW index.
+keeps the chunk id, vector, document id, chunk index, generation, ACL class, source and
+text, under a cosine HNSW index.
 
 Servers: Milvus 2.3 or later (tested on 2.3.5 standalone and ``milvus-lite server``). What
 ragline calls (COSINE metric, upsert, databases in the URI path) all exist in 2.3; the
@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 
+from ..access import Readable
 from ..errors import InvalidRequest, UpstreamError
 from ..lifetime import Lifetime
 from ..models import Chunk, Hit
@@ -62,6 +63,9 @@ class MilvusStore:
         self._client: Any = None
         self.server_version: str | None = None  # as the server says it, once connected
         self._known: set[str] = set()
+        # Collections made before document ACLs have no `acl` field: every chunk in
+        # them is of class 0, and an ACL cannot be written into them.
+        self._without_acl: set[str] = set()
         self._create_lock = anyio.Lock()
 
     @property
@@ -151,6 +155,8 @@ class MilvusStore:
         if not self._client.has_collection(name):
             return False
         described = self._client.describe_collection(name)
+        if not any(f.get("name") == "acl" for f in described.get("fields", ())):
+            self._without_acl.add(name)
         for field in described.get("fields", ()):
             if field.get("name") == "vector":
                 dim = int(field.get("params", {}).get("dim", self.dimensions))
@@ -200,6 +206,7 @@ class MilvusStore:
         schema.add_field("document_id", DataType.VARCHAR, max_length=_MAX_ID_BYTES)
         schema.add_field("chunk_index", DataType.INT64)
         schema.add_field("generation", DataType.INT64)
+        schema.add_field("acl", DataType.INT64)
         schema.add_field("source", DataType.VARCHAR, max_length=2048)
         schema.add_field("text", DataType.VARCHAR, max_length=_MAX_TEXT_BYTES)
         try:
@@ -229,15 +236,24 @@ class MilvusStore:
         top_k: int,
         lifetime: Lifetime,
         *,
+        readable: Readable,
         collection: str | None = None,
     ) -> list[Hit]:
-        """The ``top_k`` nearest chunks by cosine similarity, best first."""
+        """The ``top_k`` nearest chunks of ``readable`` ACL classes by cosine similarity,
+        best first; the classes are a filter expression of the search itself."""
         self._check_dimensions(len(vector), "query")
         name = await self._collection(collection, lifetime, create=False)
         if name is None:
             return []
+        where = ""
+        if readable.classes is not None:
+            if name in self._without_acl:
+                if 0 not in readable.classes:
+                    return []  # every chunk of such a collection is of class 0
+            else:
+                where = f"acl in [{', '.join(str(int(c)) for c in sorted(readable.classes))}]"
         try:
-            rows = await self._bridge.run(lifetime, self._search, name, list(vector), top_k)
+            rows = await self._bridge.run(lifetime, self._search, name, list(vector), top_k, where)
         except UpstreamError:
             # A restarted server has the collection released: prepare (load) it again.
             self._known.discard(name)
@@ -255,11 +271,14 @@ class MilvusStore:
             for row in rows
         ]
 
-    def _search(self, token: CancelToken, name: str, vector: list[float], top_k: int) -> Any:
+    def _search(
+        self, token: CancelToken, name: str, vector: list[float], top_k: int, where: str
+    ) -> Any:
         with self._reached():
             result = self._client.search(
                 collection_name=name,
                 data=[vector],
+                filter=where,
                 limit=top_k,
                 output_fields=_OUTPUT,
                 search_params={"metric_type": "COSINE", "params": {"ef": max(64, top_k)}},
@@ -275,6 +294,14 @@ class MilvusStore:
             return
         rows = [self._row(chunk) for chunk in chunks]
         name = await self._collection(collection, lifetime, create=True)
+        if name in self._without_acl:
+            if any(row["acl"] for row in rows):
+                raise InvalidRequest(
+                    f"collection {name!r} was made before document ACLs and cannot hold "
+                    "a document with one: ingest it into a new collection"
+                )
+            for row in rows:
+                del row["acl"]
         await self._bridge.run(lifetime, self._upsert, name, rows)
 
     def _check_dimensions(self, got: int, what: str) -> None:
@@ -293,6 +320,7 @@ class MilvusStore:
             "document_id": chunk.document_id,
             "chunk_index": chunk.chunk_index,
             "generation": chunk.generation,
+            "acl": chunk.acl,
             "source": _clip(chunk.source, 2048),
             "text": _clip(chunk.text, _MAX_TEXT_BYTES),
         }

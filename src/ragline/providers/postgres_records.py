@@ -10,6 +10,7 @@ import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..access import Readable, acl_class
 from ..lifetime import Lifetime
 from ..models import Chunk, DocumentRecord, Hit
 from .postgres import PostgresPool
@@ -118,10 +119,11 @@ class PostgresRecords:
             )
 
     async def keyword_search(
-        self, collection: str, query: str, limit: int, lifetime: Lifetime
+        self, collection: str, query: str, limit: int, lifetime: Lifetime, *, readable: Readable
     ) -> list[Hit]:
         """BM25 (k1 1.2, b 0.75, as FTS5) over the visible chunks that share a stemmed
-        word with the query, found through the GIN index."""
+        word with the query, found through the GIN index, of documents of the
+        ``readable`` ACL classes only."""
         words = re.findall(r"\w+", query.lower())
         if not words:
             return []
@@ -136,14 +138,22 @@ class PostgresRecords:
             "FROM term_stats t JOIN terms USING (term), s WHERE t.collection = %(c)s), "
             "found AS (SELECT c.* FROM chunks c JOIN documents d ON "
             "d.collection = c.collection AND d.document_id = c.document_id "
-            "AND d.generation = c.generation, q WHERE c.collection = %(c)s AND c.words @@ q.q) "
+            "AND d.generation = c.generation, q WHERE c.collection = %(c)s AND c.words @@ q.q "
+            "AND (%(all)s OR d.acl = ANY(%(acl)s))) "
             "SELECT f.document_id, f.chunk_index, f.text, f.source, "
             "sum(i.idf * array_length(w.positions, 1) * 2.2 / (array_length(w.positions, 1) "
             "+ 1.2 * (0.25 + 0.75 * f.length / s.avgdl))) AS score, f.generation "
             "FROM found f CROSS JOIN LATERAL unnest(f.words) w JOIN idf i ON i.term = w.lexeme, "
             "s GROUP BY f.chunk_id, f.document_id, f.chunk_index, f.text, f.source, "
             "f.generation ORDER BY score DESC, f.chunk_id LIMIT %(limit)s",
-            {"any": " | ".join(words), "text": " ".join(words), "c": collection, "limit": limit},
+            {
+                "any": " | ".join(words),
+                "text": " ".join(words),
+                "c": collection,
+                "limit": limit,
+                "all": readable.classes is None,
+                "acl": sorted(readable.classes or ()),
+            },
         )
         return [
             Hit(
@@ -162,8 +172,14 @@ class PostgresRecords:
         content_hash: str,
         chunks: int,
         source: str,
+        readers: Sequence[str],
     ) -> None:
+        acl = acl_class(readers)
         async with self.pool.connection(lifetime, transaction=True) as conn:
+            await conn.execute(
+                "INSERT INTO acl_classes VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (collection, acl, sorted(set(readers))),
+            )
             await conn.execute(
                 "UPDATE generations SET state = 'retired' "
                 "WHERE collection = %s AND document_id = %s AND state = 'active'",
@@ -175,11 +191,12 @@ class PostgresRecords:
                 (collection, document_id, generation),
             )
             await conn.execute(
-                "INSERT INTO documents VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "INSERT INTO documents (collection, document_id, content_hash, generation, "
+                "chunks, source, updated_at, acl) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (collection, document_id) DO UPDATE SET "
                 "content_hash = excluded.content_hash, generation = excluded.generation, "
                 "chunks = excluded.chunks, source = excluded.source, "
-                "updated_at = excluded.updated_at",
+                "updated_at = excluded.updated_at, acl = excluded.acl",
                 (
                     collection,
                     document_id,
@@ -188,8 +205,15 @@ class PostgresRecords:
                     chunks,
                     _text(source),
                     time.time(),
+                    acl,
                 ),
             )
+
+    async def acl_classes(self, collection: str, lifetime: Lifetime) -> dict[int, list[str]]:
+        rows = await self.pool.rows(
+            lifetime, "SELECT acl, readers FROM acl_classes WHERE collection = %s", (collection,)
+        )
+        return {int(r[0]): list(r[1]) for r in rows}
 
     async def prune(self, collection: str, keep: Collection[str], lifetime: Lifetime) -> int:
         async with self.pool.connection(lifetime, transaction=True) as conn:

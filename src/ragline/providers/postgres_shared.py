@@ -232,6 +232,18 @@ class PostgresRunLog(_OnPool):
         )
         return [(int(r[0]), str(r[1]), dict(r[2])) for r in rows]
 
+    async def runs(
+        self, lifetime: Lifetime, *, owner: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """The newest runs' snapshots, newest first (only ``owner``'s unless None)."""
+        rows = await self.pool.rows(
+            lifetime,
+            "SELECT snapshot FROM runs WHERE %(owner)s::text IS NULL "
+            "OR snapshot->>'owner' = %(owner)s ORDER BY created_at DESC LIMIT %(limit)s",
+            {"owner": owner, "limit": limit},
+        )
+        return [dict(row[0]) for row in rows]
+
 
 class PostgresActivities(_OnPool):
     """:class:`~ragline.providers.coordination.ActivityLog`: accepted activities with a

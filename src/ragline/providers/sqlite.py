@@ -18,6 +18,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..access import Readable
 from ..lifetime import Lifetime
 from ..models import Chunk, DocumentRecord, Hit
 from ..threads import ThreadBridge
@@ -85,6 +86,7 @@ class SqliteRecords:
         content_hash: str,
         chunks: int,
         source: str,
+        readers: Sequence[str],
     ) -> None:
         await self.bridge.call(
             lifetime,
@@ -95,6 +97,7 @@ class SqliteRecords:
             content_hash=content_hash,
             chunks=chunks,
             source=source,
+            readers=readers,
         )
 
     async def prune(self, collection: str, keep: Collection[str], lifetime: Lifetime) -> int:
@@ -113,9 +116,14 @@ class SqliteRecords:
         await self.bridge.call(lifetime, self.file.forget, collection, document_id, generation)
 
     async def keyword_search(
-        self, collection: str, query: str, limit: int, lifetime: Lifetime
+        self, collection: str, query: str, limit: int, lifetime: Lifetime, *, readable: Readable
     ) -> list[Hit]:
-        return await self.bridge.call(lifetime, self.file.keyword_search, collection, query, limit)
+        return await self.bridge.call(
+            lifetime, self.file.keyword_search, collection, query, limit, readable.classes
+        )
+
+    async def acl_classes(self, collection: str, lifetime: Lifetime) -> dict[int, list[str]]:
+        return await self.bridge.call(lifetime, self.file.acl_classes, collection)
 
     async def touch_collection(
         self, name: str, model: str, dimensions: int, lifetime: Lifetime

@@ -13,11 +13,20 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..errors import RagLineError, UpstreamError
+from ..errors import Forbidden, Hidden, RagLineError, UpstreamError
 from ..runtime import Runtime
 from ..settings import Settings
-from . import bot_api, chat_api, ingest_api, openai_api, openapi, runs_api, web_api
-from .boundary import Boundary
+from . import (
+    bot_api,
+    chat_api,
+    ingest_api,
+    openai_api,
+    openapi,
+    principals_api,
+    runs_api,
+    web_api,
+)
+from .boundary import Boundary, record_denial, request_context
 from .errors import error_body, error_for_exception
 
 __all__ = ["create_app"]
@@ -26,6 +35,8 @@ __all__ = ["create_app"]
 async def _ragline_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RagLineError)
     status, body = error_for_exception(exc)
+    if isinstance(exc, Hidden | Forbidden):
+        record_denial(request.scope, request_context(request.scope), status)
     headers = {}
     if isinstance(exc, UpstreamError) and exc.retry_after is not None and status in (429, 503):
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
@@ -66,6 +77,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Starlette:
         *openai_api.routes,
         *ingest_api.routes,
         *runs_api.routes,
+        *principals_api.routes,
         *bot_api.routes,
         *web_api.outcome_routes,
         *(web_api.page_routes() if runtime.settings.web else []),

@@ -14,22 +14,19 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 from opentelemetry.trace import SpanKind
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import InvalidRequest, StageTimeout
-from ..lifetime import CancelReason, Cause, Lifetime
+from ..errors import InvalidRequest, RagLineError, StageTimeout
+from ..lifetime import CancelReason, Cause
 from ..logs import request_id_var
-from ..metrics import Metrics
-from ..outcomes import Outcome, Outcomes
-from ..runtime import Runtime
-from ..settings import Settings
-from ..tracing import Tracing, mark_cancelled, mark_failed
+from ..outcomes import Outcome
+from ..tracing import mark_cancelled, mark_failed
+from .context import Host, RequestContext, caller, request_context
 from .errors import (
     CLIENT_CLOSED,
     error_body,
@@ -39,59 +36,15 @@ from .errors import (
     outcome_label,
     status_for_cause,
 )
-from .routing import DEFAULT_POLICY, ApiKeys, ApiRoute, Policy, matched_route
+from .routing import ADMIN, DEFAULT_POLICY, ApiRoute, Policy, matched_route
 
-__all__ = ["Boundary", "Policy", "RequestContext", "request_context"]
+__all__ = ["Boundary", "Policy", "RequestContext", "caller", "record_denial", "request_context"]
 
 log = logging.getLogger("ragline.server")
 access_log = logging.getLogger("ragline.access")
 
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-
-class Host(Protocol):
-    """What the boundary needs of whoever runs it: ragline's own :class:`Runtime`, or
-    :class:`ragline.middleware.Ragline` in someone else's application."""
-
-    settings: Settings
-    lifetime: Lifetime
-    tracing: Tracing
-    metrics: Metrics
-    outcomes: Outcomes
-
-
-@dataclass(eq=False)
-class RequestContext:
-    """What the boundary knows of one request; endpoints find it in ``scope["ragline"]``."""
-
-    request_id: str
-    lifetime: Lifetime
-    host: Host
-    started: bool = False
-    completed: bool = False
-    status: int | None = None
-    error_status: int | None = None  # an error reported inside a started (streamed) response
-    disconnected: anyio.Event = field(default_factory=anyio.Event)
-    timed_out: bool = False
-    outcome: Outcome | None = None  # what /api/v1/requests/{id} tells of it afterwards
-    owner: str | None = None  # a digest of the API key presented, when keys are on
-    event_stream: bool = False  # the response is server-sent events
-
-    @property
-    def runtime(self) -> Runtime:
-        """ragline's runtime, for ragline's own routes."""
-        if not isinstance(self.host, Runtime):
-            raise TypeError("this route needs ragline's application (create_app)")
-        return self.host
-
-
-def request_context(scope: Scope) -> RequestContext:
-    """The boundary's context of a request, from an endpoint's scope."""
-    ctx = scope.get("ragline")
-    if not isinstance(ctx, RequestContext):
-        raise TypeError("endpoint is running outside ragline's boundary")
-    return ctx
 
 
 class Boundary:
@@ -109,7 +62,6 @@ class Boundary:
         self.runtime = runtime
         self._routes = routes
         self._default = default or DEFAULT_POLICY
-        self._keys = ApiKeys(runtime.settings.api_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -159,14 +111,13 @@ class Boundary:
     ) -> None:
         route = matched_route(scope, self._routes)
         policy = route.policy if isinstance(route, ApiRoute) else self._default
-        allowed, ctx.owner = self._keys.admit(_header(scope, b"authorization"), policy)
-        if not allowed:
-            denied = error_body(401, "unauthorized", "missing or invalid API key")
-            await _send_json(send, ctx, 401, denied, {"www-authenticate": "Bearer"})
-            return
+        if route is None and _admin_path(scope, self._routes):
+            policy = ADMIN  # a wrong method on an admin route: a 405 would say it is there
         lifetime = ctx.lifetime
         try:
             with lifetime:
+                if not await self._admit(scope, send, ctx, policy):
+                    return
                 body = await self._read_body(scope, receive, send, ctx, policy)
                 if body is not None:
                     await self._run_app(scope, receive, send, ctx, body)
@@ -193,6 +144,35 @@ class Boundary:
         elif reason is not None:
             status, err = error_for_cause(reason)
             await _send_json(send, ctx, status, err)
+
+    async def _admit(self, scope: Scope, send: Send, ctx: RequestContext, policy: Policy) -> bool:
+        """Find who asks; answer the request (and say False) if they may not."""
+        if policy.auth == "own" or (policy.auth == "public" and not policy.admin):
+            # Nobody to find: health checks, the page and its assets answer anyone, and
+            # must not wait on (or fail with) the principal store.
+            return True
+        try:
+            principal = await self.runtime.principals.identify(
+                _header(scope, b"authorization"), ctx.lifetime
+            )
+        except RagLineError as exc:  # the principal store cannot answer
+            await _send_json(send, ctx, *error_for_exception(exc))
+            return False
+        if principal is None and policy.auth == "api_keys":
+            # One body and one path for every bad credential: unknown, revoked, malformed.
+            denied = error_body(401, "unauthorized", "missing or invalid API key")
+            record_denial(scope, ctx, 401, self._routes)
+            await _send_json(send, ctx, 401, denied, {"www-authenticate": "Bearer"})
+            return False
+        if principal is not None:
+            ctx.principal = principal
+            ctx.lifetime.bind("principal", principal)
+        if policy.admin and (principal is None or not principal.admin):
+            # Not there, for anyone but an administrator: the body of an unknown route.
+            record_denial(scope, ctx, 404, self._routes)
+            await _send_json(send, ctx, 404, error_body(404, "not_found", "Not Found"))
+            return False
+        return True
 
     async def _read_body(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, policy: Policy
@@ -304,6 +284,8 @@ class Boundary:
             extra["cause"] = cause
         if reason is not None:
             extra["origin"] = reason.origin
+        if ctx.principal is not None:
+            extra["principal"] = ctx.principal.name
         access_log.info("%s %s %d", scope["method"], scope["path"], status, extra=extra)
 
     def _remember(
@@ -312,11 +294,27 @@ class Boundary:
         outcome = ctx.outcome
         if outcome is None or not (outcome.generated or cause is not None):
             return  # nothing a caller would ask about (and polls must not crowd it out)
-        outcome.owner, outcome.route, outcome.status = ctx.owner, route, status
+        outcome.owner = ctx.principal.name if ctx.principal is not None else None
+        outcome.route, outcome.status = route, status
         outcome.duration_ms = round(seconds * 1000, 1)
         if cause is not None:
             outcome.cause = cause
         self.runtime.outcomes.record(outcome)
+
+
+def record_denial(
+    scope: Scope, ctx: RequestContext, status: int, routes: Sequence[BaseRoute] = ()
+) -> None:
+    """Count and log a refusal (401, or the 403 or 404 of an object or route the caller
+    may not touch) with the principal's name, never their key."""
+    path = getattr(matched_route(scope, routes), "path", None)
+    route = path if isinstance(path, str) else "<unmatched>"
+    ctx.host.metrics.access_denied.labels(route).inc()
+    who = ctx.principal.name if ctx.principal is not None else None
+    log.warning(
+        "access denied",
+        extra={"principal": who, "route": route, "status": status, "path": scope["path"]},
+    )
 
 
 def _final_status(ctx: RequestContext, reason: CancelReason | None) -> int:
@@ -365,3 +363,11 @@ async def _send_json(
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": payload, "more_body": False})
     ctx.completed = True
+
+
+def _admin_path(scope: Scope, routes: Sequence[BaseRoute]) -> bool:
+    """Whether the path is an admin-only route's, asked with another method."""
+    return any(
+        isinstance(r, ApiRoute) and r.policy.admin and r.matches(scope)[0] is Match.PARTIAL
+        for r in routes
+    )

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 from ..errors import (
+    Conflict,
+    Forbidden,
     InvalidRequest,
     NotFound,
     Overloaded,
@@ -34,6 +36,8 @@ _STATUS: list[tuple[type[RagLineError], int]] = [
     (InvalidRequest, 422),
     (Unauthorized, 401),
     (NotFound, 404),
+    (Forbidden, 403),
+    (Conflict, 409),
     (StageTimeout, 504),
     (Overloaded, 503),
     (Unavailable, 503),  # before its parent

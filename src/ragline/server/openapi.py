@@ -27,7 +27,9 @@ __all__ = ["document", "routes"]
 _ERRORS = {
     400: "Malformed JSON",
     401: "Missing or invalid API key",
-    404: "Not found",
+    403: "You may read this collection but not write it",
+    404: "Not found (or not yours: nothing tells the difference)",
+    409: "The name is taken",
     413: "Body too large",
     422: "Invalid request",
     429: "The model server's rate limit (Retry-After)",

@@ -2,26 +2,24 @@
 :class:`ApiRoute` also carries its :class:`Policy` (who may call it, how large a body it
 takes), which the boundary applies, and its :class:`Doc`, from which ``/openapi.json``
 is built. Nothing else repeats a route's path, method or public-ness in a table of its
-own. Also here: finding a request's route, and checking its API key against the policy.
+own. Also here: finding a request's route.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
 __all__ = [
+    "ADMIN",
     "OBJECT",
     "PUBLIC",
     "STR",
-    "ApiKeys",
     "ApiRoute",
     "Doc",
     "Policy",
@@ -35,17 +33,21 @@ Schema = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """How the boundary treats a route's requests. ``auth``: ``api_keys`` (the bearer
-    keys of ``RAGLINE_API_KEYS``, when set), ``public``, or ``own`` (the route checks its
-    own credential, as the Teams webhook does its JWT); ``upload``: bodies up to
-    ``RAGLINE_MAX_UPLOAD_BYTES`` instead of ``RAGLINE_MAX_BODY_BYTES``."""
+    """How the boundary treats a route's requests. ``auth``: ``api_keys`` (a principal's
+    bearer key, once any credential exists: :mod:`ragline.principals`), ``public``, or
+    ``own`` (the route checks its own credential, as the Teams webhook does its JWT);
+    ``admin``: for administrators only (anyone else gets the 404 of a route that does
+    not exist); ``upload``: bodies up to ``RAGLINE_MAX_UPLOAD_BYTES`` instead of
+    ``RAGLINE_MAX_BODY_BYTES``."""
 
     auth: Literal["api_keys", "public", "own"] = "api_keys"
     upload: bool = False
+    admin: bool = False
 
 
 DEFAULT_POLICY = Policy()
 PUBLIC = Policy(auth="public")
+ADMIN = Policy(admin=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,26 +115,3 @@ def matched_route(scope: Scope, routes: Sequence[BaseRoute]) -> BaseRoute | None
     if route is None:
         route = next((r for r in routes if r.matches(scope)[0] is Match.FULL), None)
     return route if isinstance(route, BaseRoute) else None
-
-
-class ApiKeys:
-    """The bearer keys of ``RAGLINE_API_KEYS`` (none: every request passes)."""
-
-    def __init__(self, keys: Sequence[SecretStr]) -> None:
-        self._keys = [k.get_secret_value().encode() for k in keys]
-
-    def admit(self, authorization: str | None, policy: Policy) -> tuple[bool, str | None]:
-        """Whether a request with this ``Authorization`` header passes ``policy``, and
-        the digest of the key it presented (its owner), if that key is one of ours."""
-        if not self._keys or policy.auth == "own":
-            return True, None
-        scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            return policy.auth == "public", None
-        given = presented.strip().encode()
-        # Compare against every key so the time taken does not tell which one matched.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(given, key)
-        owner = hashlib.sha256(given).hexdigest() if matched else None
-        return matched or policy.auth == "public", owner

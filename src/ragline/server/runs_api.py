@@ -10,15 +10,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from ..access import admin_cancel, owned
 from ..agent import LoopLimits, check_tools
 from ..errors import InvalidRequest, Overloaded
 from ..lifetime import Cause, Lifetime
 from ..models import ChatRequest, CollectionName, Message
 from ..providers.coordination import WorkKey
+from ..runs import missing_run
 from ..runtime import Runtime
 from ..tools import ToolRegistry
-from .boundary import RequestContext, request_context
-from .routing import OBJECT, STR, ApiRoute, Doc, obj
+from .boundary import RequestContext, caller, request_context
+from .routing import OBJECT, STR, ApiRoute, Doc, array, obj
 from .sse import SSE_HEADERS, sse
 from .validation import parse_json, validate
 
@@ -79,6 +81,8 @@ async def start(request: Request) -> Response:
         history=tuple(body.history),
     )
     check_tools(chat, tools)
+    if runtime.pipeline.retrieval:  # a collection the caller may not read: 404 now
+        await runtime.grants.readable(ctx.lifetime, body.collection)
     if not runtime.supervisor.running_now or runtime.lifetime.cancelled:
         raise Overloaded("the server is not running background work (starting or stopping)")
     run = runtime.runs.start(
@@ -89,18 +93,42 @@ async def start(request: Request) -> Response:
     return JSONResponse({"run_id": run.id, "state": run.state}, status_code=202, headers=headers)
 
 
+async def _owned_run(ctx: RequestContext, run_id: str) -> dict[str, Any]:
+    """The run's snapshot, if the caller may see it: theirs, or they are an admin
+    (anyone else gets the 404 of a run that does not exist)."""
+    found = await ctx.runtime.runs.snapshot(run_id, ctx.lifetime)
+    owned(caller(ctx), found.get("owner"), missing_run(run_id))
+    return found
+
+
+_LISTED = ("id", "owner", "query", "state", "finish_reason", "cause", "created_at", "finished_at")
+
+
+async def listing(request: Request) -> Response:
+    """``GET /api/v1/runs``: the caller's newest runs (an admin's: everyone's), newest
+    first; ``?limit=`` up to 200 (default 50)."""
+    ctx = request_context(request.scope)
+    raw = request.query_params.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 200:
+        raise InvalidRequest("limit must be a number from 1 to 200", param="limit")
+    principal = caller(ctx)
+    owner = None if principal.admin else principal.name
+    found = await ctx.runtime.runs.log.runs(ctx.lifetime, owner=owner, limit=int(raw))
+    return JSONResponse({"runs": [{k: run.get(k) for k in _LISTED} for run in found]})
+
+
 async def status(request: Request) -> Response:
     """``GET /api/v1/runs/{run_id}`` → state, steps, usage."""
     ctx = request_context(request.scope)
-    return JSONResponse(
-        await ctx.runtime.runs.snapshot(request.path_params["run_id"], ctx.lifetime)
-    )
+    return JSONResponse(await _owned_run(ctx, request.path_params["run_id"]))
 
 
 async def cancel(request: Request) -> Response:
     """``DELETE /api/v1/runs/{run_id}``: cancel with cause ``explicit`` → 202."""
     ctx = request_context(request.scope)
     run_id = request.path_params["run_id"]
+    snapshot = await _owned_run(ctx, run_id)
+    admin_cancel(caller(ctx), snapshot.get("owner"), "run", run_id)
     found = await ctx.runtime.runs.cancel_anywhere(run_id, ctx.lifetime)
     return JSONResponse({"run_id": run_id, "state": found["state"]}, status_code=202)
 
@@ -117,7 +145,7 @@ async def events(request: Request) -> RunEvents:
             first = int(after) + 1
         except ValueError:
             raise InvalidRequest("Last-Event-ID must be an event number") from None
-    await ctx.runtime.runs.snapshot(run_id, ctx.lifetime)  # 404 if no process has it
+    await _owned_run(ctx, run_id)  # 404 if no process has it, or it is not the caller's
     return RunEvents(ctx, run_id, max(first, 0))
 
 
@@ -200,6 +228,17 @@ routes = [
             ok=202,
             result=obj(run_id=STR),
             errors=(400, 401, 413, 422, 503),
+        ),
+    ),
+    ApiRoute(
+        "/api/v1/runs",
+        listing,
+        methods=["GET"],
+        doc=Doc(
+            "Your newest runs (an admin's: everyone's)",
+            "runs",
+            result=obj(runs=array(OBJECT)),
+            errors=(401, 422),
         ),
     ),
     ApiRoute(

@@ -16,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
+from ..access import owned
 from ..errors import NotFound
-from .boundary import request_context
+from .boundary import caller, request_context
 from .routing import PUBLIC, STR, ApiRoute, Doc, obj
 
 __all__ = ["outcome_routes", "page_routes"]
@@ -77,13 +78,15 @@ def page_routes() -> list[BaseRoute]:
 
 async def outcome(request: Request) -> Response:
     """``GET /api/v1/requests/{request_id}``: how a recent request ended (its cause, the
-    tokens generated, how soon the model's connection closed). With API keys on, only
-    for the key that made it."""
+    tokens generated, how soon the model's connection closed): for the principal who made
+    it, and admins; anyone else gets the 404 of a request never made."""
     ctx = request_context(request.scope)
     request_id = request.path_params["request_id"]
-    found = ctx.runtime.outcomes.get(request_id, ctx.owner)
+    found = ctx.host.outcomes.get(request_id)
+    missing = NotFound(f"no recent request {request_id!r}", code="request_not_found")
     if found is None:
-        raise NotFound(f"no recent request {request_id!r}", code="request_not_found")
+        raise missing
+    owned(caller(ctx), found.owner, missing)
     return JSONResponse(found.public())
 
 

@@ -8,14 +8,18 @@ from .activity import Activity, InvokeResponse
 from .bot import BotApplication, Handler, Middleware, TurnContext
 from .channel import TeamsChannel
 from .connector import ConnectorClient, ConnectorError, TokenSource
+from .members import Everyone, MappingFile, Members
 
 __all__ = [
     "Activity",
     "BotApplication",
     "ConnectorClient",
     "ConnectorError",
+    "Everyone",
     "Handler",
     "InvokeResponse",
+    "MappingFile",
+    "Members",
     "Middleware",
     "TeamsChannel",
     "TokenSource",

@@ -1,8 +1,7 @@
 """Who may post activities: the Bot Framework's JWT, checked before anything runs.
 
-The signing keys come from the OpenID metadata's ``jwks_uri`` and are cached; an unknown
-key id triggers one refetch (at most every few minutes, so a stream of forged tokens
-cannot turn into a stream of fetches). A key lists the channels it endorses, and the
+The signing keys come from the OpenID metadata's ``jwks_uri`` and are cached
+(:class:`~ragline.keyset.KeySet`). A key lists the channels it endorses, and the
 token's ``serviceurl`` claim pins the URL the bot will post its replies to: a token for
 one service URL cannot send the bot's credentials to another.
 """
@@ -10,15 +9,14 @@ one service URL cannot send the bot's credentials to another.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import httpx
 import jwt
 
 from ..errors import Unauthorized, UpstreamError
+from ..keyset import KeySet
 from ..lifetime import Lifetime
 from .activity import Activity
 
@@ -62,11 +60,9 @@ class BotAuthenticator:
         self.metadata_url = metadata_url
         self.issuer = issuer
         self.clock_skew = clock_skew
-        self._refresh_after = refresh_after
-        self._refetch_unknown_after = refetch_unknown_after
-        self._keys: dict[str, _Key] = {}
-        self._fetched_at: float | None = None
-        self._lock = anyio.Lock()
+        self._keys = KeySet(
+            self._fetch, refresh_after=refresh_after, refetch_unknown_after=refetch_unknown_after
+        )
 
     async def verify(
         self, authorization: str | None, activity: Activity, lifetime: Lifetime
@@ -92,7 +88,7 @@ class BotAuthenticator:
         kid = header.get("kid")
         if not isinstance(kid, str):
             raise Unauthorized("token names no signing key")
-        key = await self._key(kid, lifetime)
+        key = await self._keys.get(kid, lifetime)
         if key is None:
             raise Unauthorized("token signed by an unknown key")
         try:
@@ -127,19 +123,7 @@ class BotAuthenticator:
             raise Unauthorized("token serviceurl does not match the activity's serviceUrl")
         return token.claims
 
-    async def _key(self, kid: str, lifetime: Lifetime) -> _Key | None:
-        now = time.monotonic()
-        stale = self._fetched_at is None or now - self._fetched_at > self._refresh_after
-        unknown = kid not in self._keys and (
-            self._fetched_at is None or now - self._fetched_at > self._refetch_unknown_after
-        )
-        if stale or unknown:
-            async with self._lock:  # one fetch at a time; the others use its result
-                if self._fetched_at is None or self._fetched_at < now:
-                    await self._fetch(lifetime)
-        return self._keys.get(kid)
-
-    async def _fetch(self, lifetime: Lifetime) -> None:
+    async def _fetch(self, lifetime: Lifetime) -> dict[str, _Key]:
         await lifetime.checkpoint()
         metadata = await self._get_json(self.metadata_url)
         jwks_uri = metadata.get("jwks_uri") if isinstance(metadata, dict) else None
@@ -159,9 +143,8 @@ class BotAuthenticator:
             keys[entry["kid"]] = _Key(public, frozenset(str(e) for e in endorsements))
         if not keys:
             raise UpstreamError("bot auth: the key set has no usable keys")
-        self._keys = keys
-        self._fetched_at = time.monotonic()
         log.info("bot signing keys fetched", extra={"keys": len(keys)})
+        return keys
 
     async def _get_json(self, url: str) -> Any:
         try:

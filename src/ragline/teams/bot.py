@@ -5,6 +5,11 @@ call ``next`` ends the turn there. Handlers are registered per activity type wit
 :meth:`BotApplication.on`; the defaults answer messages through the chat pipeline
 (streamed in 1:1 chats, one message in group chats and channels) and greet new
 conversations.
+
+A message is answered as the turn's principal (its user, by :mod:`.members`), from the
+first of its conversation's collections that the principal may read. A user without a
+principal, or who may read none of them, gets one polite sentence (:data:`NO_ACCESS`)
+and the turn completes: being refused is not an error.
 """
 
 from __future__ import annotations
@@ -19,12 +24,25 @@ from pydantic import ValidationError
 
 from ..agent import Agent, AgentResult
 from ..chat import ChatPipeline
-from ..lifetime import CancelReason, Cause, Lifetime
+from ..errors import Hidden
+from ..grants import Grants
+from ..lifetime import Cause, Lifetime
 from ..models import ChatRequest, ChatResult
 from ..providers import OnDelta
 from ..settings import Settings
 from .activity import Activity, InvokeResponse
 from .connector import ConnectorClient, ConnectorError
+from .members import Everyone, Members, answering_collection
+from .replies import (
+    BOUND_NOTES,
+    EMPTY,
+    FAILED,
+    INFORMATIVE,
+    NO_ACCESS,
+    WELCOME,
+    interrupted,
+    with_sources,
+)
 from .streaming import Pacer, StreamingReply, post_reply, with_note
 
 __all__ = ["BotApplication", "Handler", "Middleware", "TurnContext"]
@@ -34,11 +52,6 @@ log = logging.getLogger("ragline.teams")
 Next = Callable[[], Awaitable[None]]
 Handler = Callable[["TurnContext"], Awaitable[InvokeResponse | None]]
 Middleware = Callable[["TurnContext", Next], Awaitable[None]]
-
-WELCOME = "Hi! Ask me anything about the indexed documents."
-EMPTY = "Send me a question and I will answer from the indexed documents."
-INFORMATIVE = "Searching the documents…"
-FAILED = "Sorry, I could not answer that: the model failed."
 
 
 @dataclass(eq=False)
@@ -84,10 +97,16 @@ class BotApplication:
         connector: ConnectorClient,
         *,
         agent: Agent | None = None,
+        members: Members | None = None,
+        grants: Grants | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.connector = connector
+        # Who each user asks as and what each conversation answers from; the grants
+        # say what they may read (None: no checks here, retrieval still checks).
+        self.members: Members = members if members is not None else Everyone()
+        self.grants = grants
         # With RAGLINE_BOT_TOOLS, messages are answered by an agent loop with those tools.
         self.agent = agent
         self.tools = (
@@ -151,13 +170,24 @@ class BotApplication:
         return InvokeResponse(status=501, body={"error": f"invoke {name!r} is not handled"})
 
     async def answer(self, ctx: TurnContext) -> InvokeResponse | None:
-        """message: answer the question through the chat pipeline."""
+        """message: answer the question through the chat pipeline, as the turn's
+        principal, from a collection they may read (else a polite refusal)."""
         question = ctx.activity.question()
         if not question:
             await ctx.send(EMPTY)
             return None
+        # Without retrieval there is nothing to check, but a user needs a principal.
+        grants = self.grants if self.pipeline.retrieval else None
+        collection = await answering_collection(
+            self.members, grants, self.settings.collection, ctx.activity, ctx.lifetime
+        )
+        if collection is None:
+            await ctx.send(NO_ACCESS)
+            return None
         try:
-            request = ChatRequest(query=question, top_k=self.settings.bot_top_k)
+            request = ChatRequest(
+                query=question, top_k=self.settings.bot_top_k, collection=collection
+            )
         except ValidationError:
             await ctx.send("That message is too long for me to answer.")
             return None
@@ -200,7 +230,10 @@ class BotApplication:
             with ctx.lifetime.last_words(self._last_words) as last:
                 await stream.interrupt(interrupted(ctx.lifetime.reason), last)  # noqa: ASYNC102
             raise
-        if failure is not None:
+        if isinstance(failure, Hidden):  # access taken away since the check: no error
+            log.info("bot answer refused: %s", failure.message)
+            await stream.interrupt(NO_ACCESS, ctx.lifetime)
+        elif failure is not None:
             await stream.interrupt(FAILED, ctx.lifetime)
             raise failure
 
@@ -211,6 +244,10 @@ class BotApplication:
             with ctx.lifetime.child("answer") as answer:
                 await self.respond(request, answer, None, result)
             await ctx.lifetime.checkpoint()
+        except Hidden as exc:  # access taken away since the check: no error for them
+            log.info("bot answer refused: %s", exc.message)
+            await ctx.send(NO_ACCESS)
+            return
         except anyio.get_cancelled_exc_class():
             text = with_note(result.text, interrupted(ctx.lifetime.reason))
             # flake8-async cannot see that last_words is a shielded, bounded scope.
@@ -245,31 +282,3 @@ class BotApplication:
     def _last_words(self) -> float:
         # A short, bounded window to tell the user why the answer stopped.
         return min(1.5, self.settings.shutdown_grace * 0.75)
-
-
-BOUND_NOTES = {
-    "budget_exhausted": "I stopped here: this answer reached its token budget.",
-    "max_steps": "I stopped here: this answer took too many steps.",
-    "max_tool_calls": "I stopped here: this answer called too many tools.",
-    "repeated_tool_call": "I stopped here: I was repeating the same search.",
-    "deadline": "I stopped here: this answer reached its time limit.",
-}
-
-
-def interrupted(reason: CancelReason | None) -> str:
-    """The note a user gets when their answer is cut short."""
-    if reason is not None and reason.cause is Cause.DEADLINE:
-        return "Stopped: this answer took longer than the bot's time limit."
-    return "Interrupted: the service is restarting. Please ask again in a moment."
-
-
-def with_sources(result: ChatResult) -> str:
-    """The answer followed by its sources, numbered as the answer cites them ``[n]``."""
-    if not result.sources:
-        return result.text
-    lines = "\n".join(
-        f"{source.rank or n}. {source.title or source.source or source.document_id} "
-        f"({source.relevance()})"
-        for n, source in enumerate(result.sources, start=1)
-    )
-    return f"{result.text}\n\n**Sources**\n{lines}"

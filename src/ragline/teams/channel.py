@@ -6,9 +6,11 @@ import logging
 
 import httpx
 
+from ..access import Principal
 from ..agent import Agent
 from ..chat import ChatPipeline
 from ..errors import Unauthorized
+from ..grants import Grants
 from ..lifetime import Lifetime
 from ..metrics import Metrics
 from ..notices import Notices
@@ -21,6 +23,7 @@ from .auth import BotAuthenticator, Token
 from .bot import BotApplication
 from .connector import ConnectorClient, TokenSource
 from .dispatch import Dispatcher
+from .members import members_from, tenant_of
 
 __all__ = ["TeamsChannel"]
 
@@ -44,8 +47,14 @@ class TeamsChannel:
         notices: Notices,
         *,
         agent: Agent | None = None,
+        grants: Grants,
     ) -> None:
         self.settings = settings
+        self.grants = grants  # what each Teams user may read (they act as principals)
+        # First: a mapping file with an error refuses to start, naming its file and line.
+        members = members_from(settings)
+        for principal in members.declared():  # so that grants may name them and their groups
+            grants.principals.configured.setdefault(principal.name, principal)
         self._metrics = metrics
         self._tracing = tracing
         self.http = httpx.AsyncClient(
@@ -79,7 +88,9 @@ class TeamsChannel:
         # With auth off (local development) the bot's credentials are never sent: the
         # serviceUrl of an unauthenticated activity is not to be trusted with them.
         self.connector = ConnectorClient(self.http, tokens, metrics)
-        self.bot = BotApplication(settings, pipeline, self.connector, agent=agent)
+        self.bot = BotApplication(
+            settings, pipeline, self.connector, agent=agent, members=members, grants=grants
+        )
         s = settings
         self.dispatcher = Dispatcher(
             self.bot,
@@ -93,9 +104,26 @@ class TeamsChannel:
             max_pending=s.bot_max_pending_turns,
             turn_timeout=s.bot_turn_timeout,
             pace=s.bot_stream_interval,
+            identify=self.identify,
         )
         if s.bot_auth == "off":
             log.warning("Teams channel without authentication (RAGLINE_BOT_AUTH=off)")
+
+    async def identify(self, activity: Activity, lifetime: Lifetime) -> Principal | None:
+        """The principal a Teams user asks as (by the bot's :class:`Members`); ``None``
+        for a user nobody mapped, whom the bot answers with a polite refusal."""
+        principal = await self.bot.members.principal(activity, lifetime)
+        if principal is None:
+            account = activity.from_
+            log.info(
+                "Teams user without a principal",
+                extra={
+                    "activity_id": activity.id,
+                    "tenant_id": tenant_of(activity),
+                    "aad_object_id": account.aad_object_id if account is not None else None,
+                },
+            )
+        return principal
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""

@@ -14,7 +14,9 @@ waits until every earlier activity of its conversation, on any replica, is done.
 Each turn runs in a lifetime detached from its webhook request (created when the
 activity is accepted, so it keeps the request's values and trace context): the request's
 end never cancels it, shutdown does, and its own processing timeout bounds it. A timeout
-is a warning in the log with the activity id and the limit, never an error.
+is a warning in the log with the activity id and the limit, never an error. A turn runs
+as the principal its user maps to (``identify``, when the turn starts), never as the
+webhook request's caller.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
 
+from ..access import Principal
 from ..errors import Overloaded, RagLineError, StageTimeout
 from ..lifetime import Cause, Lifetime
 from ..metrics import Metrics
@@ -76,8 +80,12 @@ class Dispatcher:
         max_pending: int,
         turn_timeout: float | None,
         pace: float,
+        identify: Callable[[Activity, Lifetime], Awaitable[Principal | None]],
         max_conversations: int = 10_000,
     ) -> None:
+        # The principal a turn runs as (None: nobody we know), found when the turn starts:
+        # the lookup may be slow (a directory), and the webhook is answered before.
+        self.identify = identify
         self.activities = activities
         self.notices = notices
         self.bot = bot
@@ -115,7 +123,11 @@ class Dispatcher:
         lifetime = request.detach(
             "bot-turn",
             timeout=self.turn_timeout,
-            values={"activity_id": activity.id, "conversation_id": activity.conversation.id},
+            values={
+                "activity_id": activity.id,
+                "conversation_id": activity.conversation.id,
+                "principal": None,  # never the webhook request's: bound when the turn runs
+            },
         )
         conversation = self._conversation(activity.conversation.id)
         # In their conversation's order: two requests may have been recorded in one
@@ -199,7 +211,11 @@ class Dispatcher:
         """An invoke's turn, now: its response is the webhook's, so the turn belongs to
         the webhook request, still bounded by the processing timeout. It has the span
         and the metric of every turn; its failure is the request's."""
-        lifetime = request.child("bot-invoke", timeout=self.turn_timeout)
+        lifetime = request.child(
+            "bot-invoke",
+            timeout=self.turn_timeout,
+            values={"principal": None},  # never the webhook request's: bound in _turn
+        )
         turn = _Turn(activity, lifetime)
         return await self._turn(turn, self.pacer(activity.conversation.id), reraise=True)
 
@@ -213,6 +229,7 @@ class Dispatcher:
         try:
             with lifetime:  # attaches the webhook request's trace context
                 await self._my_turn(turn)
+                lifetime.bind("principal", await self.identify(activity, lifetime))
                 response = await self._traced(TurnContext(activity, lifetime, self.bot, pacer))
             reason = lifetime.reason
             if reason is not None:

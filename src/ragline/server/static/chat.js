@@ -73,6 +73,7 @@ export function chatPanel(root, client, { onSettled }) {
   }
 
   function onEvent(q, { event, data }) {
+    if (latestId !== q.id) return; // forgotten with the key it was asked under
     const body = parseJSON(data) || {};
     if (event === 'message') {
       if (typeof body.delta === 'string') {
@@ -159,5 +160,14 @@ export function chatPanel(root, client, { onSettled }) {
   els.ask.addEventListener('click', ask);
   els.stop.addEventListener('click', stop);
   onCtrlEnter(els.question, ask);
-  return { setCollections: (names) => fillCollections(els.collection, names) };
+  return {
+    setCollections: (names) => fillCollections(els.collection, names),
+    /** Forgets the question and its answer, for a key change (its stream ends with the
+     * old session). */
+    clear() {
+      latestId = null;
+      els.question.value = '';
+      resetAnswer();
+    },
+  };
 }

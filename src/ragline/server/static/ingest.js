@@ -75,7 +75,7 @@ export function ingestPanel(root, client, { onIndexed }) {
     els.jobErrors.replaceChildren();
     renderJob({ state: 'queued', progress: null }, work);
     await poll(client, jobUrl(work.id), {
-      onState: (state) => renderJob(state, work),
+      onState: (state) => { if (task.isLatest(work)) renderJob(state, work); },
       isOver: (state) => TERMINAL.has(state.state),
       showError,
     });
@@ -129,4 +129,17 @@ export function ingestPanel(root, client, { onIndexed }) {
   for (const type of ['dragover', 'drop']) window.addEventListener(type, (e) => e.preventDefault());
   input.addEventListener('change', listFiles);
   els.upload.addEventListener('click', upload);
+  return {
+    /** Forgets the files and the job on show, for a key change. */
+    clear() {
+      task.forget();
+      showError('');
+      els.job.hidden = true;
+      els.jobStatus.textContent = '';
+      els.jobErrors.replaceChildren();
+      els.fileInput.value = '';
+      els.uploadCollection.value = '';
+      listFiles();
+    },
+  };
 }

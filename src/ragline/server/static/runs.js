@@ -37,8 +37,9 @@ function runLine(event, d) {
   }
 }
 
-/** The panel at `root` (#runs); `onFinished()` runs when a run has ended. */
-export function runsPanel(root, client, { onFinished }) {
+/** The panel at `root` (#runs); `onStarted()` runs when a run has begun, `onFinished()`
+ * when it has ended. */
+export function runsPanel(root, client, { onStarted, onFinished }) {
   const els = runsElements(root);
   const showError = (text) => setMessage(els.runError, text);
 
@@ -63,6 +64,7 @@ export function runsPanel(root, client, { onFinished }) {
   }
 
   function onEvent(work, { event, data }) {
+    if (!task.isLatest(work)) return; // forgotten with the key it was started under
     const d = parseJSON(data) || {};
     els.runSteps.append(el('li', { class: 'run-event', 'data-event': event }, runLine(event, d)));
     if (event === 'done') finishRun(work, d);
@@ -79,7 +81,7 @@ export function runsPanel(root, client, { onFinished }) {
       lost: "Lost the run's event stream before it finished.",
     }),
     startFailed: 'The run could not start',
-    onStarted: () => { els.runState.textContent = 'running'; },
+    onStarted: () => { els.runState.textContent = 'running'; onStarted(); },
     onCancelling: () => { els.runState.textContent = 'cancelling…'; },
     onCancelFailed: (work) => { if (!work.done) els.runState.textContent = 'running'; },
   });
@@ -103,5 +105,16 @@ export function runsPanel(root, client, { onFinished }) {
 
   els.runStart.addEventListener('click', startRun);
   onCtrlEnter(els.runQuery, startRun);
-  return { setCollections: (names) => fillCollections(els.runCollection, names) };
+  return {
+    setCollections: (names) => fillCollections(els.runCollection, names),
+    /** Forgets the task and the run on show, for a key change. */
+    clear() {
+      task.forget();
+      els.runQuery.value = '';
+      showError('');
+      els.runState.textContent = '';
+      els.runSteps.replaceChildren();
+      els.runAnswer.replaceChildren();
+    },
+  };
 }

@@ -73,6 +73,9 @@ export function createTask(client, spec) {
   return {
     get busy() { return current !== null; },
     isLatest: (work) => work === latest,
+    /** Disowns the work started last (the key changed): what it still reports is not
+     * shown. Its requests end with the old session. */
+    forget() { latest = null; },
     start,
     cancel,
     finish,

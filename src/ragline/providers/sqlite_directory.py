@@ -1,0 +1,160 @@
+"""The embedded principal store and grant store (:class:`SqliteDirectory`): a small
+SQLite file beside the records. ``ragline principals`` may write it while a server runs
+(WAL mode; each call is one short statement), and the server sees the change on its next
+lookup."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..access import Grant, Principal
+from ..lifetime import Lifetime
+from ..threads import ThreadBridge
+
+__all__ = ["SqliteDirectory"]
+
+
+_SCHEMA = """
+PRAGMA journal_mode = WAL;
+CREATE TABLE IF NOT EXISTS principals (
+    name TEXT PRIMARY KEY, groups TEXT NOT NULL, admin INTEGER NOT NULL,
+    key_digest TEXT NOT NULL UNIQUE, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS collection_grants (
+    collection TEXT PRIMARY KEY, readers TEXT NOT NULL, writers TEXT NOT NULL,
+    creator TEXT, is_set INTEGER NOT NULL);
+"""
+_GRANT = "SELECT collection, readers, writers, creator, is_set FROM collection_grants"
+
+
+class SqliteDirectory:
+    """:class:`~ragline.providers.directory.PrincipalStore` and
+    :class:`~ragline.providers.directory.GrantStore` in one SQLite file; each call runs
+    on the thread bridge under the caller's lifetime."""
+
+    def __init__(self, path: str | Path, bridge: ThreadBridge) -> None:
+        self.path = Path(path)
+        self.bridge = bridge
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    async def open(self, lifetime: Lifetime) -> None:
+        """Create or open the file."""
+        await self.bridge.call(lifetime, self._query, "SELECT 1", ())
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _query(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            if self._db is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA busy_timeout = 5000")  # a CLI writing at the same moment
+                db.executescript(_SCHEMA)
+                self._db = db
+            return self._db.execute(sql, args).fetchall()
+
+    async def _rows(self, lifetime: Lifetime, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return await self.bridge.call(lifetime, self._query, sql, args)
+
+    # -- principals --------------------------------------------------------------------
+    async def add_principal(self, principal: Principal, digest: str, lifetime: Lifetime) -> bool:
+        rows = await self._rows(
+            lifetime,
+            "INSERT INTO principals VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (name) DO NOTHING RETURNING name",
+            principal.name,
+            json.dumps(sorted(principal.groups)),
+            int(principal.admin),
+            digest,
+            time.time(),
+        )
+        return bool(rows)
+
+    async def principals(self, lifetime: Lifetime) -> list[Principal]:
+        rows = await self._rows(
+            lifetime, "SELECT name, groups, admin FROM principals ORDER BY name"
+        )
+        return [_principal(row) for row in rows]
+
+    async def find_key(self, digest: str, lifetime: Lifetime) -> Principal | None:
+        rows = await self._rows(
+            lifetime, "SELECT name, groups, admin FROM principals WHERE key_digest = ?", digest
+        )
+        return _principal(rows[0]) if rows else None
+
+    async def replace_key(self, name: str, digest: str, lifetime: Lifetime) -> bool:
+        rows = await self._rows(
+            lifetime,
+            "UPDATE principals SET key_digest = ? WHERE name = ? RETURNING name",
+            digest,
+            name,
+        )
+        return bool(rows)
+
+    async def remove_principal(self, name: str, lifetime: Lifetime) -> bool:
+        rows = await self._rows(
+            lifetime, "DELETE FROM principals WHERE name = ? RETURNING name", name
+        )
+        return bool(rows)
+
+    # -- grants ------------------------------------------------------------------------
+    async def grant(self, collection: str, lifetime: Lifetime) -> Grant | None:
+        rows = await self._rows(lifetime, _GRANT + " WHERE collection = ?", collection)
+        return _grant(rows[0]) if rows else None
+
+    async def grants(self, lifetime: Lifetime) -> dict[str, Grant]:
+        return {row[0]: _grant(row) for row in await self._rows(lifetime, _GRANT)}
+
+    async def claim(self, collection: str, creator: str, lifetime: Lifetime) -> Grant:
+        await self._rows(
+            lifetime,
+            "INSERT INTO collection_grants VALUES (?, '[]', '[]', ?, 0) "
+            "ON CONFLICT (collection) DO NOTHING",
+            collection,
+            creator,
+        )
+        found = await self.grant(collection, lifetime)
+        assert found is not None  # just made, and grants are never deleted
+        return found
+
+    async def set_grant(
+        self,
+        collection: str,
+        read: Sequence[str],
+        write: Sequence[str],
+        lifetime: Lifetime,
+        *,
+        creator: str,
+    ) -> Grant:
+        rows = await self._rows(
+            lifetime,
+            "INSERT INTO collection_grants VALUES (?, ?, ?, ?, 1) "
+            "ON CONFLICT (collection) DO UPDATE SET readers = excluded.readers, "
+            "writers = excluded.writers, "
+            "creator = COALESCE(collection_grants.creator, excluded.creator), "
+            "is_set = 1 RETURNING collection, readers, writers, creator, is_set",
+            collection,
+            json.dumps(list(read)),
+            json.dumps(list(write)),
+            creator,
+        )
+        return _grant(rows[0])
+
+
+def _principal(row: tuple[Any, ...]) -> Principal:
+    return Principal(str(row[0]), frozenset(json.loads(row[1])), bool(row[2]))
+
+
+def _grant(row: tuple[Any, ...]) -> Grant:
+    return Grant(tuple(json.loads(row[1])), tuple(json.loads(row[2])), row[3], bool(row[4]))

@@ -1,0 +1,54 @@
+"""What the bot says besides the model's answers: greetings, refusals, and the notes
+that end an answer cut short."""
+
+from __future__ import annotations
+
+from ..lifetime import CancelReason, Cause
+from ..models import ChatResult
+
+__all__ = [
+    "BOUND_NOTES",
+    "EMPTY",
+    "FAILED",
+    "INFORMATIVE",
+    "NO_ACCESS",
+    "WELCOME",
+    "interrupted",
+    "with_sources",
+]
+
+WELCOME = "Hi! Ask me anything about the indexed documents."
+EMPTY = "Send me a question and I will answer from the indexed documents."
+INFORMATIVE = "Searching the documents…"
+FAILED = "Sorry, I could not answer that: the model failed."
+NO_ACCESS = (
+    "Sorry, I can't answer you here: you don't have access to this bot's documents. "
+    "Ask your ragline admin for access."
+)
+
+BOUND_NOTES = {
+    "budget_exhausted": "I stopped here: this answer reached its token budget.",
+    "max_steps": "I stopped here: this answer took too many steps.",
+    "max_tool_calls": "I stopped here: this answer called too many tools.",
+    "repeated_tool_call": "I stopped here: I was repeating the same search.",
+    "deadline": "I stopped here: this answer reached its time limit.",
+}
+
+
+def interrupted(reason: CancelReason | None) -> str:
+    """The note a user gets when their answer is cut short."""
+    if reason is not None and reason.cause is Cause.DEADLINE:
+        return "Stopped: this answer took longer than the bot's time limit."
+    return "Interrupted: the service is restarting. Please ask again in a moment."
+
+
+def with_sources(result: ChatResult) -> str:
+    """The answer followed by its sources, numbered as the answer cites them ``[n]``."""
+    if not result.sources:
+        return result.text
+    lines = "\n".join(
+        f"{source.rank or n}. {source.title or source.source or source.document_id} "
+        f"({source.relevance()})"
+        for n, source in enumerate(result.sources, start=1)
+    )
+    return f"{result.text}\n\n**Sources**\n{lines}"
