@@ -7,7 +7,7 @@ Vectors are a deterministic bag of hashed words, so texts sharing words are clos
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from conftest import serve_app
+from ragline import Lifetime
 
 
 def vector_for(text: str, dimensions: int) -> list[float]:
@@ -29,6 +30,18 @@ def vector_for(text: str, dimensions: int) -> list[float]:
         out[int.from_bytes(digest[:4], "big") % dimensions] += 2.0
     out[0] += 0.5  # never the zero vector
     return out
+
+
+class WordEmbedder:
+    """The same bag of hashed words as an in-process embedder: texts that share words
+    are close (for tests that need retrieval, not an embedding server)."""
+
+    model, dimensions = "words", 16
+
+    async def embed(
+        self, texts: Sequence[str], lifetime: Lifetime, *, kind: str = "document"
+    ) -> list[list[float]]:
+        return [vector_for(text, self.dimensions) for text in texts]
 
 
 @dataclass

@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import pytest
 
 from conftest import serve, settings_for, upstream_running
-from fake_embeddings import vector_for
+from fake_embeddings import WordEmbedder
 from ragline import Chunk, Lifetime
 from ragline.providers.memory import MemoryStore
 from upstream import Behavior, FakeUpstream
@@ -91,17 +90,6 @@ async def test_ask_in_process() -> None:
         )
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().strip() == "t0 t1"
-
-
-class WordEmbedder:
-    """A bag of hashed words: texts that share words are close."""
-
-    model, dimensions = "words", 16
-
-    async def embed(
-        self, texts: Sequence[str], lifetime: Lifetime, *, kind: str = "document"
-    ) -> list[list[float]]:
-        return [vector_for(text, self.dimensions) for text in texts]
 
 
 async def test_ask_prints_the_answer_then_its_sources_with_title_relevance_and_snippet(

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from conftest import asgi_client
 from deployment import ADMIN, backend_env, deployment, ingest, make_member
+from fake_embeddings import WordEmbedder
 from ragline import Lifetime, Settings
 from ragline.access import Principal
 from ragline.errors import Hidden
@@ -211,17 +212,6 @@ VOCABULARY = ["heron", "river", "reed", "marsh", "stone", "wind", "dawn", "fish"
 COLLECTIONS = {"c0": "u0", "c1": "u1", "default": None}  # each one's creator
 
 
-class Words:
-    """A bag of hashed words as the embedder: texts sharing words are close."""
-
-    model, dimensions = "words", 16
-
-    async def embed(self, texts: Any, lifetime: Any, *, kind: str = "document") -> Any:
-        from fake_embeddings import vector_for
-
-        return [vector_for(text, self.dimensions) for text in texts]
-
-
 @dataclass
 class Corpus:
     runtime: Any
@@ -244,7 +234,7 @@ async def corpus(tmp_path: Any) -> AsyncIterator[Corpus]:
         retrieval=True,
         retrieval_mode="hybrid",
     )
-    async with asgi_client(settings, embedder=Words()) as http:
+    async with asgi_client(settings, embedder=WordEmbedder()) as http:
         runtime = http._transport.app.state.runtime  # type: ignore[attr-defined]
         for collection, creator in COLLECTIONS.items():
             documents = []
@@ -323,7 +313,7 @@ async def test_no_hit_ever_lies_outside_the_callers_rights(
                 await runtime.pipeline.retrieve(query, top_k, life, collection)
             return
         readable = await runtime.grants.readable(life, collection)
-        (vector,) = await Words().embed([query], life)
+        (vector,) = await WordEmbedder().embed([query], life)
         dense = await runtime.pipeline.store.search(
             vector, top_k, life, readable=readable, collection=collection
         )

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ import pytest
 
 from conftest import LogCapture, Running, bot_settings, eventually, serve, upstream_running
 from deployment import ADMIN, ingest
-from fake_embeddings import vector_for
+from fake_embeddings import WordEmbedder
 from ragline.config_file import ConfigFileError
 from ragline.lifetime import Lifetime
 from ragline.providers.memory import MemoryStore
@@ -46,17 +46,6 @@ PLAN_A = {"id": "plan-a", "text": "# Plan of team A\n\nThe launch code of team A
 PLAN_B = {"id": "plan-b", "text": "# Plan of team B\n\nThe launch code of team B is 9999."}
 PUBLIC = {"id": "fountain", "text": "# Fountain\n\nThe launch code of the fountain is 1234."}
 A, B, FOUNTAIN = "Plan of team A", "Plan of team B", "Fountain"
-
-
-class WordEmbedder:
-    """A bag of hashed words: texts that share words are close."""
-
-    model, dimensions = "words", 16
-
-    async def embed(
-        self, texts: Sequence[str], lifetime: Lifetime, *, kind: str = "document"
-    ) -> list[list[float]]:
-        return [vector_for(text, self.dimensions) for text in texts]
 
 
 @dataclass

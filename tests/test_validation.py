@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import LogCapture, settings_for, upstream_running
-from fake_embeddings import vector_for
-from ragline import Lifetime
+from fake_embeddings import WordEmbedder
 from ragline.providers.memory import MemoryStore
 from ragline.server import create_app
 from upstream import FakeUpstream
@@ -68,18 +67,6 @@ BODIES = st.one_of(
     st.binary(max_size=64),
     st.text(max_size=12).map(lambda p: json.dumps({"paths": [p]}).encode()),
 )
-
-
-class WordEmbedder:
-    """A bag of hashed words, so that retrieval and ingestion run (the HTTP layer is what
-    is fuzzed here)."""
-
-    model, dimensions = "words", 16
-
-    async def embed(
-        self, texts: Sequence[str], lifetime: Lifetime, *, kind: str = "document"
-    ) -> list[list[float]]:
-        return [vector_for(text, self.dimensions) for text in texts]
 
 
 @asynccontextmanager
