@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from conftest import free_port
+from deployment import launch, until_ready
 
 pytestmark = pytest.mark.anyio
 
@@ -49,26 +50,10 @@ async def principals(
 async def server(env: dict[str, str], log: Path) -> AsyncIterator[str]:
     """A real ``ragline serve`` process, once ready: its URL."""
     port = free_port()
-    with log.open("wb") as err:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "ragline", "serve", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    process = await launch(["serve", "--port", str(port)], env, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient() as http:
-            with anyio.fail_after(60):
-                while True:
-                    if process.returncode is not None:
-                        raise AssertionError(await anyio.Path(log).read_text())
-                    try:
-                        if (await http.get(f"{url}/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await anyio.sleep(0.1)
+        await until_ready(url, process)
         yield url
     finally:
         process.terminate()
