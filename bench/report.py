@@ -1,6 +1,6 @@
 """Writes docs/BENCHMARKS.md (and its plots) from what the benchmarks left in
 bench/results: compare.json (bench/compare.py), local.md (bench/local.py),
-retrieval.md (bench/retrieval.py) and answers-*.md (bench/answers.py).
+retrieval.md and permissions.md (bench/retrieval.py) and answers-*.md (bench/answers.py).
 
     .venv/bin/python bench/report.py [--results bench/results] [--out docs/BENCHMARKS.md]
 """
@@ -691,6 +691,12 @@ def main(results: Path, out: Path) -> None:
             doc += [f"Not part of this run (`{name}` missing).", ""]
     doc += ["## 7. Answers", "", *answers(results), ""]
     doc += [CLUSTER_HEADING, "", *cluster(results), ""]
+    doc += ["## 9. Permission filter", ""]
+    permissions = results / "permissions.md"
+    if permissions.exists():
+        doc += [permissions.read_text().rstrip(), ""]
+    else:
+        doc += ["Not part of this run (`permissions.md` missing).", ""]
     out.write_text("\n".join(doc) + "\n")
     print(f"wrote {out} and {len(made)} plots in {images}")
 

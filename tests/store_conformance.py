@@ -209,6 +209,22 @@ class StoreConformance:
         assert {h.document_id for h in only_zero} == {"doc-r1", "doc-r3", "doc-r5"}
         assert len(await search(store, basis(0), 50, readable=ALL)) == 36
 
+    async def test_a_selective_filter_still_fills_top_k(self, store: VectorStore) -> None:
+        # 1% of the rows may be read (a filtered HNSW walk meets too few of them): the
+        # search still returns top_k of them, the nearest first.
+        rng = random.Random(3)
+        others = [
+            replace(chunk(f"o{i}", [rng.uniform(-1, 1) for _ in range(DIM)]), acl=9)
+            for i in range(3_000)
+        ]
+        mine = [replace(chunk(f"m{i}", rotated(i * 2.0)), acl=4) for i in range(30)]
+        for start in range(0, len(others), 500):
+            await upsert(store, others[start : start + 500])
+        await upsert(store, mine)
+        hits = await search(store, basis(0), 25, readable=Readable(frozenset({4})))
+        assert [h.document_id for h in hits] == [f"doc-m{i}" for i in range(25)]
+        assert_descending(hits)
+
     async def test_hits_carry_the_stored_fields_exactly(self, store: VectorStore) -> None:
         """document_id, chunk_index, source and text come back exactly as stored."""
         chunks = ranked_chunks()

@@ -32,6 +32,7 @@ from ..lifetime import Lifetime
 from ..models import Chunk, Hit
 from ..settings import redact
 from ..threads import CancelToken, ThreadBridge
+from ._milvus_search import search as filled_search
 
 __all__ = ["MilvusStore"]
 
@@ -275,16 +276,9 @@ class MilvusStore:
         self, token: CancelToken, name: str, vector: list[float], top_k: int, where: str
     ) -> Any:
         with self._reached():
-            result = self._client.search(
-                collection_name=name,
-                data=[vector],
-                filter=where,
-                limit=top_k,
-                output_fields=_OUTPUT,
-                search_params={"metric_type": "COSINE", "params": {"ef": max(64, top_k)}},
-                consistency_level=self.consistency,
+            return filled_search(
+                self._client, name, vector, top_k, where, _OUTPUT, self.consistency
             )
-        return result[0] if result else []
 
     async def upsert(
         self, chunks: Sequence[Chunk], lifetime: Lifetime, *, collection: str | None = None
