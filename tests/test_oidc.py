@@ -107,3 +107,12 @@ async def test_every_token_that_does_not_verify_is_one_401() -> None:
         assert len(bodies) == 1
         assert (await http.get("/api/v1/me")).text in bodies
         assert issuer.fetches <= 2
+
+
+async def test_a_grant_may_name_the_issuers_users_and_groups() -> None:
+    async with issued() as (issuer, http):
+        boss = bearer(issuer.token(preferred_username="boss", groups=["g-admins"]))
+        grant = {"read": ["group:g-eng", "user:someone@contoso.com"], "write": []}
+        answer = await http.put("/api/v1/collections/eng/access", json=grant, headers=boss)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["read"] == ["group:g-eng", "user:someone@contoso.com"]

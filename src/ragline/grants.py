@@ -91,6 +91,10 @@ class Grants:
         writers = normalize_entries(write, "write")
         known = await self.principals.known(lifetime)
         unknown = sorted({*readers, *writers} - known - {"*"})
+        if self.principals.oidc is not None:
+            # An issuer's users and groups exist only in its tokens: nothing to check
+            # them against here (a typo then grants nobody, rather than failing).
+            unknown = []
         if unknown:
             raise InvalidRequest(
                 f"unknown users or groups: {', '.join(unknown[:10])}", param="read"
