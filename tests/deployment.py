@@ -77,6 +77,15 @@ async def launch(argv: list[str], env: dict[str, str], log: Path) -> Process:
         os.close(out)
 
 
+async def kill_all(processes: list[Process]) -> None:
+    """Kill whichever of ``processes`` still run, and reap them (callers in a
+    ``finally`` shield it with a deadline)."""
+    for process in processes:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 async def until_ready(url: str, process: Process) -> None:
     """Wait until the server at ``url`` answers ``/readyz`` with 200 (it must not exit)."""
     async with httpx.AsyncClient() as http:
@@ -144,11 +153,8 @@ async def deployment(
                 await made.start(retrieval_mode=retrieval_mode)
             yield made
         finally:
-            for process in made.processes:
-                if process.returncode is None:
-                    process.kill()
-                    with anyio.move_on_after(10, shield=True):
-                        await process.wait()
+            with anyio.move_on_after(30, shield=True):
+                await kill_all(made.processes)
 
 
 async def make_member(http: httpx.AsyncClient, url: str, name: str, *groups: str) -> dict[str, str]:

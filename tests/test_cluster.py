@@ -28,7 +28,7 @@ from conftest import (
     serve,
     upstream_running,
 )
-from deployment import launch, until_ready
+from deployment import kill_all, launch, until_ready
 from fake_embeddings import FakeEmbeddings, embeddings_server
 from ragline import Settings
 from ragline.chunking import Chunker, minilm_tokenizer
@@ -155,11 +155,8 @@ async def cluster(
         try:
             yield made
         finally:
-            for process in made.processes:
-                if process.returncode is None:
-                    process.kill()
-                    with anyio.move_on_after(10, shield=True):
-                        await process.wait()
+            with anyio.move_on_after(30, shield=True):
+                await kill_all(made.processes)
 
 
 async def wait_for_state(http: httpx.AsyncClient, url: str, job_id: str, *states: str) -> Any:

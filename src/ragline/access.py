@@ -145,13 +145,12 @@ class Readable:
 @dataclass(frozen=True, slots=True)
 class Grant:
     """Who may read and write a collection. ``creator`` (its owner) and admins always
-    may; until access is set (``set`` false), nobody else may, except that the seeded
+    may; until access is set, nobody else may, except that the seeded
     default collection is readable by everyone."""
 
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
     creator: str | None = None
-    set: bool = False
 
     def allows(self, principal: Principal, right: Right) -> bool:
         if principal.admin or (self.creator is not None and principal.name == self.creator):

@@ -32,7 +32,20 @@ def search(
 ) -> list[dict[str, Any]]:
     """The ``top_k`` nearest rows that pass ``where``, as Milvus's hits (``entity``,
     ``distance``: cosine similarity), best first."""
-    rows = _hnsw(client, name, vector, top_k, where, output, consistency, max(64, top_k))
+
+    def walk(ef: int) -> list[dict[str, Any]]:
+        result = client.search(
+            collection_name=name,
+            data=[vector],
+            filter=where,
+            limit=top_k,
+            output_fields=output,
+            search_params={"metric_type": "COSINE", "params": {"ef": ef}},
+            consistency_level=consistency,
+        )
+        return list(result[0]) if result else []
+
+    rows = walk(max(64, top_k))
     if not where or len(rows) >= top_k:
         return rows
     # One query: the permitted rows themselves, if they are few enough to rank here.
@@ -45,30 +58,7 @@ def search(
     )
     if len(found) <= EXACT_AT_MOST:
         return _exact(vector, found, top_k)
-    ef = min(max(_WIDE_EF, top_k * 16), 32_768)
-    return _hnsw(client, name, vector, top_k, where, output, consistency, ef)
-
-
-def _hnsw(
-    client: Any,
-    name: str,
-    vector: list[float],
-    top_k: int,
-    where: str,
-    output: list[str],
-    consistency: str,
-    ef: int,
-) -> list[dict[str, Any]]:
-    result = client.search(
-        collection_name=name,
-        data=[vector],
-        filter=where,
-        limit=top_k,
-        output_fields=output,
-        search_params={"metric_type": "COSINE", "params": {"ef": ef}},
-        consistency_level=consistency,
-    )
-    return list(result[0]) if result else []
+    return walk(min(max(_WIDE_EF, top_k * 16), 32_768))
 
 
 def _exact(vector: list[float], found: list[dict[str, Any]], top_k: int) -> list[dict[str, Any]]:

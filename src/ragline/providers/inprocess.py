@@ -236,5 +236,5 @@ class InProcessDirectory:
         await lifetime.checkpoint()
         old = self._grants.get(collection)
         owner = old.creator if old is not None and old.creator is not None else creator
-        grant = self._grants[collection] = Grant(tuple(read), tuple(write), owner, True)
+        grant = self._grants[collection] = Grant(tuple(read), tuple(write), owner)
         return grant

@@ -103,4 +103,4 @@ def _principal(row: Any) -> Principal:
 
 
 def _grant(row: Any) -> Grant:
-    return Grant(tuple(row[1]), tuple(row[2]), row[3], bool(row[4]))
+    return Grant(tuple(row[1]), tuple(row[2]), row[3])

@@ -157,4 +157,4 @@ def _principal(row: tuple[Any, ...]) -> Principal:
 
 
 def _grant(row: tuple[Any, ...]) -> Grant:
-    return Grant(tuple(json.loads(row[1])), tuple(json.loads(row[2])), row[3], bool(row[4]))
+    return Grant(tuple(json.loads(row[1])), tuple(json.loads(row[2])), row[3])
