@@ -30,8 +30,8 @@ def test_embedded_by_default_and_postgresql_with_a_database_url(tmp_path: Path) 
         assert isinstance(backend.bus, NoticeBus)
         assert isinstance(backend.directory, Directory)
     assert (embedded.records.shared, shared.records.shared) == (False, True)
-    # Only the principals' file opens at start; the records' file opens with ingestion.
-    assert embedded.built == [embedded.directory]
+    # Only the principals' and conversations' files open at start; the records' with ingestion.
+    assert embedded.built == [embedded.directory, embedded.conversations]
     assert len(shared.built) == 1  # one pool that every PostgreSQL store is composed on
     assert "u@127.0.0.1" in repr(shared.records)
     assert not list(tmp_path.iterdir())  # built, not opened: no file yet

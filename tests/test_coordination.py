@@ -158,21 +158,63 @@ async def test_a_run_log_keeps_snapshots_and_events_for_every_process(
         await until(lambda: heard.count(Notice("news", WorkKey.run("r"))) == 2)
 
 
-async def test_only_the_newest_finished_runs_are_kept(deployment: Deployment) -> None:
+async def test_only_the_newest_finished_agent_runs_are_kept(deployment: Deployment) -> None:
     async with AsyncExitStack() as stack:
         runs = (await opened(deployment, stack)).runs
         life = Lifetime.root("t")
         await runs.save_run(
-            RunSave("live", "running", {"state": "running"}, [(0, "step", {})]), life
+            RunSave("run_live", "running", {"state": "running"}, [(0, "step", {})]), life
         )
+        # A background response shares the log; it goes by its own expiry, never by
+        # the count of agent runs kept.
+        await runs.save_run(RunSave("resp_old", "completed", {"r": 0}, [(0, "done", {})]), life)
         for n in range(3):
             events = [(0, "step", {}), (1, "done", {"n": n})]
-            await runs.save_run(RunSave(f"r{n}", "completed", {"n": n}, events), life, kept=2)
-        assert await runs.run("r0", life) is None  # the oldest finished one went
-        assert await runs.run_events("r0", 0, life) == []
-        assert await runs.run("r2", life) == {"n": 2}
-        assert [e[1] for e in await runs.run_events("r1", 1, life)] == ["done"]
-        assert await runs.run("live", life) == {"state": "running"}  # never a running one
+            await runs.save_run(RunSave(f"run_{n}", "completed", {"n": n}, events), life, kept=2)
+        assert await runs.run("run_0", life) is None  # the oldest finished one went
+        assert await runs.run_events("run_0", 0, life) == []
+        assert await runs.run("run_2", life) == {"n": 2}
+        assert [e[1] for e in await runs.run_events("run_1", 1, life)] == ["done"]
+        assert await runs.run("run_live", life) == {"state": "running"}  # never a running one
+        assert await runs.run("resp_old", life) == {"r": 0}
+        assert await runs.run_events("resp_old", 0, life) == [(0, "done", {})]
+        # An id that only looks like one in LIKE ("_" is any character) is no agent run.
+        await runs.save_run(RunSave("runX3", "completed", {"n": 3}), life, kept=0)
+        assert await runs.run("runX3", life) == {"n": 3}
+        assert await runs.run("run_2", life) is None
+
+
+async def test_the_listing_names_agent_runs_only(deployment: Deployment) -> None:
+    async with AsyncExitStack() as stack:
+        runs = (await opened(deployment, stack)).runs
+        life = Lifetime.root("t")
+        for n, run_id in enumerate(["run_a", "resp_b", "run_c", "runXd"]):
+            owner = "ann" if n % 2 == 0 else "bob"
+            snapshot = {"id": run_id, "owner": owner, "created_at": float(n)}
+            await runs.save_run(RunSave(run_id, "completed", snapshot), life)
+        listed = await runs.runs(life, owner=None, limit=10)
+        assert [r["id"] for r in listed] == ["run_c", "run_a"]  # newest first
+        assert [r["id"] for r in await runs.runs(life, owner="ann", limit=1)] == ["run_c"]
+        assert await runs.runs(life, owner="bob", limit=10) == []
+        assert await runs.run("resp_b", life) is not None  # still readable by its id
+
+
+async def test_forgotten_runs_lose_their_events_in_every_process(deployment: Deployment) -> None:
+    async with two_processes(deployment) as (here, there, _):
+        life = Lifetime.root("t")
+        for run_id in ("resp_1", "resp_2", "run_3"):
+            await here.runs.save_run(RunSave(run_id, "completed", {}, [(0, "e", {})]), life)
+        await here.runs.forget(["resp_1", "run_3", "resp_never"], life)
+        await here.runs.forget([], life)
+        for gone in ("resp_1", "run_3"):
+            assert await there.runs.run(gone, life) is None
+            assert await there.runs.run_events(gone, 0, life) == []
+        assert await there.runs.run("resp_2", life) == {}
+        assert await there.runs.run_events("resp_2", 0, life) == [(0, "e", {})]
+        # A forgotten id may be saved again: it starts with no events.
+        await there.runs.save_run(RunSave("resp_1", "running", {"again": True}), life)
+        assert await here.runs.run("resp_1", life) == {"again": True}
+        assert await here.runs.run_events("resp_1", 0, life) == []
 
 
 async def test_an_activity_is_accepted_once_within_its_window(deployment: Deployment) -> None:

@@ -15,6 +15,7 @@ from .ingestion import Ingestor
 from .jobs import Jobs
 from .notices import Notices
 from .providers import Records
+from .providers.conversations import ConversationStore
 from .providers.coordination import ActivityLog, NoticeBus, RunLog
 from .providers.directory import GrantStore, PrincipalStore
 from .settings import Settings
@@ -42,6 +43,7 @@ class Backend:
     activities: ActivityLog
     bus: NoticeBus
     directory: Directory  # principals and collection grants
+    conversations: ConversationStore  # stored responses and conversations' turns
     jobs: JobsBuilder  # (ingestor, notices, bridge) -> the job queue that runs ingestor
     built: list[object] = field(default_factory=list)
 
@@ -62,6 +64,7 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
     if s.database_url:
         from .jobs import DistributedJobs
         from .providers.postgres import PostgresPool
+        from .providers.postgres_conversations import PostgresConversations
         from .providers.postgres_directory import PostgresDirectory
         from .providers.postgres_records import PostgresRecords
         from .providers.postgres_shared import (
@@ -101,6 +104,7 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
             activities=PostgresActivities(pool),
             bus=PostgresBus(pool),
             directory=PostgresDirectory(pool),
+            conversations=PostgresConversations(pool),
             jobs=distributed,
             built=[pool],
         )
@@ -108,11 +112,13 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
     from .jobs import JobQueue
     from .providers.inprocess import InProcessActivities, InProcessBus, InProcessRunLog
     from .providers.sqlite import SqliteRecords
+    from .providers.sqlite_conversations import SqliteConversations
     from .providers.sqlite_directory import SqliteDirectory
 
     bus = InProcessBus()
     sqlite = SqliteRecords(Path(s.data_dir) / "records.sqlite", bridge)
     directory = SqliteDirectory(Path(s.data_dir) / "access.sqlite", bridge)
+    conversations = SqliteConversations(Path(s.data_dir) / "conversations.sqlite", bridge)
 
     def local(ingestor: Ingestor, notices: Notices, bridge: ThreadBridge) -> Jobs:
         folder = Path(s.data_dir) / "jobs"
@@ -124,10 +130,12 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
         activities=InProcessActivities(bus),
         bus=bus,
         directory=directory,
+        conversations=conversations,
         jobs=local,
         # The records' SQLite file opens with the ingestion that uses it (a server
-        # without retrieval makes none); the directory's always: every request needs it.
-        built=[directory],
+        # without retrieval makes none); the directory's and the conversations' always:
+        # every request needs the one, a follow-up the other.
+        built=[directory, conversations],
     )
 
 

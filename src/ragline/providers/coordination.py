@@ -134,7 +134,8 @@ class RunLog(Protocol):
 
     async def save_run(self, save: RunSave, lifetime: Lifetime, *, kept: int | None = None) -> None:
         """The run's snapshot and its new events, at once. With ``kept``, only that many
-        finished runs are kept, the newest."""
+        finished agent runs (ids ``run_…``) are kept, the newest: a background response
+        (``resp_…``) saved here too goes by its own expiry (:meth:`forget`)."""
         ...
 
     async def run(self, run_id: str, lifetime: Lifetime) -> dict[str, Any] | None:
@@ -148,8 +149,12 @@ class RunLog(Protocol):
     async def runs(
         self, lifetime: Lifetime, *, owner: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        """The newest ``limit`` runs' snapshots, newest first; only ``owner``'s unless
-        None."""
+        """The newest ``limit`` agent runs' snapshots (ids ``run_…``), newest first; only
+        ``owner``'s unless None."""
+        ...
+
+    async def forget(self, run_ids: Sequence[str], lifetime: Lifetime) -> None:
+        """Delete these runs and their events (a response deleted or expired)."""
         ...
 
 

@@ -8,7 +8,8 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from copy import deepcopy
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -16,9 +17,16 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ..access import Grant, Principal
 from ..lifetime import Lifetime
+from .conversations import StoredResponse, Turn
 from .coordination import Notice, RunEvent, RunSave, WorkKey
 
-__all__ = ["InProcessActivities", "InProcessBus", "InProcessDirectory", "InProcessRunLog"]
+__all__ = [
+    "InProcessActivities",
+    "InProcessBus",
+    "InProcessConversations",
+    "InProcessDirectory",
+    "InProcessRunLog",
+]
 
 
 class InProcessBus:
@@ -76,7 +84,9 @@ class InProcessRunLog:
         run.events.extend(e for e in save.events if e[0] >= have)  # a repeated save adds nothing
         self._runs.move_to_end(run_id)
         if kept is not None:
-            finished = [k for k, r in self._runs.items() if r.state != "running"]
+            finished = [
+                k for k, r in self._runs.items() if r.state != "running" and k.startswith("run_")
+            ]
             for key in finished[: max(len(finished) - kept, 0)]:
                 del self._runs[key]
         await self.bus.publish(Notice("news", WorkKey.run(run_id)), lifetime)
@@ -97,11 +107,16 @@ class InProcessRunLog:
         await lifetime.checkpoint()
         mine = [
             dict(r.snapshot)
-            for r in self._runs.values()
-            if owner is None or r.snapshot.get("owner") == owner
+            for k, r in self._runs.items()
+            if k.startswith("run_") and (owner is None or r.snapshot.get("owner") == owner)
         ]
         mine.sort(key=lambda snapshot: snapshot.get("created_at") or 0.0, reverse=True)
         return mine[:limit]
+
+    async def forget(self, run_ids: Sequence[str], lifetime: Lifetime) -> None:
+        await lifetime.checkpoint()
+        for run_id in run_ids:
+            self._runs.pop(run_id, None)
 
 
 @dataclass
@@ -238,3 +253,82 @@ class InProcessDirectory:
         owner = old.creator if old is not None and old.creator is not None else creator
         grant = self._grants[collection] = Grant(tuple(read), tuple(write), owner)
         return grant
+
+
+@dataclass
+class _Conversation:
+    owner: str
+    expires_at: float | None
+    turns: list[Turn] = field(default_factory=list)
+
+
+class InProcessConversations:
+    """:class:`~ragline.providers.conversations.ConversationStore` in memory: for an
+    application that mounts ragline's middleware, and tests. What goes in and comes out
+    is copied, as a database would: a caller's later change reaches nobody else."""
+
+    def __init__(self) -> None:
+        self._responses: dict[str, StoredResponse] = {}
+        self._conversations: dict[str, _Conversation] = {}
+
+    async def save_response(self, response: StoredResponse, lifetime: Lifetime) -> None:
+        await lifetime.checkpoint()
+        old = self._responses.get(response.id)
+        if old is not None:  # its owner and creation time never change
+            response = replace(response, owner=old.owner, created_at=old.created_at)
+        self._responses[response.id] = deepcopy(response)
+
+    async def response(self, response_id: str, lifetime: Lifetime) -> StoredResponse | None:
+        await lifetime.checkpoint()
+        found = self._responses.get(response_id)
+        live = found is not None and _live(found.expires_at, time.time())
+        return deepcopy(found) if live else None
+
+    async def delete_response(self, response_id: str, lifetime: Lifetime) -> bool:
+        await lifetime.checkpoint()
+        found = self._responses.pop(response_id, None)
+        return found is not None and _live(found.expires_at, time.time())
+
+    async def add_turn(
+        self,
+        conversation_id: str,
+        owner: str,
+        messages: list[dict[str, Any]],
+        expires_at: float | None,
+        lifetime: Lifetime,
+    ) -> None:
+        await lifetime.checkpoint()
+        now = time.time()
+        found = self._conversations.get(conversation_id)
+        if found is None or not _live(found.expires_at, now):  # expired: starts anew
+            found = self._conversations[conversation_id] = _Conversation(owner, expires_at)
+        found.expires_at = expires_at
+        seq = found.turns[-1].seq + 1 if found.turns else 1
+        found.turns.append(Turn(seq, deepcopy(messages), now))
+
+    async def conversation(
+        self, conversation_id: str, lifetime: Lifetime, *, limit: int = 50
+    ) -> tuple[str, list[Turn]] | None:
+        await lifetime.checkpoint()
+        found = self._conversations.get(conversation_id)
+        if found is None or not _live(found.expires_at, time.time()):
+            return None
+        turns = found.turns[max(len(found.turns) - limit, 0) :]
+        return (found.owner, deepcopy(turns)) if turns else None
+
+    async def clear_conversation(self, conversation_id: str, lifetime: Lifetime) -> None:
+        await lifetime.checkpoint()
+        self._conversations.pop(conversation_id, None)
+
+    async def expire(self, now: float, lifetime: Lifetime) -> list[str]:
+        await lifetime.checkpoint()
+        gone = [k for k, r in self._responses.items() if not _live(r.expires_at, now)]
+        for key in gone:
+            del self._responses[key]
+        for key in [k for k, c in self._conversations.items() if not _live(c.expires_at, now)]:
+            del self._conversations[key]
+        return gone
+
+
+def _live(expires_at: float | None, now: float) -> bool:
+    return expires_at is None or expires_at > now

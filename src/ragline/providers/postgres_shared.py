@@ -17,6 +17,8 @@ from .postgres_records import prune_documents
 
 __all__ = ["PostgresActivities", "PostgresBus", "PostgresJobParts", "PostgresRunLog"]
 
+_AGENT_RUNS = "run\\_%"  # LIKE: agent runs' ids (background responses' are resp_…)
+
 
 class _OnPool:
     def __init__(self, pool: PostgresPool) -> None:
@@ -184,7 +186,7 @@ class PostgresRunLog(_OnPool):
     async def save_run(self, save: RunSave, lifetime: Lifetime, *, kept: int | None = None) -> None:
         """A run's snapshot and its new events, in one transaction; every replica is told
         (``news`` on the bus) so that its readers follow at once. With ``kept``, only
-        that many finished runs are kept, the newest."""
+        that many finished agent runs are kept, the newest."""
         from psycopg.types.json import Jsonb
 
         run_id, events = save.run_id, save.events
@@ -211,9 +213,9 @@ class PostgresRunLog(_OnPool):
             await conn.execute("SELECT pg_notify(%s, %s)", (NOTICE_CHANNEL, notice.encode()))
             if kept is not None:
                 await conn.execute(
-                    "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM runs "
-                    "WHERE state != 'running' ORDER BY updated_at DESC OFFSET %s)",
-                    (kept,),
+                    "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM runs WHERE state "
+                    "!= 'running' AND run_id LIKE %s ORDER BY updated_at DESC OFFSET %s)",
+                    (_AGENT_RUNS, kept),
                 )
 
     async def run(self, run_id: str, lifetime: Lifetime) -> dict[str, Any] | None:
@@ -235,14 +237,18 @@ class PostgresRunLog(_OnPool):
     async def runs(
         self, lifetime: Lifetime, *, owner: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        """The newest runs' snapshots, newest first (only ``owner``'s unless None)."""
+        """The newest agent runs' snapshots, newest first (only ``owner``'s unless None)."""
         rows = await self.pool.rows(
             lifetime,
-            "SELECT snapshot FROM runs WHERE %(owner)s::text IS NULL "
-            "OR snapshot->>'owner' = %(owner)s ORDER BY created_at DESC LIMIT %(limit)s",
-            {"owner": owner, "limit": limit},
+            "SELECT snapshot FROM runs WHERE run_id LIKE %(agent)s AND (%(owner)s::text IS NULL "
+            "OR snapshot->>'owner' = %(owner)s) ORDER BY created_at DESC LIMIT %(limit)s",
+            {"agent": _AGENT_RUNS, "owner": owner, "limit": limit},
         )
         return [dict(row[0]) for row in rows]
+
+    async def forget(self, run_ids: Sequence[str], lifetime: Lifetime) -> None:
+        """Delete these runs; their events go by cascade."""
+        await self.pool.execute(lifetime, "DELETE FROM runs WHERE run_id = ANY(%s)", [[*run_ids]])
 
 
 class PostgresActivities(_OnPool):
