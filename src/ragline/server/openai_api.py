@@ -334,13 +334,18 @@ async def chat_completions(request: Request) -> Response | EventStream:
 
 
 async def models(request: Request) -> Response:
-    """``GET /v1/models``: the one model this server answers with."""
-    model = request_context(request.scope).runtime.pipeline.generator.model
+    """``GET /v1/models``: the chat model, then the embedding model when retrieval is on
+    (``POST /v1/embeddings``)."""
+    pipeline = request_context(request.scope).runtime.pipeline
+    names = [pipeline.generator.model]
+    if pipeline.embedder is not None:
+        names.append(pipeline.embedder.model)
     return JSONResponse(
         {
             "object": "list",
             "data": [
-                {"id": model, "object": "model", "created": 0, "owned_by": "ragline"},
+                {"id": name, "object": "model", "created": 0, "owned_by": "ragline"}
+                for name in dict.fromkeys(names)  # one entry if both have the same name
             ],
         }
     )
@@ -364,6 +369,6 @@ routes = [
         "/v1/models",
         models,
         methods=["GET"],
-        doc=Doc("The model ragline serves", "openai", result=OBJECT, errors=(401,)),
+        doc=Doc("The models ragline serves", "openai", result=OBJECT, errors=(401,)),
     ),
 ]
