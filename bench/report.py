@@ -1,6 +1,7 @@
 """Writes docs/BENCHMARKS.md (and its plots) from what the benchmarks left in
 bench/results: compare.json (bench/compare.py), local.md (bench/local.py),
-retrieval.md and permissions.md (bench/retrieval.py) and answers-*.md (bench/answers.py).
+retrieval.md and permissions.md (bench/retrieval.py), answers-*.md (bench/answers.py) and
+followups.md (bench/followups.py).
 
     .venv/bin/python bench/report.py [--results bench/results] [--out docs/BENCHMARKS.md]
 """
@@ -697,6 +698,12 @@ def main(results: Path, out: Path) -> None:
         doc += [permissions.read_text().rstrip(), ""]
     else:
         doc += ["Not part of this run (`permissions.md` missing).", ""]
+    doc += ["## 10. Follow-up questions: retrieval with and without the rewrite", ""]
+    followups = results / "followups.md"
+    if followups.exists():
+        doc += [followups.read_text().rstrip(), ""]
+    else:
+        doc += ["Not part of this run (`followups.md` missing).", ""]
     out.write_text("\n".join(doc) + "\n")
     print(f"wrote {out} and {len(made)} plots in {images}")
 

@@ -23,6 +23,7 @@ from ragline import (
     StageTimeouts,
 )
 from ragline.access import Readable
+from ragline.models import Message
 from ragline.chat import fuse
 from ragline.metrics import Metrics
 from ragline.providers.prompt import ContextPromptComposer
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]
 
 
 class Upper:
-    async def transform(self, query: str, lifetime: Lifetime) -> str:
+    async def transform(self, query: str, history: Sequence[Message], lifetime: Lifetime) -> str:
         return query.upper()
 
 

@@ -72,13 +72,25 @@ def test_the_store_is_milvus_lite_in_the_data_dir_or_a_server(tmp_path: Path) ->
     assert (server.uri, server.is_lite) == ("http://127.0.0.1:19530", False)
 
 
-def test_the_query_is_rewritten_only_when_asked() -> None:
+def test_follow_ups_are_rewritten_by_default_every_query_or_none_when_asked() -> None:
     from ragline.providers.identity import IdentityTransformer
-    from ragline.providers.rewrite import LLMRewriter
+    from ragline.providers.rewrite import JoinRewriter, LLMRewriter
 
     generator = build_generator(Settings(llm_provider="openai"), ThreadBridge())
-    assert isinstance(build_transformer(Settings(), generator), IdentityTransformer)
-    assert isinstance(build_transformer(Settings(query_rewrite=True), generator), LLMRewriter)
+    # The small local model's rewrites are worse than a join (BENCHMARKS §10).
+    assert isinstance(build_transformer(Settings(), generator), JoinRewriter)
+    default = build_transformer(Settings(llm_provider="openai"), generator)
+    assert isinstance(default, LLMRewriter)
+    assert default.follow_ups_only
+    always = build_transformer(Settings(query_rewrite="always"), generator)
+    assert isinstance(always, LLMRewriter)
+    assert not always.follow_ups_only
+    assert isinstance(
+        build_transformer(Settings(query_rewrite="off"), generator), IdentityTransformer
+    )
+    # The setting was a boolean: true meant every question, false none.
+    assert Settings(query_rewrite=True).query_rewrite == "always"
+    assert Settings(query_rewrite="false").query_rewrite == "off"
 
 
 def test_the_local_model_reads_few_focused_passages_an_upstream_many_whole() -> None:

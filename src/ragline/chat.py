@@ -97,10 +97,12 @@ class ChatPipeline:
     async def prepare(self, request: ChatRequest, lifetime: Lifetime, into: ChatResult) -> Prompt:
         """The stages before generation: transform, retrieve (the sources go into
         ``into``) and compose. The request's tools and continuation join the prompt."""
-        with self._stage(lifetime, "transform", self.timeouts.transform) as (stage, _):
-            query = await self.transformer.transform(request.query, stage)
         hits: Sequence[Hit] = ()
-        if self.retrieval:
+        if self.retrieval:  # the transformed query is for retrieval only
+            with self._stage(lifetime, "transform", self.timeouts.transform) as (stage, span):
+                query = await self.transformer.transform(request.query, request.history, stage)
+                if query != request.query:
+                    set_attributes(span, {"ragline.query.rewritten": True})
             hits = await self.retrieve(query, request.top_k, lifetime, request.collection)
         with self._stage(lifetime, "compose", self.timeouts.compose) as (stage, _):
             prompt = await self.composer.compose(request, hits, stage)

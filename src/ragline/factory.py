@@ -174,11 +174,20 @@ def build_composer(settings: Settings, generator: Generator) -> PromptComposer:
 
 
 def build_transformer(settings: Settings, generator: Generator) -> QueryTransformer:
-    """Identity, or an LLM rewrite with ``RAGLINE_QUERY_REWRITE=true``."""
-    if settings.query_rewrite:
+    """What ``RAGLINE_QUERY_REWRITE`` asks for; unset, what the follow-up set measured
+    best for the model (docs/BENCHMARKS.md §10): a join with the small local model, a
+    rewrite of follow-ups by an upstream one."""
+    mode = settings.query_rewrite
+    if mode is None:
+        mode = "join" if settings.llm_provider == "local" else "follow-ups"
+    if mode == "join":
+        from .providers.rewrite import JoinRewriter
+
+        return JoinRewriter()
+    if mode != "off":
         from .providers.rewrite import LLMRewriter
 
-        return LLMRewriter(generator)
+        return LLMRewriter(generator, follow_ups_only=mode == "follow-ups")
     from .providers.identity import IdentityTransformer
 
     return IdentityTransformer()

@@ -158,7 +158,13 @@ class Settings(BaseSettings):
     # -- pipeline -----------------------------------------------------------------------
     retrieval: bool = True
     retrieval_mode: Literal["dense", "hybrid"] = "hybrid"  # dense + BM25 (FTS5), rank-fused
-    query_rewrite: bool = False
+    # What retrieval searches for: a follow-up (a question with history) rewritten by the
+    # model, every question rewritten, none, or a follow-up joined to the question before
+    # it (no model call). Unset: join with the local model, follow-ups with an upstream.
+    query_rewrite: Literal["follow-ups", "join", "always", "off"] | None = None
+    # The earlier turns a follow-up carries, in tokens: the newest turns whole, older
+    # ones dropped (ragline.history).
+    history_tokens: int = Field(1024, ge=0)
     # Retrieved passages in the prompt. Unset: sized for the model, few and short for the
     # small local one (its first token comes in about 2 s), generous for an upstream.
     context_tokens: int | None = Field(None, ge=0)
@@ -183,6 +189,10 @@ class Settings(BaseSettings):
     run_timeout: Seconds = 600.0  # a background run's own limit
     runs_max_active: int = Field(64, ge=1)
     runs_kept: int = Field(1_000, ge=1)  # finished runs remembered (in memory)
+    # Stored responses and conversations' turns expire this long after their last
+    # change (none: kept until deleted); the expiry runs on the app's supervisor.
+    responses_ttl: Seconds = 30 * 24 * 3600.0
+    responses_sweep: float = Field(60.0, gt=0)  # how often expired ones are looked for
 
     # -- Microsoft Teams channel (POST /api/messages) ---------------------------------------
     bot_app_id: str | None = None  # the bot's Microsoft app id: the JWT audience
@@ -252,6 +262,7 @@ class Settings(BaseSettings):
         "agent_deadline",
         "agent_token_budget",
         "run_timeout",
+        "responses_ttl",
         mode="before",
     )
     @classmethod
@@ -266,6 +277,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             lowered = value.strip().lower()
             return {"true": "on", "1": "on", "false": "off", "0": "off"}.get(lowered, lowered)
+        return value
+
+    @field_validator("query_rewrite", mode="before")
+    @classmethod
+    def _rewrite(cls, value: object) -> object:
+        # The setting was a boolean before follow-ups: true meant every question.
+        if isinstance(value, bool):
+            return "always" if value else "off"
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            known = {"true": "always", "1": "always", "false": "off", "0": "off", "": None}
+            return known.get(lowered, lowered)
         return value
 
     @property

@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..access import Readable
 from ..lifetime import Lifetime
-from ..models import ChatRequest, Chunk, DocumentRecord, Generation, Hit, Prompt
+from ..models import ChatRequest, Chunk, DocumentRecord, Generation, Hit, Message, Prompt
 
 __all__ = [
     "EmbedKind",
@@ -34,9 +34,12 @@ OnDelta = Callable[[str], Awaitable[None]]
 
 @runtime_checkable
 class QueryTransformer(Protocol):
-    """Rewrites the user's query before retrieval (identity by default)."""
+    """Rewrites the user's query before retrieval, given the conversation before it
+    (``history``, oldest first; empty for a question that stands alone)."""
 
-    async def transform(self, query: str, lifetime: Lifetime) -> str: ...
+    async def transform(
+        self, query: str, history: Sequence[Message], lifetime: Lifetime
+    ) -> str: ...
 
 
 EmbedKind = Literal["query", "document"]
