@@ -35,6 +35,7 @@ class Deployment:
     env: dict[str, str]
     urls: list[str] = field(default_factory=list)
     processes: list[Process] = field(default_factory=list)
+    embeddings: FakeEmbeddings | None = None  # the fake embedder every replica asks
 
     async def start(self, *, retrieval_mode: str = "hybrid") -> str:
         """One more ``ragline serve`` replica, once ready: its URL."""
@@ -147,6 +148,7 @@ async def deployment(
                 "RAGLINE_SHUTDOWN_GRACE": "3",
                 **env,
             },
+            embeddings=embeddings,
         )
         try:
             for _ in range(2 if kind == "cluster" else 1):

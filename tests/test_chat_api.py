@@ -23,6 +23,7 @@ async def test_chat_and_stream_answer_with_usage() -> None:
         body = response.json()
         assert body["text"] == "t0 t1 t2 "
         assert body["sources"] == []
+        assert body["conversation_id"].startswith("conv_")
         assert body["usage"] == {
             "prompt_tokens": 11,
             "completion_tokens": 3,
@@ -36,7 +37,8 @@ async def test_chat_and_stream_answer_with_usage() -> None:
         streamed = await http.get("/api/v1/inference/stream", params={"query": "hi", "top_k": 2})
         assert streamed.headers["content-type"].startswith("text/event-stream")
         events = [e for e in streamed.text.split("\n\n") if e]
-        *deltas, last = events
+        opening, *deltas, last = events
+        assert opening.startswith("event: conversation\ndata: ")
         # Tokens that arrive together go out together: 1 to 3 delta events, in order.
         assert 1 <= len(deltas) <= 3
         text = "".join(json.loads(e.removeprefix("data: "))["delta"] for e in deltas)

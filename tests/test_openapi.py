@@ -83,11 +83,11 @@ async def test_the_readme_examples_are_valid_against_it() -> None:
         # The routes table's chat body.
         jsonschema.validate(
             {"query": "What is ragline?", "top_k": 4},
-            {"$ref": "#/components/schemas/ChatRequest", **document},
+            {"$ref": "#/components/schemas/ConversationChat", **document},
         )
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(
-                {"top_k": 4}, {"$ref": "#/components/schemas/ChatRequest", **document}
+                {"top_k": 4}, {"$ref": "#/components/schemas/ConversationChat", **document}
             )
         # Every route the README's table names is in the document.
         for method, route in re.findall(r"^\| `(GET|POST|DELETE) (/[^` ?]*)", README, re.M):

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,7 +32,7 @@ from .providers.coordination import Notice, RunLog, RunSave, WorkKey
 from .supervisor import Supervisor
 from .tools import ToolRegistry
 
-__all__ = ["Run", "RunState", "Runs", "missing_run"]
+__all__ = ["Job", "Run", "RunState", "Runs", "missing_run"]
 
 log = logging.getLogger("ragline.runs")
 
@@ -60,6 +61,12 @@ class Run:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     changed: anyio.Event = field(default_factory=anyio.Event)
     saved: int = 0  # events saved to the run log so far
+    # Another kind of run (a background response) shows itself its own way: ``view``
+    # makes its snapshot, ``ending`` adds its last events once its state is known (before
+    # ``done``), and ``after`` runs in its last words, once saved (each None: a run's own).
+    view: Callable[[Run], dict[str, Any]] | None = None
+    ending: Callable[[Run], None] | None = None
+    after: Callable[[Run, Lifetime], Awaitable[None]] | None = None
 
     @property
     def finished(self) -> bool:
@@ -74,13 +81,17 @@ class Run:
     def close(self) -> None:
         """Log ``done`` with the outcome. The event stays set: readers see the end."""
         self.finished_at = time.time()
+        if self.ending is not None:
+            self.ending(self)
         snapshot = self.snapshot()
         keys = ("id", "state", "finish_reason", "cause", "usage", "error")
-        self.events.append(("done", {k: snapshot[k] for k in keys}))
+        self.events.append(("done", {k: snapshot.get(k) for k in keys}))
         self.changed.set()
 
     def snapshot(self) -> dict[str, Any]:
-        """``GET /api/v1/runs/{id}``."""
+        """``GET /api/v1/runs/{id}`` (or what ``view`` makes of it)."""
+        if self.view is not None:
+            return self.view(self)
         result = self.result
         reason = self.lifetime.reason if self.state == "cancelled" else None
         return {
@@ -99,6 +110,10 @@ class Run:
             "sources": [s.model_dump(mode="json") for s in result.sources],
             "error": self.error,
         }
+
+
+Job = Callable[[Run, Lifetime], Awaitable[None]]
+"""What a run does under its own lifetime, filling ``run.result`` and emitting events."""
 
 
 def missing_run(run_id: str) -> NotFound:
@@ -140,39 +155,13 @@ class Runs:
         tools: ToolRegistry,
         limits: LoopLimits,
     ) -> Run:
-        """Start a run detached from ``owner`` (the request), for its principal."""
-        principal = principal_of(owner)
-        if self._active >= self.max_active:
-            raise Overloaded(f"{self._active} runs are in flight already; try again later")
-        run_id = f"run_{uuid.uuid4().hex}"
+        """Start an agent run detached from ``owner`` (the request), for its principal."""
         timeout = self.timeout
         if timeout is not None:
             limits = limits.tightened(deadline=timeout)
         backstop = limits.deadline + _BACKSTOP if limits.deadline is not None else None
-        lifetime = owner.detach("run", timeout=backstop, values={"run_id": run_id})
-        run = Run(id=run_id, request=request, lifetime=lifetime, owner=principal.name)
 
-        async def work(life: Lifetime) -> None:
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._persist, run, life)
-                    await self._work(run, life, tools, limits)
-                    tg.cancel_scope.cancel()
-            finally:
-                # last_words is a shielded scope with a deadline (flake8-async cannot see it)
-                with life.last_words(_LAST_SAVE) as words:
-                    await self.save(run, words)  # noqa: ASYNC102
-
-        self.supervisor.start(lifetime, work)  # may refuse: then nothing is registered
-        self._runs[run_id] = run
-        self._active += 1
-        log.info("run started", extra={"run_id": run_id, "principal": principal.name})
-        return run
-
-    async def _work(
-        self, run: Run, lifetime: Lifetime, tools: ToolRegistry, limits: LoopLimits
-    ) -> None:
-        try:
+        async def loop(run: Run, lifetime: Lifetime) -> None:
             await self.agent.run(
                 run.request,
                 lifetime,
@@ -181,6 +170,43 @@ class Runs:
                 on_event=run.emit,
                 into=run.result,
             )
+
+        return self.launch(Run(f"run_{uuid.uuid4().hex}", request, owner, ""), loop, backstop)
+
+    def launch(self, run: Run, job: Job, timeout: float | None) -> Run:
+        """Run ``job`` for ``run``, detached from ``run.lifetime`` (the request's, until
+        now), under ``timeout`` (None: the server's run timeout) and for its principal."""
+        principal = principal_of(run.lifetime)
+        if self._active >= self.max_active:
+            raise Overloaded(f"{self._active} runs are in flight already; try again later")
+        if timeout is None:
+            timeout = self.timeout
+        run_id = run.id
+        run.lifetime = run.lifetime.detach("run", timeout=timeout, values={"run_id": run_id})
+        run.owner = principal.name
+
+        async def work(life: Lifetime) -> None:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._persist, run, life)
+                    await self._work(run, life, job)
+                    tg.cancel_scope.cancel()
+            finally:
+                # last_words is a shielded scope with a deadline (flake8-async cannot see it)
+                with life.last_words(_LAST_SAVE) as words:
+                    await self.save(run, words)  # noqa: ASYNC102
+                    if run.after is not None:
+                        await run.after(run, words)  # noqa: ASYNC102
+
+        self.supervisor.start(run.lifetime, work)  # may refuse: then nothing is registered
+        self._runs[run_id] = run
+        self._active += 1
+        log.info("run started", extra={"run_id": run_id, "principal": principal.name})
+        return run
+
+    async def _work(self, run: Run, lifetime: Lifetime, job: Job) -> None:
+        try:
+            await job(run, lifetime)
             run.state = "completed"
         except anyio.get_cancelled_exc_class():
             reason = lifetime.reason

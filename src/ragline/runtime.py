@@ -15,6 +15,7 @@ from opentelemetry.trace import TracerProvider
 from .agent import Agent, LoopLimits
 from .backend import build_backend
 from .chat import ChatPipeline, StageTimeouts
+from .dialogue import Dialogue
 from .errors import RagLineError
 from .factory import (
     build_composer,
@@ -24,6 +25,7 @@ from .factory import (
     open_parts,
 )
 from .grants import Grants
+from .history import History
 from .jobs import SYSTEM, JobInput, Jobs
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
@@ -160,6 +162,12 @@ class Runtime:
             max_active=settings.runs_max_active,
             kept=settings.runs_kept,
         )
+        self.history = History(
+            backend.conversations, tokens=settings.history_tokens, ttl=settings.responses_ttl
+        )
+        self.dialogue = Dialogue(
+            self.history, self.runs, self.agent, self.notices, sweep=settings.responses_sweep
+        )
         self.outcomes = Outcomes(settings.outcomes_kept)
         self.teams: TeamsChannel | None = None
         if settings.bot_enabled:
@@ -175,6 +183,7 @@ class Runtime:
                 self.notices,
                 agent=self.agent,
                 grants=self.grants,
+                history=self.history,
             )
             self._parts.append(self.teams)
 
@@ -263,6 +272,7 @@ class Runtime:
         """Everything is open: start the background work and be ready."""
         log.info("ready", extra={"providers_opened": len(self._opened)})
         self.supervisor.start(self.lifetime.child("notices"), self.notices.listen)
+        self.supervisor.start(self.lifetime.child("expiry"), self.dialogue.sweep)
         # A queue that only this process can run runs here; a shared one where asked.
         if self.jobs is not None and (self.settings.serve_jobs or not self.jobs.shared):
             self.supervisor.start(self.lifetime.child("ingest-worker"), self.jobs.work)

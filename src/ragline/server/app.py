@@ -19,10 +19,12 @@ from ..settings import Settings
 from . import (
     bot_api,
     chat_api,
+    embeddings_api,
     ingest_api,
     openai_api,
     openapi,
     principals_api,
+    responses_api,
     runs_api,
     web_api,
 )
@@ -75,6 +77,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Starlette:
     all_routes = [
         *chat_api.routes,
         *openai_api.routes,
+        *embeddings_api.routes,
+        *responses_api.routes,
         *ingest_api.routes,
         *runs_api.routes,
         *principals_api.routes,

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Annotated, Any
 
+import anyio
+from pydantic import StringConstraints
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from ..agent import OnEvent
 from ..metrics import CONTENT_TYPE
 from ..models import ChatRequest, ChatResult, RetrieveRequest, Source
 from ..providers import OnDelta
-from .boundary import request_context
+from .boundary import RequestContext, caller, request_context
 from .routing import PUBLIC, STR, ApiRoute, Doc, array, obj
 from .sse import EventStream, sse
 from .validation import parse_json, validate
@@ -19,11 +23,31 @@ from .validation import parse_json, validate
 __all__ = ["routes"]
 
 
+ConversationId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+
+
+class ConversationChat(ChatRequest):
+    """A question that continues the conversation called ``conversation_id`` (a new one
+    when omitted or unknown): its recent turns become the history (ragline.history)."""
+
+    conversation_id: ConversationId | None = None
+
+    def question(self, remembered: tuple[Any, ...]) -> ChatRequest:
+        data = self.model_dump(exclude={"conversation_id", "history"})
+        return ChatRequest.model_validate({**data, "history": remembered + self.history})
+
+
 class NativeEvents:
-    """``data: {"delta": ...}`` per chunk, then ``event: done`` or ``event: error``."""
+    """``event: conversation`` first, ``data: {"delta": ...}`` per chunk, then ``event:
+    done`` or ``event: error``."""
+
+    def __init__(self, conversation_id: str | None = None) -> None:
+        self.conversation_id = conversation_id
 
     def opening(self) -> bytes:
-        return b""
+        if self.conversation_id is None:
+            return b""
+        return sse({"conversation_id": self.conversation_id}, event="conversation")
 
     def delta(self, text: str) -> bytes:
         return sse({"delta": text})
@@ -40,6 +64,8 @@ class NativeEvents:
         if result.usage.finish_reason == "repetition":
             # The deltas went out before the loop was known: this is the answer to keep.
             done["text"] = result.text
+        if self.conversation_id is not None:
+            done["conversation_id"] = self.conversation_id
         return sse(done, event="done")
 
     def error(self, status: int, body: dict[str, Any], result: ChatResult) -> bytes:
@@ -48,25 +74,75 @@ class NativeEvents:
         )
 
 
+async def _continued(ctx: RequestContext, body: ConversationChat) -> tuple[str, ChatRequest]:
+    """The conversation's id (a new one if none was named) and the question with its
+    turns as history; someone else's conversation is a 404."""
+    if body.conversation_id is None:
+        return f"conv_{uuid.uuid4().hex}", body.question(())
+    remembered = await ctx.runtime.history.recall(
+        body.conversation_id, ctx.lifetime, principal=caller(ctx)
+    )
+    return body.conversation_id, body.question(remembered)
+
+
+async def _remember(
+    ctx: RequestContext, conversation_id: str, question: ChatRequest, result: ChatResult
+) -> None:
+    """Add the turn, however it ended: an answer cut short keeps what it said."""
+    # last_words is a shielded scope with a deadline (flake8-async cannot see it).
+    with ctx.lifetime.last_words(_LAST_SAVE) as words:
+        await ctx.runtime.history.remember(  # noqa: ASYNC102
+            conversation_id, caller(ctx).name, question.query, result.text, words
+        )
+
+
+_LAST_SAVE = 2.0  # seconds a turn cut short has to be saved
+
+
 async def chat(request: Request) -> Response:
-    """``POST /api/v1/inference/chat`` → ``{text, sources, usage}``."""
+    """``POST /api/v1/inference/chat`` → ``{text, sources, usage, conversation_id}``."""
     ctx = request_context(request.scope)
-    chat_request = validate(ChatRequest, parse_json(await request.body()))
-    result = await ctx.runtime.pipeline.run(chat_request, ctx.lifetime)
-    return JSONResponse(result.model_dump(mode="json"))
+    body = validate(ConversationChat, parse_json(await request.body()))
+    conversation_id, question = await _continued(ctx, body)
+    result = ChatResult()
+    try:
+        await ctx.runtime.pipeline.run(question, ctx.lifetime, into=result)
+    finally:
+        await _remember(ctx, conversation_id, question, result)  # noqa: ASYNC102
+    return JSONResponse({**result.model_dump(mode="json"), "conversation_id": conversation_id})
 
 
-async def stream(request: Request) -> EventStream:
-    """``GET /api/v1/inference/stream?query=…&top_k=…`` → server-sent events."""
+async def stream(request: Request) -> ConversationStream:
+    """``GET /api/v1/inference/stream?query=…&top_k=…&conversation_id=…`` → server-sent
+    events."""
     ctx = request_context(request.scope)
     params: dict[str, Any] = dict(request.query_params)
-    chat_request = validate(ChatRequest, params)
-    result = ChatResult()
+    body = validate(ConversationChat, params)
+    conversation_id, question = await _continued(ctx, body)
+    return ConversationStream(ctx, conversation_id, question)
 
-    async def work(on_delta: OnDelta, on_event: OnEvent) -> None:
-        await ctx.runtime.pipeline.run(chat_request, ctx.lifetime, on_delta=on_delta, into=result)
 
-    return EventStream(ctx, NativeEvents(), work, result)
+class ConversationStream:
+    """The answer's events, then the turn saved however the stream ended (an ASGI app)."""
+
+    def __init__(self, ctx: RequestContext, conversation_id: str, question: ChatRequest) -> None:
+        self.ctx = ctx
+        self.conversation_id = conversation_id
+        self.question = question
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx, question = self.ctx, self.question
+        result = ChatResult()
+
+        async def work(on_delta: OnDelta, on_event: OnEvent) -> None:
+            await ctx.runtime.pipeline.run(question, ctx.lifetime, on_delta=on_delta, into=result)
+
+        events = EventStream(ctx, NativeEvents(self.conversation_id), work, result)
+        try:
+            await events(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # _remember's own deadline bounds it
+                await _remember(ctx, self.conversation_id, question, result)
 
 
 async def retrieve(request: Request) -> Response:
@@ -116,7 +192,7 @@ routes = [
         doc=Doc(
             "Answer a question (whole)",
             "chat",
-            body=ChatRequest,
+            body=ConversationChat,
             result=ChatResult,
             errors=(400, 401, 413, 422, 429, 502, 503, 504),
         ),
@@ -128,10 +204,10 @@ routes = [
         doc=Doc(
             "Answer a question as server-sent events",
             "chat",
-            query=ChatRequest,
-            params=("query", "top_k", "collection", "max_tokens", "temperature"),
+            query=ConversationChat,
+            params=("query", "top_k", "collection", "max_tokens", "temperature", "conversation_id"),
             media="text/event-stream",
-            events=("message: {delta}", "done", "error"),
+            events=("conversation", "message: {delta}", "done", "error"),
             errors=(401, 422, 429, 502, 503, 504),
         ),
     ),

@@ -56,7 +56,13 @@ _CAUSE_STATUS = {
 
 def status_for(exc: RagLineError) -> int:
     """The status code for an error."""
-    if isinstance(exc, InvalidRequest) and exc.code in {"malformed_json", "invalid_json"}:
+    # 400: a body that is not JSON, or an action the object's state does not allow (as
+    # OpenAI answers a cancel of a response that is not a background one).
+    if isinstance(exc, InvalidRequest) and exc.code in {
+        "malformed_json",
+        "invalid_json",
+        "invalid_state",
+    }:
         return 400
     if isinstance(exc, InvalidRequest) and exc.code == "body_too_large":
         return 413

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
@@ -24,7 +25,7 @@ from .routing import OBJECT, STR, ApiRoute, Doc, array, obj
 from .sse import SSE_HEADERS, sse
 from .validation import parse_json, validate
 
-__all__ = ["LoopOptions", "routes", "server_tools"]
+__all__ = ["LoopOptions", "RunEvents", "routes", "server_tools"]
 
 
 class LoopOptions(BaseModel):
@@ -154,11 +155,18 @@ class RunEvents:
     endpoint returns), wherever the run runs: each save announces itself by a notice.
     Leaving stops only the reader, never the run."""
 
-    def __init__(self, ctx: RequestContext, run_id: str, first: int) -> None:
+    def __init__(
+        self,
+        ctx: RequestContext,
+        run_id: str,
+        first: int,
+        render: Callable[[int, str, dict[str, Any]], bytes] | None = None,
+    ) -> None:
         self.raw_headers = list(SSE_HEADERS)
         self.ctx = ctx
         self.run_id = run_id
         self.sent = first  # events from this number on are still to be written
+        self.render = render or _event  # how one event is written
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -196,7 +204,7 @@ class RunEvents:
             news = notices.news(key)  # before reading: no news is missed
             found = await runs.log.run_events(self.run_id, self.sent, lifetime)
             if found:
-                body = b"".join(_event(n, name, data) for n, name, data in found)
+                body = b"".join(self.render(n, name, data) for n, name, data in found)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 self.sent = found[-1][0] + 1
                 if found[-1][1] == "done":

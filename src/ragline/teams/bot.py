@@ -6,6 +6,10 @@ call ``next`` ends the turn there. Handlers are registered per activity type wit
 (streamed in 1:1 chats, one message in group chats and channels) and greet new
 conversations.
 
+Each conversation (a 1:1 chat, a group chat, a channel thread) remembers its recent
+turns in the backend (:mod:`ragline.history`), so that a follow-up is answered with the
+turns before it whichever replica takes it; "new chat" (or ``/new``) starts over.
+
 A message is answered as the turn's principal (its user, by :mod:`.members`), from the
 first of its conversation's collections that the principal may read. A user without a
 principal, or who may read none of them, gets one polite sentence (:data:`NO_ACCESS`)
@@ -26,6 +30,7 @@ from ..agent import Agent, AgentResult
 from ..chat import ChatPipeline
 from ..errors import Hidden
 from ..grants import Grants
+from ..history import History
 from ..lifetime import Cause, Lifetime
 from ..models import ChatRequest, ChatResult
 from ..providers import OnDelta
@@ -38,6 +43,7 @@ from .replies import (
     EMPTY,
     FAILED,
     INFORMATIVE,
+    NEW_CHAT,
     NO_ACCESS,
     WELCOME,
     interrupted,
@@ -99,8 +105,10 @@ class BotApplication:
         agent: Agent | None = None,
         members: Members | None = None,
         grants: Grants | None = None,
+        history: History | None = None,
     ) -> None:
         self.settings = settings
+        self.history = history  # each conversation's recent turns (None: none kept)
         self.pipeline = pipeline
         self.connector = connector
         # Who each user asks as and what each conversation answers from; the grants
@@ -176,6 +184,12 @@ class BotApplication:
         if not question:
             await ctx.send(EMPTY)
             return None
+        key = _conversation_key(ctx.activity)
+        if question.strip().lower() in _NEW_CHAT:
+            if self.history is not None:
+                await self.history.forget(key, ctx.lifetime)
+            await ctx.send(NEW_CHAT)
+            return None
         # Without retrieval there is nothing to check, but a user needs a principal.
         grants = self.grants if self.pipeline.retrieval else None
         collection = await answering_collection(
@@ -184,21 +198,37 @@ class BotApplication:
         if collection is None:
             await ctx.send(NO_ACCESS)
             return None
+        # Everyone in a conversation sees its every message: its turns are the
+        # conversation's, whoever asked them (no owner check, unlike the API's).
+        history = (
+            await self.history.recall(key, ctx.lifetime, principal=None) if self.history else ()
+        )
         try:
             request = ChatRequest(
-                query=question, top_k=self.settings.bot_top_k, collection=collection
+                query=question,
+                top_k=self.settings.bot_top_k,
+                collection=collection,
+                history=history,
             )
         except ValidationError:
             await ctx.send("That message is too long for me to answer.")
             return None
-        if self.settings.bot_streaming and ctx.activity.kind == "personal":
-            await self._streamed(ctx, request)
-        else:
-            await self._whole(ctx, request)
+        result = self.new_result()
+        try:
+            if self.settings.bot_streaming and ctx.activity.kind == "personal":
+                await self._streamed(ctx, request, result)
+            else:
+                await self._whole(ctx, request, result)
+        finally:
+            if self.history is not None:
+                # last_words is a shielded, bounded scope (flake8-async cannot see it).
+                with ctx.lifetime.last_words(self._last_words) as last:
+                    await self.history.remember(  # noqa: ASYNC102
+                        key, "teams", question, result.text, last
+                    )
         return None
 
-    async def _streamed(self, ctx: TurnContext, request: ChatRequest) -> None:
-        result = self.new_result()
+    async def _streamed(self, ctx: TurnContext, request: ChatRequest, result: ChatResult) -> None:
         answer = ctx.lifetime.child("answer")
         stream = StreamingReply(
             self.connector,
@@ -237,8 +267,7 @@ class BotApplication:
             await stream.interrupt(FAILED, ctx.lifetime)
             raise failure
 
-    async def _whole(self, ctx: TurnContext, request: ChatRequest) -> None:
-        result = self.new_result()
+    async def _whole(self, ctx: TurnContext, request: ChatRequest, result: ChatResult) -> None:
         await ctx.typing()
         try:
             with ctx.lifetime.child("answer") as answer:
@@ -282,3 +311,12 @@ class BotApplication:
     def _last_words(self) -> float:
         # A short, bounded window to tell the user why the answer stopped.
         return min(1.5, self.settings.shutdown_grace * 0.75)
+
+
+_NEW_CHAT = frozenset({"new chat", "/new", "new chat.", "start over"})
+
+
+def _conversation_key(activity: Activity) -> str:
+    """Where a conversation's turns are kept: a channel's thread has its own id (the
+    conversation id names the thread), as do a chat and a 1:1 chat."""
+    return f"teams:{activity.conversation.id}"

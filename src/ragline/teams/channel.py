@@ -11,6 +11,7 @@ from ..agent import Agent
 from ..chat import ChatPipeline
 from ..errors import Unauthorized
 from ..grants import Grants
+from ..history import History
 from ..lifetime import Lifetime
 from ..metrics import Metrics
 from ..notices import Notices
@@ -48,6 +49,7 @@ class TeamsChannel:
         *,
         agent: Agent | None = None,
         grants: Grants,
+        history: History | None = None,
     ) -> None:
         self.settings = settings
         self.grants = grants  # what each Teams user may read (they act as principals)
@@ -89,7 +91,13 @@ class TeamsChannel:
         # serviceUrl of an unauthenticated activity is not to be trusted with them.
         self.connector = ConnectorClient(self.http, tokens, metrics)
         self.bot = BotApplication(
-            settings, pipeline, self.connector, agent=agent, members=members, grants=grants
+            settings,
+            pipeline,
+            self.connector,
+            agent=agent,
+            members=members,
+            grants=grants,
+            history=history,
         )
         s = settings
         self.dispatcher = Dispatcher(

@@ -11,13 +11,18 @@ __all__ = [
     "EMPTY",
     "FAILED",
     "INFORMATIVE",
+    "NEW_CHAT",
     "NO_ACCESS",
     "WELCOME",
     "interrupted",
     "with_sources",
 ]
 
-WELCOME = "Hi! Ask me anything about the indexed documents."
+WELCOME = (
+    "Hi! Ask me anything about the indexed documents. I remember this conversation: "
+    'say "new chat" to start over.'
+)
+NEW_CHAT = "Starting over: I have forgotten this conversation's earlier questions."
 EMPTY = "Send me a question and I will answer from the indexed documents."
 INFORMATIVE = "Searching the documents…"
 FAILED = "Sorry, I could not answer that: the model failed."

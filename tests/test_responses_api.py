@@ -1,0 +1,272 @@
+"""The OpenAI Responses API through the official ``openai`` SDK and ``openai-agents``,
+unchanged, against real ``ragline serve`` processes and the fake upstream on real
+sockets: one replica, and two sharing PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from deployment import ADMIN, Deployment, backend_env, deployment, ingest, make_member
+from upstream import Behavior, Call, FakeUpstream, tool_results
+
+pytestmark = pytest.mark.anyio
+
+KEY = "admin-key"
+
+
+def behave(body: dict[str, Any]) -> Behavior:
+    """Slow and long when asked to talk "slowly"; a weather tool call when offered one
+    and not answered yet; else four tokens."""
+    text = json.dumps(body["messages"])
+    if "slowly" in text:
+        return Behavior(tokens=3000, interval=0.01)
+    offered = [t["function"]["name"] for t in body.get("tools") or ()]
+    if "get_weather" in offered and not tool_results(body):
+        return Behavior(tokens=0, tool_calls=[("get_weather", '{"city": "Paris"}')])
+    return Behavior(tokens=4)
+
+
+def sdk(url: str, key: str = KEY) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def answers(upstream: FakeUpstream) -> list[Call]:
+    """The upstream calls that generated an answer (not a follow-up's rewrite)."""
+    return [c for c in upstream.calls if "Search query:" not in json.dumps(c.body["messages"])]
+
+
+async def slow_call(upstream: FakeUpstream, tokens: int = 3) -> Call:
+    """The upstream call that talks slowly, once it has produced ``tokens``."""
+    with anyio.fail_after(30):
+        while True:
+            found = [c for c in upstream.calls if "slowly" in json.dumps(c.body["messages"])]
+            if found and len(found[-1].token_times) >= tokens:
+                return found[-1]
+            await anyio.sleep(0.01)
+
+
+async def test_one_replica_whole_streamed_background_cancel_and_a_follow_up(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    upstream = FakeUpstream(behave)
+    async with (
+        deployment("embedded", tmp_path, backend_env("embedded", request), upstream) as made,
+        sdk(made.urls[0]) as client,
+    ):
+        whole = await client.responses.create(model="gpt-5.6-luna", input="What is ragline?")
+        assert (whole.status, whole.output_text) == ("completed", "t0 t1 t2 t3 ")
+        assert whole.usage is not None
+        assert (whole.usage.input_tokens, whole.usage.output_tokens) == (11, 4)
+        assert (await client.responses.retrieve(whole.id)).output_text == "t0 t1 t2 t3 "
+
+        # A follow-up: the upstream's prompt carries the first turn.
+        follow = await client.responses.create(
+            model="m", input="and then?", previous_response_id=whole.id
+        )
+        assert follow.status == "completed"
+        said = [(m["role"], m["content"]) for m in answers(upstream)[-1].body["messages"]]
+        assert ("user", "What is ragline?") in said
+        assert ("assistant", "t0 t1 t2 t3 ") in said
+        items = await client.responses.input_items.list(follow.id)
+        assert [(i.type, i.role) for i in items.data] == [("message", "user")]  # type: ignore[union-attr]
+
+        # Streamed: typed events numbered from 0 without a gap.
+        stream = await client.responses.create(model="m", input="stream it", stream=True)
+        events = [event async for event in stream]
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert events[0].type == "response.created"
+        assert events[-1].type == "response.completed"
+        deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert deltas == "t0 t1 t2 t3 "
+
+        # In the background: polled until completed.
+        queued = await client.responses.create(model="m", input="in the back", background=True)
+        assert queued.status in ("queued", "in_progress")
+        with anyio.fail_after(30):
+            polled = queued
+            while polled.status in ("queued", "in_progress"):
+                await anyio.sleep(0.05)
+                polled = await client.responses.retrieve(queued.id)
+        assert (polled.status, polled.output_text) == ("completed", "t0 t1 t2 t3 ")
+
+        # Cancel: the upstream stops, the usage so far stays, a second cancel is the same.
+        slow = await client.responses.create(model="m", input="talk slowly", background=True)
+        call = await slow_call(upstream)
+        asked = time.monotonic()
+        cancelled = await client.responses.cancel(slow.id)
+        with anyio.fail_after(10):
+            await call.closed.wait()
+        assert call.closed_at is not None
+        assert cancelled.status == "cancelled"
+        assert cancelled.usage is not None
+        assert cancelled.usage.output_tokens >= 3
+        again = await client.responses.cancel(slow.id)
+        assert again.model_dump() == cancelled.model_dump()
+        assert (await client.responses.retrieve(slow.id)).status == "cancelled"
+        assert call.tokens_after(asked + 0.5) == 0  # generous on a shared machine
+
+        with pytest.raises(openai.BadRequestError):
+            await client.responses.cancel(whole.id)  # not a background response
+
+        await client.responses.delete(whole.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(whole.id)
+
+
+async def test_a_streamed_client_that_hangs_up_stops_the_upstream_and_is_kept_incomplete(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    upstream = FakeUpstream(behave)
+    async with (
+        deployment("embedded", tmp_path, backend_env("embedded", request), upstream) as made,
+        sdk(made.urls[0]) as client,
+    ):
+        stream = await client.responses.create(model="m", input="talk slowly", stream=True)
+        response_id = ""
+        async for event in stream:
+            if event.type == "response.created":
+                response_id = event.response.id
+            if event.type == "response.output_text.delta" and event.sequence_number > 6:
+                break
+        await stream.close()
+        left = time.monotonic()
+        (call,) = upstream.calls
+        with anyio.fail_after(10):
+            await call.closed.wait()
+        assert call.tokens_after(left) <= 1
+        with anyio.fail_after(10):
+            while (kept := await client.responses.retrieve(response_id)).status == "in_progress":
+                await anyio.sleep(0.05)
+        assert kept.status == "incomplete"
+        assert kept.output_text.startswith("t0 t1 t2")
+        assert kept.usage is not None
+        assert kept.usage.output_tokens >= 3
+
+
+async def test_the_agents_sdk_runs_a_function_tool_in_its_default_configuration(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream = FakeUpstream(behave)
+    async with deployment("embedded", tmp_path, backend_env("embedded", request), upstream) as made:
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{made.urls[0]}/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        # No tracing export: this machine cannot reach OpenAI (the run works either way).
+        monkeypatch.setenv("OPENAI_AGENTS_DISABLE_TRACING", "1")
+        from agents import Agent, Runner, function_tool
+
+        asked: list[str] = []
+
+        @function_tool
+        def get_weather(city: str) -> str:
+            """The weather in a city."""
+            asked.append(city)
+            return f"sunny in {city}"
+
+        agent = Agent(name="helper", instructions="Be brief.", tools=[get_weather])
+        result = await Runner.run(agent, "What is the weather in Paris?")
+    assert asked == ["Paris"]
+    assert result.final_output == "t0 t1 t2 t3 "
+    second = upstream.calls[-1].body
+    assert [m["content"] for m in tool_results(second)] == ["sunny in Paris"]
+    assert os.environ.get("OPENAI_BASE_URL", "").endswith("/v1")
+
+
+async def read_stream(
+    http: httpx.AsyncClient, url: str, key: str, *, after: int | None = None, stop_at: int = -1
+) -> list[dict[str, Any]]:
+    """A background response's events, read with ``starting_after`` (and, with
+    ``stop_at``, left once that event is read)."""
+    params: dict[str, Any] = {"stream": "true"}
+    if after is not None:
+        params["starting_after"] = after
+    events: list[dict[str, Any]] = []
+    headers = {"authorization": f"Bearer {key}"}
+    async with http.stream("GET", url, params=params, headers=headers) as answer:
+        assert answer.status_code == 200
+        async for line in answer.aiter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if events[-1]["sequence_number"] == stop_at:
+                    break
+    return events
+
+
+async def test_two_replicas_resume_cancel_and_continue_each_others_responses(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    upstream = FakeUpstream(behave)
+    async with (
+        deployment("cluster", tmp_path, backend_env("cluster", request), upstream) as made,
+        httpx.AsyncClient(timeout=60) as http,
+    ):
+        a, b = made.urls
+        member = await make_member(http, a, "mia")
+        other = await make_member(http, a, "otto")
+        mia = member["authorization"].removeprefix("Bearer ")
+        otto = other["authorization"].removeprefix("Bearer ")
+        await ingest(http, a, ADMIN, [{"id": "d1", "text": "ragline stops work on SIGTERM."}])
+        async with sdk(a, mia) as on_a, sdk(b, mia) as on_b, sdk(b, otto) as intruder:
+            # Read from A, cut part way, resumed on B: the same events as a full read.
+            made_one = await on_a.responses.create(model="m", input="hello", background=True)
+            path = f"/v1/responses/{made_one.id}"
+            with anyio.fail_after(30):
+                while (await on_b.responses.retrieve(made_one.id)).status != "completed":
+                    await anyio.sleep(0.05)
+            first = await read_stream(http, a + path, mia, stop_at=4)
+            rest = await read_stream(http, b + path, mia, after=first[-1]["sequence_number"])
+            whole = await read_stream(http, a + path, mia)
+            assert first + rest == whole
+            assert [e["sequence_number"] for e in whole] == list(range(len(whole)))
+            assert whole[-1]["type"] == "response.completed"
+
+            # B cancels a response running on A.
+            slow = await on_a.responses.create(model="m", input="talk slowly", background=True)
+            call = await slow_call(upstream)
+            asked = time.monotonic()
+            cancelled = await on_b.responses.cancel(slow.id)
+            with anyio.fail_after(10):
+                await call.closed.wait()
+            assert cancelled.status == "cancelled"
+            assert call.tokens_after(asked + 0.5) == 0
+
+            # B continues a conversation begun on A.
+            begun = await on_a.responses.create(model="m", input="What is ragline?")
+            await on_b.responses.create(model="m", input="and then?", previous_response_id=begun.id)
+            said = [(m["role"], m["content"]) for m in answers(upstream)[-1].body["messages"]]
+            assert ("user", "What is ragline?") in said
+
+            # Another principal: 404 for every one of these, on either replica.
+            for call_it in (
+                lambda: intruder.responses.retrieve(made_one.id),
+                lambda: intruder.responses.cancel(slow.id),
+                lambda: intruder.responses.delete(begun.id),
+                lambda: intruder.responses.input_items.list(begun.id),
+                lambda: intruder.responses.create(
+                    model="m", input="and?", previous_response_id=begun.id
+                ),
+            ):
+                with pytest.raises(openai.NotFoundError):
+                    await call_it()
+            hidden = await http.get(
+                b + path, params={"stream": "true"}, headers={"authorization": f"Bearer {otto}"}
+            )
+            assert hidden.status_code == 404
+            missing = await http.get(b + "/v1/responses/resp_nope", headers=other)
+            assert hidden.json() == {
+                **missing.json(),
+                "error": {**missing.json()["error"], "message": hidden.json()["error"]["message"]},
+            }
+
+
+def _unused(made: Deployment) -> None:  # keeps the import for type checkers
+    del made
