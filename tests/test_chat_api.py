@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -156,3 +157,67 @@ def test_secrets_never_appear_in_settings_repr() -> None:
     settings = Settings(api_keys="sekrit-key", llm_api_key="sekrit-upstream")
     assert "sekrit" not in repr(settings)
     assert "sekrit" not in str(settings.model_dump())
+
+
+async def test_a_conversation_continues_whole_and_streamed_and_is_its_owners(
+    tmp_path: Path,
+) -> None:
+    upstream = FakeUpstream(lambda body: Behavior(tokens=2))
+    admin = {"authorization": "Bearer admin-key"}
+    async with (
+        upstream_running(upstream),
+        asgi_client(settings_for(upstream, api_keys=["admin-key"], data_dir=str(tmp_path))) as http,
+    ):
+        made = await http.post("/api/v1/principals", json={"name": "mia"}, headers=admin)
+        mia = {"authorization": f"Bearer {made.json()['key']}"}
+        made = await http.post("/api/v1/principals", json={"name": "otto"}, headers=admin)
+        otto = {"authorization": f"Bearer {made.json()['key']}"}
+
+        first = await http.post(
+            "/api/v1/inference/chat", json={"query": "How large is a batch?"}, headers=mia
+        )
+        assert first.status_code == 200, first.text
+        conversation = first.json()["conversation_id"]
+        second = await http.post(
+            "/api/v1/inference/chat",
+            json={"query": "and how do I stop one?", "conversation_id": conversation},
+            headers=mia,
+        )
+        assert second.json()["conversation_id"] == conversation
+        streamed = await http.get(
+            "/api/v1/inference/stream",
+            params={"query": "and then?", "conversation_id": conversation},
+            headers=mia,
+        )
+        opening = streamed.text.split("\n\n")[0]
+        assert json.loads(opening.split("data: ", 1)[1]) == {"conversation_id": conversation}
+        hidden = await http.post(
+            "/api/v1/inference/chat",
+            json={"query": "what did she ask?", "conversation_id": conversation},
+            headers=otto,
+        )
+        hidden_stream = await http.get(
+            "/api/v1/inference/stream",
+            params={"query": "and?", "conversation_id": conversation},
+            headers=otto,
+        )
+        bad = await http.post(
+            "/api/v1/inference/chat",
+            json={"query": "hi", "conversation_id": "not valid!"},
+            headers=mia,
+        )
+    assert hidden.status_code == hidden_stream.status_code == 404
+    assert hidden.json()["error"]["code"] == "conversation_not_found"
+    assert bad.status_code == 422
+    turns = [
+        [(m["role"], m["content"]) for m in call.body["messages"][1:]] for call in upstream.calls
+    ]
+    assert turns[0] == [("user", "How large is a batch?")]
+    assert turns[1] == [
+        ("user", "How large is a batch?"),
+        ("assistant", "t0 t1 "),
+        ("user", "and how do I stop one?"),
+    ]
+    assert turns[2][:4] == turns[1] + [("assistant", "t0 t1 ")]
+    assert turns[2][-1] == ("user", "and then?")
+    assert len(upstream.calls) == 3  # otto's questions never reached the model

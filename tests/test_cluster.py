@@ -6,6 +6,7 @@ contract is tests/test_coordination.py."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import uuid
@@ -577,3 +578,67 @@ async def test_a_cli_ingest_beside_a_worker_leaves_the_workers_document_whole(
         )
         assert len(firsts) == 4
         assert await made.milvus_ids([row[0] for row in firsts]) == {row[0] for row in firsts}
+
+
+def rewrites_then_answers(body: dict[str, Any]) -> Behavior:
+    """A follow-up's rewrite gets a standalone query; every answer four tokens."""
+    if "Search query:" in body["messages"][-1]["content"]:
+        return Behavior(tokens=1, texts=["stopping an ingestion batch"])
+    return Behavior(tokens=4)
+
+
+async def test_a_teams_follow_up_on_the_other_replica_has_the_first_turns_context(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The second message of a thread lands on the other replica: the model sees the
+    first turn, retrieval searches for the rewritten follow-up; "new chat" forgets."""
+    upstream = FakeUpstream(rewrites_then_answers)
+    embeddings = FakeEmbeddings()
+    async with (
+        embeddings_server(embeddings) as fake,
+        upstream_running(upstream),
+        FakeTeams.running() as teams,
+    ):
+
+        def config(name: str) -> Settings:
+            return bot_settings(
+                upstream,
+                teams,
+                database_url=database_url,
+                data_dir=str(tmp_path / name),
+                retrieval=True,
+                embeddings="openai",
+                embeddings_model="fake-embedding",
+                embeddings_base_url=f"{fake.url}/v1",
+                embeddings_api_key=fake.key,
+                embeddings_dimensions=fake.dimensions,
+            )
+
+        async with serve(config("a")) as a, serve(config("b")) as b:
+            urls = [f"{a.url}/api/messages", f"{b.url}/api/messages"]
+            first = teams.activity("How large is an ingestion batch?", kind="groupChat")
+            conversation = first["conversation"]["id"]
+            await teams.deliver(urls[0], first)
+            await teams.wait_for(lambda: len(teams.messages(conversation)) == 1, timeout=60)
+            follow = teams.activity(
+                "and how do I stop one?", kind="groupChat", conversation_id=conversation
+            )
+            await teams.deliver(urls[1], follow)
+            await teams.wait_for(lambda: len(teams.messages(conversation)) == 2, timeout=60)
+            rewrite, answer = upstream.calls[-2:]
+            fresh = teams.activity("new chat", kind="groupChat", conversation_id=conversation)
+            await teams.deliver(urls[0], fresh)
+            await teams.wait_for(lambda: len(teams.messages(conversation)) == 3, timeout=60)
+            alone = teams.activity("and then?", kind="groupChat", conversation_id=conversation)
+            await teams.deliver(urls[1], alone)
+            await teams.wait_for(lambda: len(teams.messages(conversation)) == 4, timeout=60)
+    asked = [m["content"] for m in answer.body["messages"]]
+    assert "How large is an ingestion batch?" in asked
+    assert "t0 t1 t2 t3 " in asked
+    assert "User: How large is an ingestion batch?" in rewrite.body["messages"][-1]["content"]
+    queries = [body["input"] for path, _, body in embeddings.requests if path == "/v1/embeddings"]
+    assert ["stopping an ingestion batch"] in queries  # what retrieval searched for
+    assert "forgotten" in teams.messages(conversation)[2]["text"]
+    last = upstream.calls[-1].body["messages"]
+    assert [m["content"] for m in last if m["role"] == "assistant"] == []  # no history
+    assert len([c for c in upstream.calls if "Search query:" in json.dumps(c.body)]) == 1

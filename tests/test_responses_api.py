@@ -33,6 +33,8 @@ def behave(body: dict[str, Any]) -> Behavior:
     offered = [t["function"]["name"] for t in body.get("tools") or ()]
     if "get_weather" in offered and not tool_results(body):
         return Behavior(tokens=0, tool_calls=[("get_weather", '{"city": "Paris"}')])
+    if "search" in offered and not tool_results(body):
+        return Behavior(tokens=0, tool_calls=[("search", '{"query": "SIGTERM"}')])
     return Behavior(tokens=4)
 
 
@@ -270,3 +272,82 @@ async def test_two_replicas_resume_cancel_and_continue_each_others_responses(
 
 def _unused(made: Deployment) -> None:  # keeps the import for type checkers
     del made
+
+
+async def test_shutdown_ends_a_background_response_cancelled_and_it_is_kept(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    upstream = FakeUpstream(behave)
+    async with deployment("embedded", tmp_path, backend_env("embedded", request), upstream) as made:
+        async with sdk(made.urls[0]) as client:
+            slow = await client.responses.create(model="m", input="talk slowly", background=True)
+            call = await slow_call(upstream)
+        process = made.processes[0]
+        process.terminate()  # SIGTERM
+        with anyio.fail_after(30):
+            await process.wait()
+        assert call.closed_at is not None
+        again = await made.start()
+        async with sdk(again) as client:
+            kept = await client.responses.retrieve(slow.id)
+    assert kept.status == "cancelled"
+    assert kept.model_extra is not None
+    assert kept.model_extra["ragline"]["cause"] == "shutdown"
+    assert kept.usage is not None
+    assert kept.usage.output_tokens >= 3
+    assert kept.output_text.startswith("t0 t1 t2")
+
+
+async def test_a_background_response_past_the_run_timeout_fails_and_responses_expire(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    upstream = FakeUpstream(behave)
+    env = {
+        "RAGLINE_RUN_TIMEOUT": "1",
+        "RAGLINE_RESPONSES_TTL": "2",
+        "RAGLINE_RESPONSES_SWEEP": "0.2",
+    }
+    async with (
+        deployment("embedded", tmp_path, backend_env("embedded", request), upstream, **env) as made,
+        sdk(made.urls[0]) as client,
+    ):
+        slow = await client.responses.create(model="m", input="talk slowly", background=True)
+        with anyio.fail_after(30):
+            while (late := await client.responses.retrieve(slow.id)).status == "in_progress":
+                await anyio.sleep(0.1)
+        assert late.status == "failed"
+        assert late.error is not None
+        assert late.error.code == "timeout"
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    await client.responses.retrieve(slow.id)
+                except openai.NotFoundError:
+                    break
+                await anyio.sleep(0.2)
+        with anyio.fail_after(30):
+            while '"responses expired"' not in made.log(0):
+                await anyio.sleep(0.2)
+
+
+async def test_ragline_runs_the_loop_with_its_own_search_tool(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    upstream = FakeUpstream(behave)
+    async with (
+        deployment("embedded", tmp_path, backend_env("embedded", request), upstream) as made,
+        httpx.AsyncClient(timeout=60) as http,
+        sdk(made.urls[0]) as client,
+    ):
+        await ingest(http, made.urls[0], ADMIN, [{"id": "d1", "text": "On SIGTERM ragline stops."}])
+        looped = await client.responses.create(
+            model="m",
+            input="What happens on SIGTERM?",
+            extra_body={"ragline": {"tools": ["search"]}},
+        )
+    assert (looped.status, looped.output_text) == ("completed", "t0 t1 t2 t3 ")
+    assert looped.model_extra is not None
+    steps = looped.model_extra["ragline"]["steps"]
+    assert [c["name"] for s in steps for c in s.get("tool_calls", [])] == ["search"]
+    searched = tool_results(upstream.calls[-1].body)
+    assert "SIGTERM" in searched[0]["content"]

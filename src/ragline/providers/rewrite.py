@@ -66,8 +66,9 @@ class LLMRewriter:
             )
         prompt = Prompt(messages, max_tokens=self.max_tokens, temperature=0.0)
         out = await self.generator.generate(prompt, lifetime, Generation())
-        rewritten = out.text.strip().strip('"').splitlines()
-        return rewritten[0].strip() if rewritten and rewritten[0].strip() else query
+        lines = out.text.strip().splitlines()
+        first = lines[0].strip().strip('"').strip() if lines else ""
+        return first or query
 
 
 def _cut(text: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-import anyio
 from pydantic import StringConstraints
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -141,8 +140,7 @@ class ConversationStream:
         try:
             await events(scope, receive, send)
         finally:
-            with anyio.CancelScope(shield=True):  # _remember's own deadline bounds it
-                await _remember(ctx, self.conversation_id, question, result)
+            await _remember(ctx, self.conversation_id, question, result)  # noqa: ASYNC102
 
 
 async def retrieve(request: Request) -> Response:

@@ -125,7 +125,7 @@ async def create(request: Request) -> Response | EventStream | RunEvents | Store
         await _cut_short(ctx, exchange, None)  # noqa: ASYNC102
         raise
     except RagLineError as exc:
-        await _cut_short(ctx, exchange, exc)
+        await _cut_short(ctx, exchange, exc)  # noqa: ASYNC120 (shielded, bounded)
         raise
     final = draft.object("completed", exchange.result)
     await dialogue.save(exchange, final, ctx.lifetime)
