@@ -6,12 +6,15 @@ wheel, a ``milvus-lite server``, replicas and workers as processes), measured:
 - cross-replica cancel of a run: ``DELETE`` on replica B of a run that replica A streams
   from the upstream, until the upstream sees A close its connection (p50/p99, aim p99
   ≤ 100 ms);
+- cancel of a background response (``POST /v1/responses/{id}/cancel``), on the replica
+  that runs it and on the other one, until the upstream sees its connection close (aim
+  ≤ 100 ms);
 - cross-replica cancel of a job: ``DELETE`` on B until the part running on a worker has
   stopped at its batch boundary (the job reads ``cancelled``);
 - take-over after ``kill -9`` of the worker running a part: until another worker writes
   the part's next document (heartbeat 1 s, stalled after 5 s here).
 
-    .venv/bin/python bench/cluster.py [--runs N] [--documents N]
+    .venv/bin/python bench/cluster.py [--runs N] [--documents N] [--responses-only]
 """
 
 from __future__ import annotations
@@ -115,7 +118,31 @@ async def ingestion(folder: Path, llm: str, workers: int, corpus: list[dict[str,
         return seconds
 
 
-async def cancels(folder: Path, llm: str, runs: int) -> dict[str, Any]:
+async def response_cancels(
+    http: httpx.AsyncClient, llm: str, a: str, b: str, count: int
+) -> list[float]:
+    """Background responses started on ``a`` and cancelled on ``b``: ms until the
+    upstream saw ``a`` close its call."""
+    latencies = []
+    for i in range(count):
+        tag = f"resp{i}-{a == b}"
+        text = f"[bench tag={tag} tokens=100000 interval=0.01] talk"
+        body = {"model": "m", "input": text, "background": True}
+        made = (await http.post(f"{a}/v1/responses", json=body)).json()
+        while not (await calls(http, llm, tag)):
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.1)
+        asked = time.monotonic()
+        await http.post(f"{b}/v1/responses/{made['id']}/cancel")
+        while (call := (await calls(http, llm, tag))[0])["closed_at"] is None:
+            await anyio.sleep(0.005)
+        latencies.append((call["closed_at"] - asked) * 1000)
+    return latencies
+
+
+async def cancels(
+    folder: Path, llm: str, runs: int, only_responses: bool = False
+) -> dict[str, Any]:
     """Run cancels across replicas, a job cancel, and a take-over after kill -9."""
     env = {**ENV, "RAGLINE_LLM_BASE_URL": f"{llm}/v1"}
     out: dict[str, Any] = {}
@@ -139,6 +166,12 @@ async def cancels(folder: Path, llm: str, runs: int) -> dict[str, Any]:
                 await anyio.sleep(0.005)
             latencies.append((call["closed_at"] - asked) * 1000)
         out["run_cancel_ms"] = latencies
+        out["response_cancel_ms"] = {
+            "same": await response_cancels(http, llm, a, a, runs),
+            "other": await response_cancels(http, llm, a, b, runs),
+        }
+        if only_responses:
+            return out
         out["job"] = await job_cancel(cluster, http, a, b)
         out["takeover_s"] = await takeover(cluster, http, a)
     return out
@@ -195,6 +228,31 @@ async def takeover(cluster: LocalCluster, http: httpx.AsyncClient, api: str) -> 
     return time.perf_counter() - killed
 
 
+def _cancel_row(what: str, latencies: list[float]) -> str:
+    return (
+        f"| {what} (n={len(latencies)}) | p50 {statistics.median(latencies):.1f} ms, "
+        f"p99 {percentile(latencies, 0.99):.1f} ms (aim ≤ 100 ms) |"
+    )
+
+
+async def responses_only(runs: int, out: Path) -> None:
+    """Only the cancels of runs and background responses (no ingestion, no take-over)."""
+    with tempfile.TemporaryDirectory(prefix="ragline-cluster-") as tmp:
+        async with upstream() as llm:
+            results = await cancels(Path(tmp) / "cancel", llm, runs, only_responses=True)
+    response_ms = results["response_cancel_ms"]
+    lines = [
+        "| cancel on one machine (2 cores) | result |",
+        "|---|---|",
+        _cancel_row("run cancel across replicas, DELETE on B", results["run_cancel_ms"]),
+        _cancel_row("background response cancel on its replica", response_ms["same"]),
+        _cancel_row("background response cancel on the other replica", response_ms["other"]),
+    ]
+    print("\n".join(lines))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cancels.md").write_text("\n".join(lines) + "\n")
+
+
 async def main(runs: int, limit: int, out: Path) -> None:
     corpus = documents(limit)
     results: dict[str, Any] = {"documents": len(corpus)}
@@ -217,6 +275,13 @@ async def main(runs: int, limit: int, out: Path) -> None:
         f"| run cancel across replicas, DELETE on B → upstream closed by A (n={len(run_ms)}) | "
         f"p50 {statistics.median(run_ms):.1f} ms, p99 {percentile(run_ms, 0.99):.1f} ms "
         "(aim p99 ≤ 100 ms) |",
+        _cancel_row(
+            "background response cancel on its replica", results["response_cancel_ms"]["same"]
+        ),
+        _cancel_row(
+            "background response cancel on the other replica",
+            results["response_cancel_ms"]["other"],
+        ),
         f"| job cancel across replicas, DELETE on B → cancelled at a batch boundary | "
         f"{results['job'] * 1000:.0f} ms |",
         f"| take-over after kill -9 (heartbeat 1 s, stalled after 5 s) | "
@@ -235,6 +300,12 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=50, help="run cancels to time (50)")
     parser.add_argument("--documents", type=int, default=1400, help="corpus size (1400)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--responses-only", action="store_true", help="only the cancels (cancels.md)"
+    )
     arguments = parser.parse_args()
     os.environ.setdefault("RAGLINE_LOG_LEVEL", "warning")
-    anyio.run(main, arguments.runs, arguments.documents, arguments.out)
+    if arguments.responses_only:
+        anyio.run(responses_only, arguments.runs, arguments.out)
+    else:
+        anyio.run(main, arguments.runs, arguments.documents, arguments.out)

@@ -1,7 +1,7 @@
 """Writes docs/BENCHMARKS.md (and its plots) from what the benchmarks left in
 bench/results: compare.json (bench/compare.py), local.md (bench/local.py),
 retrieval.md and permissions.md (bench/retrieval.py), answers-*.md (bench/answers.py) and
-followups.md (bench/followups.py).
+followups.md (bench/followups.py), cancels.md (bench/cluster.py --responses-only).
 
     .venv/bin/python bench/report.py [--results bench/results] [--out docs/BENCHMARKS.md]
 """
@@ -704,6 +704,12 @@ def main(results: Path, out: Path) -> None:
         doc += [followups.read_text().rstrip(), ""]
     else:
         doc += ["Not part of this run (`followups.md` missing).", ""]
+    doc += ["## 11. Conversations: cancelling a background response", ""]
+    cancels = results / "cancels.md"
+    if cancels.exists():
+        doc += [cancels.read_text().rstrip(), ""]
+    else:
+        doc += ["Not part of this run (`cancels.md` missing).", ""]
     out.write_text("\n".join(doc) + "\n")
     print(f"wrote {out} and {len(made)} plots in {images}")
 
