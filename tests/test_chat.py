@@ -23,9 +23,9 @@ from ragline import (
     StageTimeouts,
 )
 from ragline.access import Readable
-from ragline.models import Message
 from ragline.chat import fuse
 from ragline.metrics import Metrics
+from ragline.models import Message
 from ragline.providers.prompt import ContextPromptComposer
 from ragline.providers.rewrite import LLMRewriter
 from ragline.retrieval import ReadAll
