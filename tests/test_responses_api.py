@@ -16,7 +16,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from deployment import ADMIN, Deployment, backend_env, deployment, ingest, make_member
+from conftest import asgi_client, settings_for, upstream_running
+from deployment import ADMIN, backend_env, deployment, ingest, make_member
 from upstream import Behavior, Call, FakeUpstream, tool_results
 
 pytestmark = pytest.mark.anyio
@@ -270,10 +271,6 @@ async def test_two_replicas_resume_cancel_and_continue_each_others_responses(
             }
 
 
-def _unused(made: Deployment) -> None:  # keeps the import for type checkers
-    del made
-
-
 async def test_shutdown_ends_a_background_response_cancelled_and_it_is_kept(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -351,3 +348,35 @@ async def test_ragline_runs_the_loop_with_its_own_search_tool(
     assert [c["name"] for s in steps for c in s.get("tool_calls", [])] == ["search"]
     searched = tool_results(upstream.calls[-1].body)
     assert "SIGTERM" in searched[0]["content"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"input": []}, 422),  # nothing to answer
+        ({"input": [{"type": "input_image", "image_url": "x"}]}, 422),
+        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, 422),
+        ({"input": [{"role": "wizard", "content": "hi"}]}, 422),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, 422),
+        ({"input": "hi", "tools": [{"type": "web_search"}]}, 422),
+        ({"input": "hi", "tools": [{"type": "function", "name": "no spaces"}]}, 422),
+        ({"input": "hi", "background": True, "store": False}, 422),
+        ({"input": "hi", "previous_response_id": "resp_nope"}, 404),
+        ({"input": "hi", "max_output_tokens": 0}, 422),
+        ({"input": [{"role": "user", "content": "hi"}, {"role": "user", "content": 7}]}, 422),
+    ],
+)
+async def test_bad_input_is_a_clear_4xx_and_nothing_is_stored(
+    body: dict[str, Any], status: int, tmp_path: Path
+) -> None:
+    upstream = FakeUpstream(behave)
+    async with (
+        upstream_running(upstream),
+        asgi_client(settings_for(upstream, data_dir=str(tmp_path))) as http,
+    ):
+        answer = await http.post("/v1/responses", json={"model": "m", **body})
+        long = await http.post("/v1/responses", json={"model": "m", "input": "word " * 2000})
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"]["message"]
+    assert long.status_code == 200  # a long question is not a long list of items
+    assert len(upstream.calls) == 1

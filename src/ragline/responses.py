@@ -34,7 +34,7 @@ class ResponseRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None  # ragline answers with its one model, whatever is named
-    input: str | list[dict[str, Any]] = Field(max_length=1_000)
+    input: str | Annotated[list[dict[str, Any]], Field(max_length=1_000)]
     instructions: _Text | None = None
     previous_response_id: Annotated[str, StringConstraints(max_length=128)] | None = None
     store: bool = True

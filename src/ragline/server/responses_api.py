@@ -111,7 +111,11 @@ async def create(request: Request) -> Response | EventStream | RunEvents | Store
         if not runtime.supervisor.running_now or runtime.lifetime.cancelled:
             raise Overloaded("the server is not running background work (starting or stopping)")
         await dialogue.save(exchange, draft.object("queued"), ctx.lifetime)
-        run = dialogue.background(exchange, ctx.lifetime)
+        try:
+            run = dialogue.background(exchange, ctx.lifetime)
+        except RagLineError:  # too many runs, or stopping: nothing is left queued
+            await dialogue.store.delete_response(draft.id, ctx.lifetime)
+            raise
         await runtime.runs.save(run, ctx.lifetime)  # every replica can read it from now on
         if body.stream:
             return RunEvents(ctx, run.id, 0, render=_render)
