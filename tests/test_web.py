@@ -191,17 +191,19 @@ async def test_a_question_streams_into_the_page_with_sources_and_citations(
         page = await b.new_page()
         await page.goto(s.url)
         await page.fill("#question", "Which star system is closest?")
-        await page.click("#ask")
+        await page.click("#ask")  # Send, as well as Enter (test_web_chat.py)
+        answer = page.locator("#thread .turn .answer")
         # Streamed: the first words are on the page while the model is still producing.
-        await expect(page.locator("#answer")).to_contain_text("Alpha Centauri", timeout=10_000)
+        await expect(answer).to_contain_text("Alpha Centauri", timeout=10_000)
         call = s.upstream.calls[0]
         assert not call.finished, "the whole answer arrived at once"
         await shot(page, "chat-streaming")
-        await expect(page.locator("#answer")).to_contain_text("closest [1].", timeout=10_000)
+        await expect(answer).to_contain_text("closest [1].", timeout=10_000)
         await expect(page.locator(".source-card").first).to_be_visible()
-        cite = page.locator("#answer a.cite").first
-        await expect(cite).to_have_attribute("href", "#source-1")
-        await expect(page.locator("#source-1")).to_contain_text("Alpha centauri")
+        cite = answer.locator("a.cite").first
+        # The cards of turn 1: each turn of the thread keeps its own sources.
+        await expect(cite).to_have_attribute("href", "#t1-source-1")
+        await expect(page.locator("#t1-source-1")).to_contain_text("Alpha centauri")
         await shot(page, "chat-answered")
         # Every control is labelled, and the page holds at phone width (no sideways scroll).
         unlabelled = await page.evaluate(
@@ -224,8 +226,8 @@ async def test_stop_closes_the_model_connection_at_once_and_the_page_shows_what_
         page = await b.new_page()
         await page.goto(s.url)
         await page.fill("#question", "Talk for a long time")
-        await page.press("#question", "Control+Enter")  # asked from the keyboard
-        await expect(page.locator("#answer")).to_contain_text("w5 ", timeout=10_000)
+        await page.press("#question", "Enter")  # asked from the keyboard
+        await expect(page.locator("#thread .turn .answer")).to_contain_text("w5 ", timeout=10_000)
         call = s.upstream.calls[0]
         clicked = time.monotonic()
         await page.click("#stop")
@@ -234,7 +236,7 @@ async def test_stop_closes_the_model_connection_at_once_and_the_page_shows_what_
         assert call.closed_at is not None
         assert call.closed_at - clicked < 0.100, f"closed {call.closed_at - clicked:.3f} s after"
         produced = len(call.token_times)
-        outcome = page.locator("#outcome")
+        outcome = page.locator("#thread .turn .outcome")
         await expect(outcome.locator("[data-field=cause]")).to_have_text(
             "client_disconnected", timeout=10_000
         )
@@ -537,7 +539,8 @@ async def test_the_api_document_renders_offline_at_docs(tmp_path: Path) -> None:
         chat = page.locator("#post_api_v1_inference_chat")
         await expect(chat).to_contain_text("/api/v1/inference/chat", timeout=10_000)
         await chat.locator("summary").click()
-        await expect(chat).to_contain_text("ChatRequest")
+        await expect(chat).to_contain_text("ConversationChat")  # a ChatRequest that continues one
+        await expect(chat).to_contain_text("conversation_id")
         await expect(chat).to_contain_text("429")
         assert all(u.startswith(s.url) for u in requested), requested  # nothing from outside
         await shot(page, "api-docs")

@@ -1,31 +1,34 @@
 // How the chat panel shows an answer: its text with citation links, the source cards,
 // the usage line, a failure, and the server's record of a stopped request. Pure
-// builders: each returns nodes or text; chat.js puts them on the page.
+// builders: each returns nodes or text; chat.js puts them in the turn they belong to.
+// A thread holds many answers, so each turn's source cards get ids of their own: the
+// `prefix` (`t2-` → `#t2-source-1`).
 
 import { el } from './dom.js';
 import { errorText, intText, plural, short } from './util.js';
 
-/** `text` as nodes, each citation [n] of a known source rank (`ranks`) as a link. */
-export function answerNodes(text, ranks) {
+/** `text` as nodes, each citation [n] of a known source rank (`ranks`) as a link to the
+ * card of its turn (`prefix`). */
+export function answerNodes(text, ranks, prefix = '') {
   const parts = [];
   let last = 0;
   for (const match of text.matchAll(/\[(\d+)\]/g)) {
     if (!ranks.has(match[1])) continue;
     parts.push(text.slice(last, match.index));
-    parts.push(el('a', { class: 'cite', href: `#source-${match[1]}` }, match[0]));
+    parts.push(el('a', { class: 'cite', href: `#${prefix}source-${match[1]}` }, match[0]));
     last = match.index + match[0].length;
   }
   parts.push(text.slice(last));
   return parts;
 }
 
-export function sourceCard(s) {
+export function sourceCard(s, prefix = '') {
   const title = s.title || s.source || s.document_id || 'Untitled';
   const meta = [];
   if (s.source && s.source !== title) meta.push(s.source);
   if (Number.isFinite(s.chunk_index)) meta.push(`chunk ${s.chunk_index}`);
   if (Number.isFinite(s.score)) meta.push(`score ${s.score.toFixed(3)}`);
-  return el('article', { class: 'source-card', id: `source-${s.rank}`, tabindex: '-1' },
+  return el('article', { class: 'source-card', id: `${prefix}source-${s.rank}`, tabindex: '-1' },
     el('h4', {}, el('span', { class: 'rank' }, `[${s.rank}]`), ' ', title),
     meta.length ? el('p', { class: 'meta' }, meta.join(' · ')) : null,
     el('p', { class: 'snippet' }, short(s.text || '', 240)));

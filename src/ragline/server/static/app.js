@@ -1,4 +1,4 @@
-// ragline's page: streamed chat with a real Stop, document upload, agent runs, and the
+// ragline's page: a streamed chat thread with a real Stop, document upload, agent runs, and the
 // "What ragline saved" counters. Native ES modules, no framework, no build step; each
 // panel's module finds its own elements and keeps its own state, and server data only
 // ever goes in via text nodes, never innerHTML. This module wires the panels together.
@@ -52,6 +52,7 @@ function start() {
     onSignedIn(me) {
       if (key.open && key.close()) session.focus();
       history.setViewer(me);
+      chat.setViewer(me);
       collections.refresh();
       history.refresh();
       saved.refresh();

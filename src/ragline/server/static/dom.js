@@ -52,3 +52,14 @@ export function onCtrlEnter(field, action) {
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); action(); }
   });
 }
+
+/** Calls `action` on Enter in `field`; Shift+Enter keeps making a new line. Not while an
+ * input method is composing: its Enter picks the characters (keyCode 229 is the
+ * composition's last key in Safari, which reports isComposing false for it). */
+export function onEnterSend(field, action) {
+  field.addEventListener('keydown', (e) => {
+    if (e.key !== 'Enter' || e.shiftKey || e.altKey || e.isComposing || e.keyCode === 229) return;
+    e.preventDefault();
+    action();
+  });
+}
