@@ -35,7 +35,8 @@ from .notices import Notices
 from .providers import OnDelta
 from .providers.conversations import StoredResponse
 from .providers.coordination import WorkKey
-from .responses import Draft, ResponseRequest, read_input, tool_specs
+from .response_input import ResponseRequest, read_input, tool_specs
+from .responses import Draft
 from .runs import Run, Runs
 from .tools import ToolRegistry
 

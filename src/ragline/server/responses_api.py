@@ -23,7 +23,8 @@ from ..dialogue import Exchange
 from ..errors import InvalidRequest, Overloaded, RagLineError
 from ..models import ChatResult
 from ..providers import OnDelta
-from ..responses import TERMINAL, Draft, ResponseRequest
+from ..response_input import ResponseRequest
+from ..responses import TERMINAL, Draft
 from .boundary import RequestContext, caller, request_context
 from .errors import error_for_exception
 from .routing import OBJECT, ApiRoute, Doc
