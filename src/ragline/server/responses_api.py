@@ -114,9 +114,13 @@ async def create(request: Request) -> Response | EventStream | RunEvents | Store
         await dialogue.save(exchange, draft.object("queued"), ctx.lifetime)
         try:
             run = dialogue.background(exchange, ctx.lifetime)
-        except RagLineError:  # too many runs, or stopping: nothing is left queued
+        except RagLineError as exc:  # too many runs, or stopping: nothing is left queued
+            refused: RagLineError | None = exc
+        else:
+            refused = None
+        if refused is not None:
             await dialogue.store.delete_response(draft.id, ctx.lifetime)
-            raise
+            raise refused
         await runtime.runs.save(run, ctx.lifetime)  # every replica can read it from now on
         if body.stream:
             return RunEvents(ctx, run.id, 0, render=_render)
