@@ -12,6 +12,7 @@ from ragline import Settings, ThreadBridge
 from ragline.backend import Directory, build_backend
 from ragline.providers import Records
 from ragline.providers.coordination import ActivityLog, NoticeBus, RunLog
+from ragline.providers.feedback import FeedbackStore
 
 SRC = Path(__file__).parent.parent / "src" / "ragline"
 CLASS_NAMES = re.compile(r"\b(Postgres|Sqlite|InProcess)[A-Z]\w*")
@@ -29,9 +30,11 @@ def test_embedded_by_default_and_postgresql_with_a_database_url(tmp_path: Path) 
         assert isinstance(backend.activities, ActivityLog)
         assert isinstance(backend.bus, NoticeBus)
         assert isinstance(backend.directory, Directory)
+        assert isinstance(backend.feedback, FeedbackStore)
     assert (embedded.records.shared, shared.records.shared) == (False, True)
-    # Only the principals' and conversations' files open at start; the records' with ingestion.
-    assert embedded.built == [embedded.directory, embedded.conversations]
+    # Only the principals', conversations' and feedback's files open at start; the
+    # records' with ingestion.
+    assert embedded.built == [embedded.directory, embedded.conversations, embedded.feedback]
     assert len(shared.built) == 1  # one pool that every PostgreSQL store is composed on
     assert "u@127.0.0.1" in repr(shared.records)
     assert not list(tmp_path.iterdir())  # built, not opened: no file yet

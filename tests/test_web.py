@@ -25,6 +25,9 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from conftest import free_port, upstream_running
 from fake_embeddings import FakeEmbeddings, embeddings_server
+from ragline import Lifetime, ThreadBridge
+from ragline.providers.feedback import FeedbackRecord, Reaction, SentAnswer
+from ragline.providers.sqlite_feedback import SqliteFeedback
 from upstream import Behavior, FakeUpstream, tool_results
 
 pytestmark = pytest.mark.anyio
@@ -513,6 +516,59 @@ async def test_signing_in_shows_who_you_are_and_only_your_collections_and_runs(
         assert "key" not in page.url
         assert await page.context.cookies() == []
         assert await page.evaluate("() => localStorage.length") == 0
+
+
+async def seed_feedback(data_dir: Path) -> None:
+    """Three ratings of the bot's answers, written to the server's own feedback file (as
+    its Teams webhook would): two likes, then a dislike with a comment."""
+    store = SqliteFeedback(data_dir / "feedback.sqlite", ThreadBridge())
+    life = Lifetime.root("seed")
+    try:
+        ratings: list[tuple[Reaction, str]] = [
+            ("like", "Spot on"),
+            ("like", ""),
+            ("dislike", "Wrong star, it is Proxima"),
+        ]
+        for n, (reaction, text) in enumerate(ratings):
+            question = "Which star is closest?" if n == 2 else f"Question {n}?"
+            sent = SentAnswer(f"m{n}", "a:1chat", "tenant", question, "Alpha Centauri [1]")
+            await store.record_answer(sent, life)
+            rated = FeedbackRecord(sent, reaction, text, "29:ann", time.time() + n)
+            await store.add_feedback(rated, life)
+    finally:
+        store.close()
+
+
+async def test_admins_see_what_teams_users_said_and_members_see_nothing_of_it(
+    tmp_path: Path,
+) -> None:
+    async with site(tmp_path, answering("ok"), api_keys=["admin-key"]) as s, browser() as b:
+        bob = await make_member(s, "bob", [])
+        await seed_feedback(tmp_path / "data")
+        page = await b.new_page()
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url))
+        await page.goto(s.url)
+        feedback = page.locator("#feedback")
+        await sign_in(page, "admin-key")
+        await expect(feedback).to_be_visible(timeout=10_000)
+        await expect(page.locator("#feedback-tally")).to_have_text("👍 2 liked · 👎 1 disliked")
+        newest = page.locator("#feedback-list li").first
+        await expect(newest).to_contain_text("Wrong star, it is Proxima")
+        await expect(newest).to_contain_text("Which star is closest?")
+        await expect(newest.locator(".thumb")).to_have_text("👎 disliked")
+        await expect(page.locator("#feedback-list li")).to_have_count(3)
+        await shot(page, "feedback-admin")
+
+        # A member: nothing of it on the page, and the page never asks for it.
+        await sign_out(page)
+        await expect(feedback).to_be_hidden()
+        asked.clear()
+        await sign_in(page, bob)
+        await expect(page.locator("#who")).to_contain_text("bob (member", timeout=10_000)
+        await expect(page.locator("#saved-status")).to_contain_text("Updated", timeout=10_000)
+        await expect(feedback).to_be_hidden()
+        assert not [u for u in asked if "/api/v1/feedback" in u], asked
 
 
 async def test_without_credentials_the_page_says_local_needs_no_sign_in(tmp_path: Path) -> None:

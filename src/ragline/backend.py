@@ -18,6 +18,7 @@ from .providers import Records
 from .providers.conversations import ConversationStore
 from .providers.coordination import ActivityLog, NoticeBus, RunLog
 from .providers.directory import GrantStore, PrincipalStore
+from .providers.feedback import FeedbackStore
 from .settings import Settings
 from .threads import ThreadBridge
 
@@ -44,6 +45,7 @@ class Backend:
     bus: NoticeBus
     directory: Directory  # principals and collection grants
     conversations: ConversationStore  # stored responses and conversations' turns
+    feedback: FeedbackStore  # the bot's answers and what users said about them
     jobs: JobsBuilder  # (ingestor, notices, bridge) -> the job queue that runs ingestor
     built: list[object] = field(default_factory=list)
 
@@ -66,6 +68,7 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
         from .providers.postgres import PostgresPool
         from .providers.postgres_conversations import PostgresConversations
         from .providers.postgres_directory import PostgresDirectory
+        from .providers.postgres_feedback import PostgresFeedback
         from .providers.postgres_records import PostgresRecords
         from .providers.postgres_shared import (
             PostgresActivities,
@@ -105,6 +108,7 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
             bus=PostgresBus(pool),
             directory=PostgresDirectory(pool),
             conversations=PostgresConversations(pool),
+            feedback=PostgresFeedback(pool),
             jobs=distributed,
             built=[pool],
         )
@@ -114,11 +118,13 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
     from .providers.sqlite import SqliteRecords
     from .providers.sqlite_conversations import SqliteConversations
     from .providers.sqlite_directory import SqliteDirectory
+    from .providers.sqlite_feedback import SqliteFeedback
 
     bus = InProcessBus()
     sqlite = SqliteRecords(Path(s.data_dir) / "records.sqlite", bridge)
     directory = SqliteDirectory(Path(s.data_dir) / "access.sqlite", bridge)
     conversations = SqliteConversations(Path(s.data_dir) / "conversations.sqlite", bridge)
+    feedback = SqliteFeedback(Path(s.data_dir) / "feedback.sqlite", bridge)
 
     def local(ingestor: Ingestor, notices: Notices, bridge: ThreadBridge) -> Jobs:
         folder = Path(s.data_dir) / "jobs"
@@ -131,11 +137,13 @@ def build_backend(settings: Settings, bridge: ThreadBridge) -> Backend:
         bus=bus,
         directory=directory,
         conversations=conversations,
+        feedback=feedback,
         jobs=local,
         # The records' SQLite file opens with the ingestion that uses it (a server
-        # without retrieval makes none); the directory's and the conversations' always:
-        # every request needs the one, a follow-up the other.
-        built=[directory, conversations],
+        # without retrieval makes none); the directory's, the conversations' and the
+        # feedback's always: every request needs the first, a follow-up the second, and
+        # the feedback page reads the third even on a server without the bot.
+        built=[directory, conversations, feedback],
     )
 
 

@@ -89,6 +89,12 @@ class Metrics:
             "Redelivered activities dropped as duplicates",
             registry=r,
         )
+        self.bot_feedback = Counter(
+            "ragline_bot_feedback",
+            "Feedback stored on the bot's answers, by reaction (like, dislike)",
+            ["reaction"],
+            registry=r,
+        )
         self.connector_requests = Counter(
             "ragline_connector_requests",
             "Bot Connector requests by operation and status (0: no answer)",

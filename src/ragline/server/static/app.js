@@ -53,6 +53,7 @@ function start() {
       if (key.open && key.close()) session.focus();
       history.setViewer(me);
       chat.setViewer(me);
+      saved.setViewer(me);
       collections.refresh();
       history.refresh();
       saved.refresh();
