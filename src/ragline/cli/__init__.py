@@ -238,6 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             help="make, list, re-key and remove principals and their keys (docs/DEPLOY.md)",
         )
     )
+    from . import teams
+
+    teams.add_arguments(
+        commands.add_parser(
+            "teams", help="the Teams app package that installs the bot (docs/TEAMS.md)"
+        )
+    )
     check = commands.add_parser(
         "check", help="find dropped lifetimes and other lifecycle mistakes (docs/CHECK.md)"
     )
