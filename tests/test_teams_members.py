@@ -189,6 +189,16 @@ async def scene(
             yield Scene(running, teams, upstream, users, http)
 
 
+def shown(message: dict[str, Any]) -> str:
+    """What a user sees of an answer: its text and the names of its citations."""
+    names = [
+        claim["appearance"]["name"]
+        for entity in message.get("entities") or ()
+        for claim in entity.get("citation") or ()
+    ]
+    return " ".join([message["text"], *names])
+
+
 def prompts(upstream: FakeUpstream) -> str:
     return "\n".join(json.dumps(call.body) for call in upstream.calls)
 
@@ -200,15 +210,15 @@ async def test_a_mapped_user_answers_only_from_a_collection_their_team_may_read(
         # alice, in team A's channel: team A's collection, and nothing of team B's.
         answer = await s.ask(s.users.alice, "what is the launch code?", team=TEAM_A)
         assert answer["text"].startswith("The code is in [1].")
-        assert A in answer["text"]
-        assert B not in answer["text"]
+        assert A in shown(answer)
+        assert B not in shown(answer)
         assert "4711" in prompts(s.upstream)
         assert "9999" not in prompts(s.upstream)
 
         # bob, in team B's channel: team B's only.
         answer = await s.ask(s.users.bob, "what is the launch code?", team=TEAM_B)
-        assert B in answer["text"]
-        assert A not in answer["text"]
+        assert B in shown(answer)
+        assert A not in shown(answer)
         assert "9999" in json.dumps(s.upstream.calls[-1].body)
         assert "4711" not in json.dumps(s.upstream.calls[-1].body)
 
@@ -218,9 +228,9 @@ async def test_a_mapped_user_answers_only_from_a_collection_their_team_may_read(
         assert refused["text"] == NO_ACCESS
         # In a 1:1 chat (no [[channel]] entry) she gets the default collection.
         personal = await s.ask(s.users.alice, "what is the launch code of the fountain?")
-        assert FOUNTAIN in personal["text"]
-        assert A not in personal["text"]
-        assert B not in personal["text"]
+        assert FOUNTAIN in shown(personal)
+        assert A not in shown(personal)
+        assert B not in shown(personal)
         assert len(s.upstream.calls) == calls + 1  # the refusal never reached the model
         assert "9999" not in json.dumps(s.upstream.calls[-1].body)
 
@@ -256,7 +266,7 @@ async def test_mapped_principals_and_their_groups_may_be_named_by_grants(
         assert (await s.http.put(base, json=both, headers=ADMIN)).status_code == 200
         # bob may now read team A's collection too, in team A's channel.
         answer = await s.ask(s.users.bob, "what is the launch code?", team=TEAM_A)
-        assert A in answer["text"]
+        assert A in shown(answer)
         nobody = {"read": ["group:team-c"], "write": []}
         answer422 = await s.http.put(base, json=nobody, headers=ADMIN)
         assert answer422.status_code == 422, answer422.text
@@ -268,7 +278,7 @@ async def test_without_a_mapping_every_user_reads_the_default_collection(
     async with scene(tmp_path, mapping=False) as s:
         for team in (TEAM_A, None):
             answer = await s.ask(s.users.carol, "what is the launch code?", team=team)
-            assert FOUNTAIN in answer["text"]
+            assert FOUNTAIN in shown(answer)
         assert "4711" not in prompts(s.upstream)
         assert "9999" not in prompts(s.upstream)
         assert len(s.upstream.calls) == 2

@@ -90,6 +90,7 @@ class Runtime:
         self.backend = backend = build_backend(settings, self.threads)
         self._parts.extend(backend.built)  # first: it closes last
         self.records = backend.records
+        self.feedback = backend.feedback  # the bot's answers and the feedback on them
         self.notices = backend.notices()
         # Who asks, and what they may read.
         self.principals = Principals(
@@ -184,6 +185,7 @@ class Runtime:
                 agent=self.agent,
                 grants=self.grants,
                 history=self.history,
+                feedback=backend.feedback,
             )
             self._parts.append(self.teams)
 

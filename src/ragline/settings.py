@@ -214,6 +214,9 @@ class Settings(BaseSettings):
     bot_streaming: bool = True  # stream replies in 1:1 chats
     bot_stream_interval: float = Field(1.0, ge=0)  # between streaming requests
     bot_stream_limit: float = Field(110.0, gt=0)  # Teams ends a stream after 2 minutes
+    # An update at least this often while the model says nothing (M365 Copilot gives up
+    # after about 45 s without one).
+    bot_keepalive: float = Field(15.0, gt=0)
     bot_top_k: int = Field(4, ge=1, le=50)
     bot_connector_timeout: float = Field(15.0, gt=0)
     bot_tools: Annotated[list[str], NoDecode] = Field(default_factory=list)  # [] = plain RAG

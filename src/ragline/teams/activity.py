@@ -65,6 +65,8 @@ class Activity(_Model):
     channel_data: dict[str, Any] | None = Field(None, alias="channelData")
     members_added: list[Account] | None = Field(None, alias="membersAdded")
     action: str | None = None  # installationUpdate: "add" / "remove"
+    # "expectReplies": the sender reads the replies from the webhook's response body.
+    delivery_mode: str | None = Field(None, alias="deliveryMode", max_length=64)
 
     @field_validator("service_url")
     @classmethod

@@ -19,6 +19,7 @@ and the turn completes: being refused is not an error.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,16 +29,24 @@ from pydantic import ValidationError
 
 from ..agent import Agent, AgentResult
 from ..chat import ChatPipeline
-from ..errors import Hidden
+from ..errors import Hidden, RagLineError
 from ..grants import Grants
 from ..history import History
 from ..lifetime import Cause, Lifetime
 from ..models import ChatRequest, ChatResult
 from ..providers import OnDelta
+from ..providers.feedback import FeedbackStore, SentAnswer
 from ..settings import Settings
-from .activity import Activity, InvokeResponse
+from .activity import Activity, InvokeResponse, reply_to
+from .citations import FEEDBACK, ai_entity, cited
 from .connector import ConnectorClient, ConnectorError
-from .members import Everyone, Members, answering_collection
+from .members import (
+    Everyone,
+    Members,
+    answering_collection,
+    readable_collections,
+    tenant_of,
+)
 from .replies import (
     BOUND_NOTES,
     EMPTY,
@@ -49,6 +58,7 @@ from .replies import (
     interrupted,
     with_sources,
 )
+from .starters import prompt_starters
 from .streaming import Pacer, StreamingReply, post_reply, with_note
 
 __all__ = ["BotApplication", "Handler", "Middleware", "TurnContext"]
@@ -70,6 +80,9 @@ class TurnContext:
     pacer: Pacer
     values: dict[str, Any] = field(default_factory=dict)  # for middleware and handlers
     invoke_response: InvokeResponse | None = None
+    # deliveryMode "expectReplies": the replies go back in the webhook's response body,
+    # not through the Connector.
+    replies: list[dict[str, Any]] | None = None
 
     async def send(self, text: str, **fields: Any) -> str | None:
         """Reply with a message in the activity's conversation (never blindly repeated)."""
@@ -78,6 +91,8 @@ class TurnContext:
 
     async def typing(self) -> None:
         """Show the typing indicator (best effort)."""
+        if self.replies is not None:
+            return  # a reply in the response body shows no typing
         try:
             await self.post({"type": "typing"}, self.lifetime)
         except ConnectorError as exc:
@@ -86,6 +101,10 @@ class TurnContext:
     async def post(self, body: dict[str, Any], lifetime: Lifetime) -> str | None:
         """Post an activity in reply, paced, under ``lifetime`` (the turn's, or its
         afterlife for last words)."""
+        if self.replies is not None:
+            reply = {**reply_to(self.activity, **body), "id": f"reply-{len(self.replies) + 1}"}
+            self.replies.append(reply)
+            return str(reply["id"])
         await self.pacer.wait()
         try:
             return await post_reply(self.bot.connector, self.activity, body, lifetime)
@@ -106,9 +125,13 @@ class BotApplication:
         members: Members | None = None,
         grants: Grants | None = None,
         history: History | None = None,
+        feedback: FeedbackStore | None = None,
     ) -> None:
         self.settings = settings
         self.history = history  # each conversation's recent turns (None: none kept)
+        self.feedback = feedback  # the answers sent, which users may rate
+        # Invokes by name (``message/submitAction``: feedback); others get a 501.
+        self.invokes: dict[str, Handler] = {}
         self.pipeline = pipeline
         self.connector = connector
         # Who each user asks as and what each conversation answers from; the grants
@@ -162,9 +185,25 @@ class BotApplication:
 
     # -- default handlers -------------------------------------------------------------
     async def greet(self, ctx: TurnContext) -> InvokeResponse | None:
-        """conversationUpdate: welcome the user when the bot joins a conversation."""
-        if ctx.activity.bot_added():
-            await ctx.send(WELCOME)
+        """conversationUpdate: welcome the user when the bot joins a conversation, with
+        prompt starters from the collections the conversation may read, offered to the
+        user who added it (suggested actions ``to`` them only)."""
+        if not ctx.activity.bot_added():
+            return None
+        grants = self.grants if self.pipeline.retrieval else None
+        default = self.settings.collection
+        names = await readable_collections(
+            self.members, grants, default, ctx.activity, ctx.lifetime
+        )
+        fields: dict[str, Any] = {}
+        user = ctx.activity.from_
+        if names and user is not None and user.id:
+            actions = [
+                {"type": "imBack", "title": s.title, "value": s.text}
+                for s in prompt_starters(names, default_collection=default)
+            ]
+            fields["suggestedActions"] = {"to": [user.id], "actions": actions}
+        await ctx.send(WELCOME, **fields)
         return None
 
     async def installed(self, ctx: TurnContext) -> InvokeResponse | None:
@@ -173,8 +212,11 @@ class BotApplication:
         return None
 
     async def invoke(self, ctx: TurnContext) -> InvokeResponse | None:
-        """invoke: none are handled by default (the Bot Framework's 501)."""
+        """invoke: by name in :attr:`invokes`; any other is the Bot Framework's 501."""
         name = ctx.activity.name or ""
+        handler = self.invokes.get(name)
+        if handler is not None:
+            return await handler(ctx)
         return InvokeResponse(status=501, body={"error": f"invoke {name!r} is not handled"})
 
     async def answer(self, ctx: TurnContext) -> InvokeResponse | None:
@@ -214,19 +256,44 @@ class BotApplication:
             await ctx.send("That message is too long for me to answer.")
             return None
         result = self.new_result()
+        streamed = ctx.activity.kind == "personal" and ctx.replies is None
         try:
-            if self.settings.bot_streaming and ctx.activity.kind == "personal":
+            if self.settings.bot_streaming and streamed:
                 await self._streamed(ctx, request, result)
             else:
                 await self._whole(ctx, request, result)
         finally:
-            if self.history is not None:
-                # last_words is a shielded, bounded scope (flake8-async cannot see it).
-                with ctx.lifetime.last_words(self._last_words) as last:
-                    await self.history.remember(  # noqa: ASYNC102
-                        key, "teams", question, result.text, last
-                    )
+            # last_words is a shielded, bounded scope (flake8-async cannot see it).
+            with ctx.lifetime.last_words(self._last_words) as last:
+                await self._remember(ctx, key, question, result, last)  # noqa: ASYNC102
         return None
+
+    async def _remember(
+        self, ctx: TurnContext, key: str, question: str, result: ChatResult, lifetime: Lifetime
+    ) -> None:
+        """The turn, for the conversation's next question; the answer sent, for the
+        feedback on it (with the cause when it was cut short)."""
+        if self.history is not None:
+            await self.history.remember(key, "teams", question, result.text, lifetime)
+        message_id = ctx.values.get("answer_id")
+        if self.feedback is None or not isinstance(message_id, str):
+            return
+        cause = result.usage.cause
+        answer = SentAnswer(
+            activity_id=message_id,
+            conversation_id=ctx.activity.conversation.id,
+            tenant_id=tenant_of(ctx.activity),
+            question=question,
+            text=result.text,
+            sources=[s.model_dump(mode="json") for s in result.sources],
+            model=self.pipeline.generator.model,
+            cause=str(cause) if cause is not None else None,
+            at=time.time(),
+        )
+        try:
+            await self.feedback.record_answer(answer, lifetime)
+        except RagLineError as exc:  # the answer is out; only its rating is lost
+            log.warning("answer not recorded for feedback: %s", exc.message)
 
     async def _streamed(self, ctx: TurnContext, request: ChatRequest, result: ChatResult) -> None:
         answer = ctx.lifetime.child("answer")
@@ -237,6 +304,7 @@ class BotApplication:
             ctx.pacer,
             limit=self.settings.bot_stream_limit,
             on_user_stop=lambda: answer.cancel(Cause.EXPLICIT, "the user stopped the stream"),
+            keepalive=self.settings.bot_keepalive,
         )
         failure: Exception | None = None
         try:
@@ -254,12 +322,16 @@ class BotApplication:
                     tg.cancel_scope.cancel()
                 else:
                     if answer.reason is None:
-                        stream.complete(with_sources(result))
+                        stream.complete(reply_text(result), [ai_entity(result)], FEEDBACK)
         except anyio.get_cancelled_exc_class():
             # flake8-async cannot see that last_words is a shielded, bounded scope.
             with ctx.lifetime.last_words(self._last_words) as last:
-                await stream.interrupt(interrupted(ctx.lifetime.reason), last)  # noqa: ASYNC102
+                note = interrupted(ctx.lifetime.reason)
+                await stream.interrupt(note, last, [ai_entity(result)], FEEDBACK)  # noqa: ASYNC102
+                ctx.values["answer_id"] = stream.message_id
             raise
+        finally:
+            ctx.values["answer_id"] = stream.message_id
         if isinstance(failure, Hidden):  # access taken away since the check: no error
             log.info("bot answer refused: %s", failure.message)
             await stream.interrupt(NO_ACCESS, ctx.lifetime)
@@ -279,11 +351,15 @@ class BotApplication:
             return
         except anyio.get_cancelled_exc_class():
             text = with_note(result.text, interrupted(ctx.lifetime.reason))
+            body: dict[str, Any] = {"type": "message", "text": text, "textFormat": "markdown"}
+            body |= {"entities": [ai_entity(result)], "channelData": FEEDBACK}
             # flake8-async cannot see that last_words is a shielded, bounded scope.
             with ctx.lifetime.last_words(self._last_words) as last:
-                await ctx.post({"type": "message", "text": text, "textFormat": "markdown"}, last)  # noqa: ASYNC102
+                ctx.values["answer_id"] = await ctx.post(body, last)  # noqa: ASYNC102
             raise
-        await ctx.send(with_sources(result))
+        ctx.values["answer_id"] = await ctx.send(
+            reply_text(result), entities=[ai_entity(result)], channelData=FEEDBACK
+        )
 
     async def respond(
         self,
@@ -311,6 +387,12 @@ class BotApplication:
     def _last_words(self) -> float:
         # A short, bounded window to tell the user why the answer stopped.
         return min(1.5, self.settings.shutdown_grace * 0.75)
+
+
+def reply_text(result: ChatResult) -> str:
+    """The answer as sent: Teams shows the sources it cites as citations; an answer
+    that cites none is followed by its sources as text."""
+    return result.text if cited(result.text, result.sources) else with_sources(result)
 
 
 _NEW_CHAT = frozenset({"new chat", "/new", "new chat.", "start over"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import httpx
 
@@ -16,6 +17,7 @@ from ..lifetime import Lifetime
 from ..metrics import Metrics
 from ..notices import Notices
 from ..providers.coordination import ActivityLog
+from ..providers.feedback import FeedbackStore
 from ..settings import Settings
 from ..supervisor import Supervisor
 from ..tracing import Tracing
@@ -24,6 +26,7 @@ from .auth import BotAuthenticator, Token
 from .bot import BotApplication
 from .connector import ConnectorClient, TokenSource
 from .dispatch import Dispatcher
+from .feedback import FeedbackHandler
 from .members import members_from, tenant_of
 
 __all__ = ["TeamsChannel"]
@@ -50,6 +53,7 @@ class TeamsChannel:
         agent: Agent | None = None,
         grants: Grants,
         history: History | None = None,
+        feedback: FeedbackStore | None = None,
     ) -> None:
         self.settings = settings
         self.grants = grants  # what each Teams user may read (they act as principals)
@@ -98,7 +102,10 @@ class TeamsChannel:
             members=members,
             grants=grants,
             history=history,
+            feedback=feedback,
         )
+        if feedback is not None:  # the thumbs up or down on an answer
+            self.bot.invokes["message/submitAction"] = FeedbackHandler(feedback, metrics)
         s = settings
         self.dispatcher = Dispatcher(
             self.bot,
@@ -165,6 +172,12 @@ class TeamsChannel:
     async def receive(self, activity: Activity, lifetime: Lifetime) -> InvokeResponse | None:
         """Accept an authenticated activity. Invokes run now and return their response;
         everything else is queued and ``None`` is returned at once."""
+        if activity.delivery_mode == "expectReplies" and activity.type != "invoke":
+            # The sender waits for the replies in this response: the turn is the
+            # request's, bounded by the processing timeout, and nothing is streamed.
+            replies: list[dict[str, Any]] = []
+            await self.dispatcher.invoke(activity, lifetime, replies=replies)
+            return InvokeResponse(status=200, body={"activities": replies})
         if activity.type != "invoke":
             await self.dispatcher.accept(activity, lifetime)
             return None

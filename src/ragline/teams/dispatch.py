@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -54,6 +55,7 @@ class _Turn:
     activity: Activity
     lifetime: Lifetime
     seq: int | None = None  # its place in the conversation, across replicas
+    replies: list[dict[str, Any]] | None = None  # expectReplies: collected, not sent
 
 
 @dataclass(eq=False)
@@ -207,16 +209,24 @@ class Dispatcher:
             self.pending -= len(conversation.queue)
             conversation.queue.clear()
 
-    async def invoke(self, activity: Activity, request: Lifetime) -> InvokeResponse | None:
+    async def invoke(
+        self,
+        activity: Activity,
+        request: Lifetime,
+        *,
+        replies: list[dict[str, Any]] | None = None,
+    ) -> InvokeResponse | None:
         """An invoke's turn, now: its response is the webhook's, so the turn belongs to
         the webhook request, still bounded by the processing timeout. It has the span
-        and the metric of every turn; its failure is the request's."""
+        and the metric of every turn; its failure is the request's. With ``replies``
+        (a message delivered with ``expectReplies``) its replies are collected there
+        instead of sent."""
         lifetime = request.child(
             "bot-invoke",
             timeout=self.turn_timeout,
             values={"principal": None},  # never the webhook request's: bound in _turn
         )
-        turn = _Turn(activity, lifetime)
+        turn = _Turn(activity, lifetime, replies=replies)
         return await self._turn(turn, self.pacer(activity.conversation.id), reraise=True)
 
     async def _turn(
@@ -230,7 +240,8 @@ class Dispatcher:
             with lifetime:  # attaches the webhook request's trace context
                 await self._my_turn(turn)
                 lifetime.bind("principal", await self.identify(activity, lifetime))
-                response = await self._traced(TurnContext(activity, lifetime, self.bot, pacer))
+                ctx = TurnContext(activity, lifetime, self.bot, pacer, replies=turn.replies)
+                response = await self._traced(ctx)
             reason = lifetime.reason
             if reason is not None:
                 outcome = "cancelled"

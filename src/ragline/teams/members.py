@@ -191,6 +191,27 @@ def members_from(settings: Settings) -> Members:
     return Everyone()
 
 
+async def readable_collections(
+    members: Members,
+    grants: Grants | None,
+    default: str,
+    activity: Activity,
+    lifetime: Lifetime,
+) -> list[str]:
+    """The conversation's collections (``default`` if it lists none) that the turn's
+    principal may read, in their order; none without a principal. Without ``grants``,
+    no check."""
+    principal = lifetime.get("principal")
+    if not isinstance(principal, Principal):
+        return []
+    listed = list(await members.collections(activity, lifetime)) or [default]
+    if grants is None:
+        return listed
+    return [
+        name for name in listed if (await grants.grant(name, lifetime)).allows(principal, "read")
+    ]
+
+
 async def answering_collection(
     members: Members,
     grants: Grants | None,
@@ -201,17 +222,16 @@ async def answering_collection(
     """The collection a turn answers from: the first of its conversation's collections
     (``default`` if it lists none) that the turn's principal may read. ``None`` if there
     is no principal, or they may read none of them. Without ``grants``, no check."""
+    readable = await readable_collections(members, grants, default, activity, lifetime)
+    if readable:
+        return readable[0]
     principal = lifetime.get("principal")
-    if not isinstance(principal, Principal):
-        return None
-    listed = await members.collections(activity, lifetime)
-    if grants is None:
-        return listed[0] if listed else default
-    for name in listed or (default,):
-        if (await grants.grant(name, lifetime)).allows(principal, "read"):
-            return name
-    log.info(
-        "no collection this Teams user may read",
-        extra={"principal": principal.name, "collections": list(listed or (default,))},
-    )
+    if isinstance(principal, Principal):
+        log.info(
+            "no collection this Teams user may read",
+            extra={
+                "principal": principal.name,
+                "collections": list(await members.collections(activity, lifetime) or (default,)),
+            },
+        )
     return None

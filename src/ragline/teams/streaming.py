@@ -6,6 +6,11 @@ next sequence number, never faster than one request per second and only after th
 previous one succeeded, so tokens that arrive in between are coalesced into the next
 chunk. The answer ends with a ``message`` whose ``streaminfo`` entity says ``final``.
 
+While the model has said nothing new for ``keepalive`` seconds (a slow first token, a
+long tool call), the stream gets an update anyway: the informative one again before the
+first text, the text so far after it. Microsoft 365 Copilot shows an error after about
+45 s without one.
+
 Teams ends a stream after two minutes. Before that, the stream is closed with the text
 so far and the complete answer replaces it by an update of the message when it is done;
 the same happens when Teams says the streaming time is exceeded. A 403 "cancelled by
@@ -71,6 +76,7 @@ class StreamingReply:
         *,
         limit: float,
         on_user_stop: Callable[[], None],
+        keepalive: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connector = connector
@@ -78,6 +84,7 @@ class StreamingReply:
         self._lifetime = lifetime
         self._pacer = pacer
         self._limit = limit
+        self._keepalive = keepalive
         self._on_user_stop = on_user_stop
         self._clock = clock
         self.state: State = "new"
@@ -87,8 +94,11 @@ class StreamingReply:
         self._text = ""
         self._sent = ""
         self._started = 0.0
-        self._final: tuple[str, list[dict[str, Any]]] | None = None
+        self._informative = ""
+        self._last_update = 0.0  # when the user last saw something new (clock)
+        self._final: tuple[str, list[dict[str, Any]], dict[str, Any]] | None = None
         self._changed = anyio.Event()
+        self.message_id: str | None = None  # the answer's message, once delivered
 
     @property
     def text(self) -> str:
@@ -98,6 +108,7 @@ class StreamingReply:
     async def begin(self, informative: str) -> None:
         """Open the stream with an informative update. If Teams refuses, the answer is
         delivered as one message at the end instead."""
+        self._informative = informative
         entity = {"type": "streaminfo", "streamType": "informative", "streamSequence": 1}
         try:
             self.stream_id = await self._post(
@@ -109,34 +120,54 @@ class StreamingReply:
             self.state = "failed"
             return
         self.state, self.sequence, self._started = "streaming", 1, self._clock()
+        self._last_update = self._started
 
     async def push(self, delta: str) -> None:
         """More generated text (never blocks on the Connector)."""
         self._text += delta
         self._changed.set()
 
-    def complete(self, text: str, entities: list[dict[str, Any]] | None = None) -> None:
+    def complete(
+        self,
+        text: str,
+        entities: list[dict[str, Any]] | None = None,
+        channel_data: dict[str, Any] | None = None,
+    ) -> None:
         """The whole answer: ``pump`` sends it as the final message and returns."""
-        self._final = (text, entities or [])
+        self._final = (text, entities or [], channel_data or {})
         self._changed.set()
 
     async def pump(self) -> None:
         """Send chunks until the final message is out or the user stopped the stream."""
         while self.state not in ("stopped", "done"):
-            if self._final is None and not self._chunk_due():
+            if self._final is None and not self._chunk_due() and not self._quiet():
                 self._changed = anyio.Event()
                 if self._final is None and not self._chunk_due():
-                    await self._changed.wait()
+                    # Streaming, the next keep-alive is due then; otherwise only the
+                    # final message is still to come.
+                    wait = self._last_update + self._keepalive - self._clock()
+                    with anyio.move_on_after(
+                        max(wait, 0.0) if self.state == "streaming" else math.inf
+                    ):
+                        await self._changed.wait()
                 continue
             await self._pacer.wait()
             if self._final is not None:
                 await self._finish(*self._final)
             elif self._clock() - self._started >= self._limit:
                 await self._close_early()
-            else:
+            elif self._chunk_due():
                 await self._chunk(self._text)
+            else:
+                await self._keep_alive()
 
-    async def interrupt(self, note: str, lifetime: Lifetime) -> None:
+    async def interrupt(
+        self,
+        note: str,
+        lifetime: Lifetime,
+        entities: list[dict[str, Any]] | None = None,
+        channel_data: dict[str, Any] | None = None,
+    ) -> None:
         """End the answer with what was generated and ``note`` (shutdown, timeout, a
         failure). After a cancellation, ``lifetime`` is the turn's afterlife."""
         if self.state in ("stopped", "done"):
@@ -144,11 +175,36 @@ class StreamingReply:
         self._lifetime = lifetime
         text = with_note(self._text, note)
         await self._pacer.wait()
-        await self._finish(text, [])
+        await self._finish(text, entities or [], channel_data or {})
 
     # -- the requests ---------------------------------------------------------------
     def _chunk_due(self) -> bool:
         return self.state == "streaming" and self._text != self._sent
+
+    def _quiet(self) -> bool:
+        """Whether the user has seen nothing new for ``keepalive`` seconds."""
+        return self.state == "streaming" and self._clock() - self._last_update >= self._keepalive
+
+    async def _keep_alive(self) -> None:
+        """An update with nothing new: the informative one again before the first text
+        (Teams allows informative updates only before it), the text so far after it."""
+        if self._sent:
+            await self._chunk(self._sent)
+            return
+        entity = {
+            "type": "streaminfo",
+            "streamId": self.stream_id,
+            "streamType": "informative",
+            "streamSequence": self.sequence + 1,
+        }
+        body = {"type": "typing", "text": self._informative, "entities": [entity]}
+        try:
+            await self._post(body, True)
+        except ConnectorError as exc:
+            self._chunk_failed(exc)
+            return
+        self.sequence += 1
+        self._last_update = self._clock()
 
     async def _chunk(self, text: str) -> None:
         entity = {
@@ -166,6 +222,7 @@ class StreamingReply:
         self.sequence += 1
         self.chunks += 1
         self._sent = text
+        self._last_update = self._clock()
 
     def _chunk_failed(self, exc: ConnectorError) -> None:
         message = str(exc).lower()
@@ -190,16 +247,22 @@ class StreamingReply:
             log.info("early close failed", extra=_why(exc))
         self.state = "ended"
 
-    async def _finish(self, text: str, entities: list[dict[str, Any]]) -> None:
+    async def _finish(
+        self, text: str, entities: list[dict[str, Any]], channel_data: dict[str, Any]
+    ) -> None:
         try:
-            await self._deliver(text, entities)
+            await self._deliver(text, entities, channel_data)
         except ConnectorError as exc:
             log.warning("the answer could not be delivered", extra=_why(exc))
         finally:
             self.state = "done"
 
-    async def _deliver(self, text: str, entities: list[dict[str, Any]]) -> None:
+    async def _deliver(
+        self, text: str, entities: list[dict[str, Any]], channel_data: dict[str, Any]
+    ) -> None:
         message: dict[str, Any] = {"type": "message", "text": text, "textFormat": "markdown"}
+        if channel_data:
+            message["channelData"] = channel_data
         if self.state == "streaming":
             final = {"type": "streaminfo", "streamId": self.stream_id, "streamType": "final"}
             try:
@@ -209,10 +272,12 @@ class StreamingReply:
                 # the streamed message is safe either way and never duplicates it.
                 log.info("final stream message failed; updating instead", extra=_why(exc))
                 await self._update({**message, "entities": entities})
+            self.message_id = self.stream_id  # a stream's final message keeps its id
         elif self.state == "ended":
             await self._update({**message, "entities": entities})
+            self.message_id = self.stream_id
         elif self.state in ("new", "failed"):
-            await self._post({**message, "entities": entities}, False)
+            self.message_id = await self._post({**message, "entities": entities}, False)
 
     async def _update(self, message: dict[str, Any]) -> None:
         assert self.stream_id is not None
