@@ -90,6 +90,11 @@ async def test_an_answer_is_recorded_read_back_and_replaced(
     assert await store.answer(CONVERSATION, "1", life) == done
     assert await store.answer(CONVERSATION, "2", life) is None
     assert await store.answer("a:1other", "1", life) is None  # ids are per conversation
+    # No id: the conversation's newest answer.
+    later = sent("3", at=2000.0)
+    await store.record_answer(later, life)
+    assert await store.answer(CONVERSATION, None, life) == later
+    assert await store.answer("a:1other", None, life) is None
 
 
 async def test_what_is_read_back_is_a_copy(store: FeedbackStore, life: Lifetime) -> None:

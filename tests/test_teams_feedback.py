@@ -149,7 +149,6 @@ async def test_what_the_user_wrote_is_kept_bounded(
         (invoke(value(feedback=42)), "feedback"),
         (invoke(value(feedback='{"feedbackText": 42}')), "feedbackText"),
         (invoke(value(), name="message/fetchTask"), "not a feedback invoke"),
-        (invoke(value(), reply_to=None), "replyToId"),
         (invoke(value(), user=None), "from.id"),
     ],
 )
@@ -162,6 +161,23 @@ async def test_what_is_not_feedback_is_a_400_and_nothing_is_stored(
     assert error in response.body["error"]
     assert await store.feedback(Lifetime.root("read"), limit=10) == []
     assert counted(metrics, "like") == 0
+
+
+async def test_feedback_that_names_no_message_rates_the_newest_answer(
+    store: FeedbackStore,
+) -> None:
+    """The Agents Playground leaves replyToId out; the form it shows is under the newest
+    answer of the conversation."""
+    await store.record_answer(answer("m2", at=2000.0, text="newer"), Lifetime.root("seed"))
+    response = await FeedbackHandler(store, Metrics())(turn(invoke(value(), reply_to=None)))
+    assert response.status == 200
+    (stored,) = await store.feedback(Lifetime.root("read"), limit=10)
+    assert (stored.answer.activity_id, stored.answer.text) == ("m2", "newer")
+    elsewhere = invoke(value(), reply_to=None).model_copy(
+        update={"conversation": invoke(value()).conversation.model_copy(update={"id": "a:1never"})}
+    )
+    refused = await FeedbackHandler(store, Metrics())(turn(elsewhere))
+    assert refused.status == 404
 
 
 async def test_a_message_ragline_never_sent_is_a_404(store: FeedbackStore) -> None:

@@ -56,9 +56,10 @@ class FeedbackStore(Protocol):
         ...
 
     async def answer(
-        self, conversation_id: str, activity_id: str, lifetime: Lifetime
+        self, conversation_id: str, activity_id: str | None, lifetime: Lifetime
     ) -> SentAnswer | None:
-        """The answer sent as ``activity_id`` in ``conversation_id``, or None."""
+        """The answer sent as ``activity_id`` in ``conversation_id`` (None: the newest
+        answer sent there), or None."""
         ...
 
     async def add_feedback(self, feedback: FeedbackRecord, lifetime: Lifetime) -> None:

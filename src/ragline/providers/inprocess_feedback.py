@@ -37,10 +37,14 @@ class InProcessFeedback:
             self._answers.popitem(last=False)
 
     async def answer(
-        self, conversation_id: str, activity_id: str, lifetime: Lifetime
+        self, conversation_id: str, activity_id: str | None, lifetime: Lifetime
     ) -> SentAnswer | None:
         await lifetime.checkpoint()
-        found = self._answers.get((conversation_id, activity_id))
+        if activity_id is None:
+            sent = [a for (c, _), a in self._answers.items() if c == conversation_id]
+            found = max(sent, key=lambda a: a.at, default=None)
+        else:
+            found = self._answers.get((conversation_id, activity_id))
         return deepcopy(found) if found is not None else None
 
     async def add_feedback(self, feedback: FeedbackRecord, lifetime: Lifetime) -> None:

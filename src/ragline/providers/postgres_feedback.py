@@ -40,12 +40,14 @@ class PostgresFeedback:
         await self.pool.execute(lifetime, _INSERT_ANSWER + _REPLACE, _answer_row(answer))
 
     async def answer(
-        self, conversation_id: str, activity_id: str, lifetime: Lifetime
+        self, conversation_id: str, activity_id: str | None, lifetime: Lifetime
     ) -> SentAnswer | None:
+        rated = None if activity_id is None else _clean(activity_id)
         rows = await self.pool.rows(
             lifetime,
-            f"{_ANSWER} WHERE conversation_id = %s AND activity_id = %s",
-            (_clean(conversation_id), _clean(activity_id)),
+            f"{_ANSWER} WHERE conversation_id = %s AND (%s::text IS NULL OR activity_id = %s) "
+            "ORDER BY at DESC LIMIT 1",
+            (_clean(conversation_id), rated, rated),
         )
         return _answer(rows[0]) if rows else None
 

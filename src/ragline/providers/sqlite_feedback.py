@@ -96,13 +96,14 @@ class SqliteFeedback:
         await self._call(lifetime, lambda db: db.execute(_INSERT_ANSWER + _REPLACE, row))
 
     async def answer(
-        self, conversation_id: str, activity_id: str, lifetime: Lifetime
+        self, conversation_id: str, activity_id: str | None, lifetime: Lifetime
     ) -> SentAnswer | None:
         rows = await self._call(
             lifetime,
             lambda db: db.execute(
-                f"{_ANSWER} WHERE conversation_id = ? AND activity_id = ?",
-                (conversation_id, activity_id),
+                f"{_ANSWER} WHERE conversation_id = ? AND (? IS NULL OR activity_id = ?) "
+                "ORDER BY at DESC LIMIT 1",
+                (conversation_id, activity_id, activity_id),
             ).fetchall(),
         )
         return _answer(rows[0]) if rows else None

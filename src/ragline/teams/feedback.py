@@ -79,9 +79,11 @@ class FeedbackHandler:
         :class:`_Refused` if there is none to store."""
         activity = ctx.activity
         reaction, text = self.parse(activity.name, activity.value)
-        rated = activity.reply_to_id
-        if not rated:
-            raise _Refused(400, "feedback names no message (replyToId)")
+        # Teams names the rated message; the Agents Playground (0.2.28) names none: then
+        # it is the conversation's newest answer, the one under its form.
+        rated = activity.reply_to_id or None
+        if rated is None:
+            log.info("feedback names no message: rating the conversation's newest answer")
         user = activity.from_.id if activity.from_ is not None else ""
         if not user:
             raise _Refused(400, "feedback from nobody (no from.id)")
