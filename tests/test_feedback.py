@@ -178,3 +178,23 @@ async def test_a_nul_in_what_is_stored_is_no_failure(store: FeedbackStore, life:
     # PostgreSQL drops it; the others may keep it.
     assert found.answer.text.replace("\x00", "") == "a stray  NUL"
     assert found.text.replace("\x00", "") == "odd"
+
+
+async def test_expiry_forgets_old_feedback_and_the_old_answers_nothing_rates(
+    store: FeedbackStore, life: Lifetime
+) -> None:
+    old, rated, new = sent("1", at=1000.0), sent("2", at=1100.0), sent("3", at=3000.0)
+    for answer in (old, rated, new):
+        await store.record_answer(answer, life)
+    await store.add_feedback(rating(rated, 1500.0), life)  # old, so it goes
+    await store.add_feedback(rating(new, 3500.0, user="29:bob"), life)
+    kept_rating = sent("4", at=1200.0)
+    await store.record_answer(kept_rating, life)
+    await store.add_feedback(rating(kept_rating, 2500.0), life)  # recent: it and its answer stay
+    assert await store.expire(2000.0, life) == 3  # rated's rating, old and rated
+    assert await store.answer(CONVERSATION, "1", life) is None
+    assert await store.answer(CONVERSATION, "2", life) is None
+    assert await store.answer(CONVERSATION, "4", life) == kept_rating
+    assert await store.answer(CONVERSATION, "3", life) == new
+    assert [r.answer.activity_id for r in await store.feedback(life, limit=10)] == ["3", "4"]
+    assert await store.expire(2000.0, life) == 0

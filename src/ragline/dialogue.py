@@ -12,13 +12,12 @@ remembered and, in the background, run as a ragline run.
   stream events, saved to the run log as they come (any replica resumes a reader with
   ``starting_after``) and cancelled from any replica by a notice.
 - Stored responses and conversations expire (``RAGLINE_RESPONSES_TTL``): :meth:`Dialogue.
-  sweep` runs on the application's supervisor.
+  expire` is a sweep of :mod:`ragline.expiry`, on the application's supervisor.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,10 +77,7 @@ class Exchange:
 class Dialogue:
     """Answers, stores, runs in the background and expires responses."""
 
-    def __init__(
-        self, history: History, runs: Runs, agent: Agent, notices: Notices, *, sweep: float
-    ) -> None:
-        self.sweep_period = sweep
+    def __init__(self, history: History, runs: Runs, agent: Agent, notices: Notices) -> None:
         self.history = history
         self.store = history.store
         self.runs = runs
@@ -254,18 +250,13 @@ class Dialogue:
             return body
         return await self.final(found.id, lifetime)
 
-    async def sweep(self, lifetime: Lifetime) -> None:
-        """Delete expired responses and conversations, every ``period`` seconds, with
-        their runs' events (on the application's supervisor)."""
-        while True:
-            await anyio.sleep(self.sweep_period)
-            try:
-                gone = await self.store.expire(time.time(), lifetime)
-                if gone:
-                    await self.runs.log.forget(gone, lifetime)
-                    log.info("responses expired", extra={"count": len(gone)})
-            except UpstreamError as exc:
-                log.warning("expiry skipped: %s", exc.message, extra={"cause": "unavailable"})
+    async def expire(self, now: float, lifetime: Lifetime) -> int:
+        """Delete the responses and conversations expired by ``now``, with the events of
+        the responses' runs (a sweep of :class:`~ragline.expiry.Expiry`)."""
+        gone = await self.store.expire(now, lifetime)
+        if gone:
+            await self.runs.log.forget(gone, lifetime)
+        return len(gone)
 
 
 def _with_body(found: StoredResponse, body: dict[str, Any]) -> StoredResponse:

@@ -17,6 +17,7 @@ from .backend import build_backend
 from .chat import ChatPipeline, StageTimeouts
 from .dialogue import Dialogue
 from .errors import RagLineError
+from .expiry import Expiry
 from .factory import (
     build_composer,
     build_generator,
@@ -166,8 +167,10 @@ class Runtime:
         self.history = History(
             backend.conversations, tokens=settings.history_tokens, ttl=settings.responses_ttl
         )
-        self.dialogue = Dialogue(
-            self.history, self.runs, self.agent, self.notices, sweep=settings.responses_sweep
+        self.dialogue = Dialogue(self.history, self.runs, self.agent, self.notices)
+        self.expiry = Expiry(
+            settings.responses_sweep,
+            [("responses", self.dialogue.expire), ("feedback", self._expire_feedback)],
         )
         self.outcomes = Outcomes(settings.outcomes_kept)
         self.teams: TeamsChannel | None = None
@@ -274,13 +277,17 @@ class Runtime:
         """Everything is open: start the background work and be ready."""
         log.info("ready", extra={"providers_opened": len(self._opened)})
         self.supervisor.start(self.lifetime.child("notices"), self.notices.listen)
-        self.supervisor.start(self.lifetime.child("expiry"), self.dialogue.sweep)
+        self.supervisor.start(self.lifetime.child("expiry"), self.expiry.run)
         # A queue that only this process can run runs here; a shared one where asked.
         if self.jobs is not None and (self.settings.serve_jobs or not self.jobs.shared):
             self.supervisor.start(self.lifetime.child("ingest-worker"), self.jobs.work)
             await self._seed()
         # An engine that came back during a drain window does not make it ready again.
         self.ready = not self.draining
+
+    async def _expire_feedback(self, now: float, lifetime: Lifetime) -> int:
+        ttl = self.settings.feedback_ttl
+        return 0 if ttl is None else await self.feedback.expire(now - ttl, lifetime)
 
     def _shutdown_tracing(self) -> None:
         shutdown = getattr(self.tracing.provider, "shutdown", None)

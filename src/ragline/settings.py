@@ -193,6 +193,8 @@ class Settings(BaseSettings):
     # change (none: kept until deleted); the expiry runs on the app's supervisor.
     responses_ttl: Seconds = 30 * 24 * 3600.0
     responses_sweep: float = Field(60.0, gt=0)  # how often expired ones are looked for
+    # The Teams bot's answers and the feedback on them are kept this long (none: for ever).
+    feedback_ttl: Seconds = 365 * 24 * 3600.0
 
     # -- Microsoft Teams channel (POST /api/messages) ---------------------------------------
     bot_app_id: str | None = None  # the bot's Microsoft app id: the JWT audience
@@ -266,6 +268,7 @@ class Settings(BaseSettings):
         "agent_token_budget",
         "run_timeout",
         "responses_ttl",
+        "feedback_ttl",
         mode="before",
     )
     @classmethod

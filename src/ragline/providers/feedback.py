@@ -72,3 +72,8 @@ class FeedbackStore(Protocol):
         """The newest ``limit`` feedback records given before ``before`` (None: now),
         newest first: a page, and the next page starts before the last one's ``at``."""
         ...
+
+    async def expire(self, before: float, lifetime: Lifetime) -> int:
+        """Delete the feedback given before ``before``, then the answers sent before it
+        that no feedback rates any more; how many records went."""
+        ...

@@ -74,3 +74,14 @@ class InProcessFeedback:
             stored = self._answers.get((rated.conversation_id, rated.activity_id), rated)
             out.append(deepcopy(replace(record, answer=stored)))
         return out
+
+    async def expire(self, before: float, lifetime: Lifetime) -> int:
+        await lifetime.checkpoint()
+        old = [mine for mine, record in self._feedback.items() if record.at < before]
+        for mine in old:
+            del self._feedback[mine]
+        rated = {(c, a) for c, a, _ in self._feedback}
+        sent = [k for k, a in self._answers.items() if a.at < before and k not in rated]
+        for key in sent:
+            del self._answers[key]
+        return len(old) + len(sent)

@@ -88,6 +88,17 @@ class PostgresFeedback:
             for r in rows
         ]
 
+    async def expire(self, before: float, lifetime: Lifetime) -> int:
+        async with self.pool.connection(lifetime, transaction=True) as conn:
+            rated = await conn.execute("DELETE FROM bot_feedback WHERE at < %s", (before,))
+            sent = await conn.execute(
+                "DELETE FROM bot_answers a WHERE a.at < %s AND NOT EXISTS (SELECT 1 FROM "
+                "bot_feedback f WHERE f.conversation_id = a.conversation_id "
+                "AND f.activity_id = a.activity_id)",
+                (before,),
+            )
+            return max(rated.rowcount, 0) + max(sent.rowcount, 0)
+
 
 def _clean(value: Any) -> Any:
     """``value`` (text, or lists, tuples and dicts of it) without NUL characters."""

@@ -152,6 +152,19 @@ class SqliteFeedback:
             for r in rows
         ]
 
+    async def expire(self, before: float, lifetime: Lifetime) -> int:
+        def expire(db: sqlite3.Connection) -> int:
+            gone = db.execute("DELETE FROM bot_feedback WHERE at < ?", (before,)).rowcount
+            gone += db.execute(
+                "DELETE FROM bot_answers WHERE at < ? AND NOT EXISTS (SELECT 1 FROM "
+                "bot_feedback f WHERE f.conversation_id = bot_answers.conversation_id "
+                "AND f.activity_id = bot_answers.activity_id)",
+                (before,),
+            ).rowcount
+            return int(gone)
+
+        return await self._call(lifetime, expire)
+
 
 def _answer_row(a: SentAnswer) -> tuple[Any, ...]:
     return (
