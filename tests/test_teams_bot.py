@@ -431,7 +431,7 @@ async def test_too_many_pending_turns_get_503_and_a_later_redelivery_is_served()
 
 def test_the_final_message_numbers_its_sources_as_the_answer_cites_them() -> None:
     from ragline import ChatResult, Hit, Source
-    from ragline.teams.bot import with_sources
+    from ragline.teams.replies import with_sources
 
     hits = [
         Hit("guide", 0, "## Jobs\nDELETE stops a job.", "docs/GUIDE.md", 0.03, similarity=0.62),

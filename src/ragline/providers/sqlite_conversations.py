@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..lifetime import Lifetime
-from ..threads import ThreadBridge
+from ._sqlite_store import SqliteStore
 from .conversations import StoredResponse, Turn
 
 __all__ = ["SqliteConversations"]
 
-T = TypeVar("T")
 
 # No foreign key from the turns to their conversation: SQLite enforces one only with a
 # pragma on every connection, so the turns are deleted with it in the same transaction.
@@ -41,51 +37,12 @@ _RESPONSE = (
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 
-class SqliteConversations:
+class SqliteConversations(SqliteStore):
     """:class:`~ragline.providers.conversations.ConversationStore` in one SQLite file;
     each call runs on the thread bridge under the caller's lifetime, each write in one
     transaction."""
 
-    def __init__(self, path: str | Path, bridge: ThreadBridge) -> None:
-        self.path = Path(path)
-        self.bridge = bridge
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    async def open(self, lifetime: Lifetime) -> None:
-        """Create or open the file."""
-        await self.bridge.call(lifetime, self._run, lambda db: None)
-
-    def close(self) -> None:
-        """Close the file."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-    def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """``work`` in one transaction (BEGIN IMMEDIATE: a writer of another process waits
-        for the lock instead of failing halfway), on the one connection."""
-        with self._lock:
-            if self._db is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA busy_timeout = 5000")
-                db.executescript(_SCHEMA)
-                self._db = db
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                out = work(db)
-            except BaseException:
-                if db.in_transaction:  # some errors have rolled it back already
-                    db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return out
-
-    async def _call(self, lifetime: Lifetime, work: Callable[[sqlite3.Connection], T]) -> T:
-        return await self.bridge.call(lifetime, self._run, work)
+    schema = _SCHEMA
 
     # -- responses ---------------------------------------------------------------------
     async def save_response(self, response: StoredResponse, lifetime: Lifetime) -> None:

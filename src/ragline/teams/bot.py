@@ -38,7 +38,7 @@ from ..providers import OnDelta
 from ..providers.feedback import FeedbackStore, SentAnswer
 from ..settings import Settings
 from .activity import Activity, InvokeResponse, reply_to
-from .citations import FEEDBACK, ai_entity, cited
+from .citations import FEEDBACK, ai_entity
 from .connector import ConnectorClient, ConnectorError
 from .members import (
     Everyone,
@@ -56,7 +56,7 @@ from .replies import (
     NO_ACCESS,
     WELCOME,
     interrupted,
-    with_sources,
+    reply_text,
 )
 from .starters import prompt_starters
 from .streaming import Pacer, StreamingReply, post_reply, with_note
@@ -387,12 +387,6 @@ class BotApplication:
     def _last_words(self) -> float:
         # A short, bounded window to tell the user why the answer stopped.
         return min(1.5, self.settings.shutdown_grace * 0.75)
-
-
-def reply_text(result: ChatResult) -> str:
-    """The answer as sent: Teams shows the sources it cites as citations; an answer
-    that cites none is followed by its sources as text."""
-    return result.text if cited(result.text, result.sources) else with_sources(result)
 
 
 _NEW_CHAT = frozenset({"new chat", "/new", "new chat.", "start over"})

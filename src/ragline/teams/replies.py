@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..lifetime import CancelReason, Cause
 from ..models import ChatResult
+from .citations import cited
 
 __all__ = [
     "BOUND_NOTES",
@@ -15,6 +16,7 @@ __all__ = [
     "NO_ACCESS",
     "WELCOME",
     "interrupted",
+    "reply_text",
     "with_sources",
 ]
 
@@ -57,3 +59,9 @@ def with_sources(result: ChatResult) -> str:
         for n, source in enumerate(result.sources, start=1)
     )
     return f"{result.text}\n\n**Sources**\n{lines}"
+
+
+def reply_text(result: ChatResult) -> str:
+    """The answer as sent: Teams shows the sources it cites as citations; an answer
+    that cites none is followed by its sources as text."""
+    return result.text if cited(result.text, result.sources) else with_sources(result)
