@@ -127,7 +127,7 @@ class OpenAIGenerator:
                 )
                 body = json.dumps(self._body(prompt)).encode()
 
-                def retry(exc: Exception) -> bool | float:
+                def retry(exc: BaseException) -> bool | float:
                     # Only a 429 or 503, which comes before any token (so the client has
                     # seen nothing), and only while the deadline leaves time to wait.
                     if not isinstance(exc, RateLimited | Unavailable):

@@ -201,7 +201,7 @@ class ConnectorClient:
         lifetime: Lifetime,
         repeatable: bool,
     ) -> str | None:
-        def retry_on(exc: Exception) -> bool | float:
+        def retry_on(exc: BaseException) -> bool | float:
             if isinstance(exc, ConnectorError):
                 if exc.rejected:
                     return exc.retry_after if exc.retry_after is not None else True
