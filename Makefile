@@ -30,9 +30,9 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# First start: the project's own docs/ go into the default collection while it is empty.
+# First start: the project's README and docs/ go into the default collection while it is empty.
 serve: $(STAMP)
-	RAGLINE_SEED_DOCS=$${RAGLINE_SEED_DOCS-docs} $(BIN)/ragline serve --host $(HOST) --port $(PORT)
+	RAGLINE_SEED_DOCS=$${RAGLINE_SEED_DOCS-README.md,docs} $(BIN)/ragline serve --host $(HOST) --port $(PORT)
 
 # The cluster mode measured (docs/BENCHMARKS.md section 8): Cranfield on PostgreSQL and a
 # Milvus server, then ingestion with 1 and 2 workers, cancels across replicas, a take-over.

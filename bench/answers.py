@@ -9,9 +9,13 @@ each question of the question sets through the streaming route
 - degenerate answers (see `degenerate`): a line repeated three times, a low distinct
   word-trigram ratio, or a generation the degeneration guard had to cut (finish reason
   `repetition`), with the rule that fired;
-- grounding: the answer contains one of the expected facts (see `grounded`);
+- fact found: the answer contains one of the expected facts (see `grounded`);
 - citations: every `[n]` in the answer points at a source from the expected file ("cites
   the right source"), and whether that file was among the sources at all ("retrieved");
+- grounding, sentence by sentence: each sentence of the answer judged supported or not by
+  the passages it came with (`ragline.grounding`, the measure the grounding guard uses),
+  whose agreement with the hand-labelled sentences of bench/answers/grounding-labels.jsonl
+  every run reports; and, on `unanswerable.jsonl`, whether the answer abstained;
 - time to first token (p50, p90), tokens per second (completion tokens over the time from
   the first delta to the end, p50) and answer length in words (p50);
 - on `lists.jsonl`, prompts whose answers legitimately repeat their shape (a numbered
@@ -24,7 +28,8 @@ each question of the question sets through the streaming route
     .venv/bin/python bench/answers.py --data-dir /tmp/answers-data ...   # ingest once, reuse
 
 A question set is JSON lines: {"id", "question", "expect": [any of these substrings],
-"source": "GUIDE.md" or "docs/GUIDE.md" (the file that holds the answer, "" for none),
+"source": "GUIDE.md" or "docs/GUIDE.md" (the file that holds the answer; "GUIDE.md|README.md"
+for either; "" for none),
 "collection"?}. Without "collection", a question asks the corpus that holds its source
 file (`docs` when none does). `--corpus COLLECTION=DIR` ingests more files for a hidden
 set. Results go to bench/results/answers-LABEL.json (every answer, with its sources) and
@@ -53,14 +58,24 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from ragline.grounding import Grounding, Verdict, abstains
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / "answers"
 BIN = Path(sys.executable).parent
-DEFAULT_SETS = [DATA / "docs.jsonl", DATA / "facts.jsonl", DATA / "lists.jsonl"]
-CORPORA = {"docs": ROOT / "docs", "facts": DATA / "facts"}
+DEFAULT_SETS = [
+    DATA / "docs.jsonl",
+    DATA / "facts.jsonl",
+    DATA / "unanswerable.jsonl",
+    DATA / "lists.jsonl",
+]
+# What `make serve` seeds (README.md and docs/), and the fictional facts.
+CORPORA = {"docs": [ROOT / "README.md", ROOT / "docs"], "facts": [DATA / "facts"]}
+LABELS = DATA / "grounding-labels.jsonl"  # hand-labelled sentences: the measure's check
 LISTS = "lists"  # the set where the guard must not fire
-SOURCE_TEXT = 300  # characters of each source's text kept in the JSON
+UNANSWERABLE = "unanswerable"  # questions no document answers: the answer must abstain
+SOURCE_TEXT = 4000  # characters of each source's text kept in the JSON (whole chunks)
 
 
 @dataclass
@@ -83,6 +98,12 @@ class Answer:
     sources: list[dict[str, Any]] = field(default_factory=list)
     citations: list[int] = field(default_factory=list)
     degenerate: str | None = None  # the rule that fired
+    # Each sentence of the answer as the grounding measure judged it against the sources:
+    # {"text", "verdict" (supported, unsupported, unjudged), "novel" (words no source has)}.
+    sentences: list[dict[str, Any]] = field(default_factory=list)
+    unsupported: int = 0
+    judged: int = 0
+    abstained: bool = False
     grounded: bool = False
     cites_right: bool = False
     retrieved: bool = False
@@ -144,9 +165,12 @@ def grounded(text: str, question: str, expect: list[str]) -> bool:
 
 
 def same_file(source: str, expected: str) -> bool:
-    """Whether a source's path is the expected file, comparing as many trailing parts as
-    the shorter path has: "GUIDE.md" and "docs/GUIDE.md" both name a source "GUIDE.md"
-    (ingestion records paths relative to the folder ingested) or /x/docs/GUIDE.md."""
+    """Whether a source's path is the expected file (or one of them: "GUIDE.md|README.md"),
+    comparing as many trailing parts as the shorter path has: "GUIDE.md" and
+    "docs/GUIDE.md" both name a source "GUIDE.md" (ingestion records paths relative to the
+    folder ingested) or /x/docs/GUIDE.md."""
+    if "|" in expected:
+        return any(same_file(source, one) for one in expected.split("|"))
     want = PurePosixPath(expected.replace("\\", "/")).parts
     have = PurePosixPath(source.replace("\\", "/")).parts
     n = min(len(want), len(have))
@@ -169,6 +193,15 @@ def source_of(n: int, sources: list[dict[str, Any]]) -> dict[str, Any] | None:
 def judge(answer: Answer, expect: list[str]) -> None:
     answer.degenerate = degenerate(answer.streamed, answer.finish_reason)
     answer.grounded = grounded(answer.text, answer.question, expect)
+    answer.abstained = abstains(answer.text)
+    measure = Grounding([s.get("text", "") for s in answer.sources], answer.question)
+    for sentence, judgement in measure.judge_all(answer.text):
+        answer.sentences.append(
+            {"text": sentence, "verdict": str(judgement.verdict), "novel": list(judgement.novel)}
+        )
+        if judgement.verdict is not Verdict.UNJUDGED:
+            answer.judged += 1
+            answer.unsupported += judgement.verdict is Verdict.UNSUPPORTED
     answer.citations = cited(answer.text)
     expected = answer.expected_source
     if not expected:
@@ -181,11 +214,12 @@ def judge(answer: Answer, expect: list[str]) -> None:
 
 
 # -- the question sets ---------------------------------------------------------------------
-def load(path: Path, corpora: dict[str, Path]) -> list[dict[str, Any]]:
+def load(path: Path, corpora: dict[str, list[Path]]) -> list[dict[str, Any]]:
     """A question set; each row gets its set name and collection."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     files = {
-        name: [str(f) for f in folder.rglob("*") if f.is_file()] for name, folder in corpora.items()
+        name: [str(f) for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()]
+        for name, paths in corpora.items()
     }
     for row in rows:
         missing = {"id", "question", "expect"} - row.keys()
@@ -196,7 +230,7 @@ def load(path: Path, corpora: dict[str, Path]) -> list[dict[str, Any]]:
         if not row.get("collection"):
             holders = [n for n, fs in files.items() if any(same_file(f, row["source"]) for f in fs)]
             row["collection"] = holders[0] if holders else "docs"
-        if all(contains(row["question"], fact) for fact in row["expect"]):
+        if row["expect"] and all(contains(row["question"], fact) for fact in row["expect"]):
             print(f"warning: {path.name}/{row['id']}: every expected fact is in the question")
     return rows
 
@@ -208,11 +242,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def ingest(env: dict[str, str], corpora: dict[str, Path]) -> None:
-    for collection, folder in corpora.items():
-        print(f"ingesting {folder} into {collection}")
+def ingest(env: dict[str, str], corpora: dict[str, list[Path]]) -> None:
+    for collection, paths in corpora.items():
+        print(f"ingesting {', '.join(map(str, paths))} into {collection}")
         subprocess.run(
-            [str(BIN / "ragline"), "ingest", str(folder), "--collection", collection],
+            [str(BIN / "ragline"), "ingest", *map(str, paths), "--collection", collection],
             env=env,
             check=True,
             stdout=subprocess.DEVNULL,
@@ -322,8 +356,19 @@ def summary(answers: list[Answer]) -> dict[str, Any]:
         "questions": len(answers),
         "degenerate": sum(rules.values()),
         "degenerate_rules": dict(sorted(rules.items())),
-        "guard_stops": sum(a.finish_reason == "repetition" for a in answers),
+        "guard_stops": dict(
+            sorted(
+                Counter(
+                    a.finish_reason
+                    for a in answers
+                    if a.finish_reason in ("repetition", "ungrounded")
+                ).items()
+            )
+        ),
         "grounded": sum(a.grounded for a in answers),
+        "unsupported": sum(a.unsupported for a in answers),
+        "judged": sum(a.judged for a in answers),
+        "abstained": sum(a.abstained for a in answers),
         "with_source": sum(bool(a.expected_source) for a in answers),
         "cites_right": sum(a.cites_right for a in answers),
         "cited": sum(bool(a.citations) for a in answers),
@@ -337,8 +382,8 @@ def summary(answers: list[Answer]) -> dict[str, Any]:
 
 
 def cells(s: dict[str, Any]) -> list[str]:
-    """One question set's row: degenerate, guard stops, grounded, cites right, retrieved,
-    first token, tokens/s, words."""
+    """One question set's row: unsupported sentences, fact found, abstained, cites right,
+    retrieved, degenerate, guard stops, first token, tokens/s, words."""
     n = s["questions"]
     rules = ", ".join(f"{rule} {count}" for rule, count in s["degenerate_rules"].items())
     sourced = s["with_source"]
@@ -346,12 +391,16 @@ def cells(s: dict[str, Any]) -> list[str]:
     if s["ttft_p50"] is not None and s["ttft_p90"] is not None:
         ttft = f"{s['ttft_p50']:.2f} / {s['ttft_p90']:.2f} s"
     rate = s["tokens_per_second_p50"]
+    judged = s["judged"]
+    share = f"{s['unsupported']}/{judged} ({s['unsupported'] / judged:.0%})" if judged else "0/0"
     return [
-        f"{s['degenerate']}/{n}" + (f" ({rules})" if rules else ""),
-        str(s["guard_stops"]),
+        share,
         f"{s['grounded']}/{n}",
+        f"{s['abstained']}/{n}",
         f"{s['cites_right']}/{sourced}" if sourced else "–",
         f"{s['retrieved']}/{sourced}" if sourced else "–",
+        f"{s['degenerate']}/{n}" + (f" ({rules})" if rules else ""),
+        ", ".join(f"{k} {v}" for k, v in s["guard_stops"].items()) or "0",
         ttft,
         f"{rate:.0f}" if rate else "–",
         f"{s['words_p50']:.0f}",
@@ -360,15 +409,57 @@ def cells(s: dict[str, Any]) -> list[str]:
 
 HEADERS = [
     "question set",
-    "degenerate",
-    "guard stops",
-    "grounded",
+    "unsupported sentences",
+    "fact found",
+    "abstained",
     "cites the right source",
     "source retrieved",
+    "degenerate",
+    "guard stops",
     "first token p50 / p90",
     "tokens/s p50",
     "words p50",
 ]
+
+
+def agreement(path: Path = LABELS) -> dict[str, Any]:
+    """The grounding measure against the hand-labelled sentences: accuracy, Cohen's kappa,
+    and precision and recall of "unsupported" (an unjudged sentence counts as supported:
+    the guard lets it through)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    counts = Counter()
+    for row in rows:
+        verdict = Grounding(row["passages"], row["question"]).judge(row["sentence"]).verdict
+        said = "unsupported" if verdict is Verdict.UNSUPPORTED else "supported"
+        counts[(row["label"], said)] += 1
+    n = len(rows)
+    tp, fp = counts[("unsupported", "unsupported")], counts[("supported", "unsupported")]
+    fn, tn = counts[("unsupported", "supported")], counts[("supported", "supported")]
+    accuracy = (tp + tn) / n
+    chance = ((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp)) / (n * n)
+    return {
+        "sentences": n,
+        "labelled_supported": tn + fp,
+        "labelled_unsupported": tp + fn,
+        "accuracy": accuracy,
+        "kappa": (accuracy - chance) / (1 - chance),
+        "precision_unsupported": tp / (tp + fp) if tp + fp else None,
+        "recall_unsupported": tp / (tp + fn) if tp + fn else None,
+        "false_positive_rate": fp / (tn + fp) if tn + fp else None,
+    }
+
+
+def agreement_text(a: dict[str, Any]) -> str:
+    return (
+        f"The grounding measure agrees with the {a['sentences']} hand-labelled sentences "
+        f"(`bench/answers/grounding-labels.jsonl`: {a['labelled_supported']} supported, "
+        f"{a['labelled_unsupported']} unsupported) on {a['accuracy']:.0%} (Cohen's kappa "
+        f"{a['kappa']:.2f}); of the sentences it calls unsupported, "
+        f"{a['precision_unsupported']:.0%} are; it finds {a['recall_unsupported']:.0%} of the "
+        f"unsupported ones, so the unsupported share it reports is a floor; it calls "
+        f"{a['false_positive_rate']:.0%} of the supported sentences unsupported (the grounding "
+        "guard's false positives, per sentence)."
+    )
 
 
 def markdown(label: str, results: dict[str, Any]) -> str:
@@ -387,9 +478,11 @@ def markdown(label: str, results: dict[str, Any]) -> str:
     if LISTS in results["sets"]:
         s = results["sets"][LISTS]
         notes.append(
-            f"The guard cut {s['guard_stops']} of the {s['questions']} answers that "
-            "legitimately repeat their shape (`lists`)."
+            f"The guards cut {sum(s['guard_stops'].values())} of the {s['questions']} answers "
+            "that legitimately repeat their shape (`lists`)."
         )
+    if "agreement" in results:
+        notes.append(agreement_text(results["agreement"]))
     if errors:
         notes.append(f"{errors} questions ended in an error.")
     if notes:
@@ -397,8 +490,8 @@ def markdown(label: str, results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-SHORT = ["set", "degenerate", "guard", "grounded", "cites right", "retrieved", "TTFT p50/p90"]
-SHORT += ["tok/s", "words"]
+SHORT = ["set", "unsupported", "fact", "abstained", "cites right", "retrieved", "degenerate"]
+SHORT += ["guard", "TTFT p50/p90", "tok/s", "words"]
 
 
 def show(label: str, results: dict[str, Any]) -> None:
@@ -411,7 +504,10 @@ def show(label: str, results: dict[str, Any]) -> None:
     console.print(table)
     if LISTS in results["sets"]:
         s = results["sets"][LISTS]
-        console.print(f"guard false positives on {LISTS}: {s['guard_stops']}/{s['questions']}")
+        stops = sum(s["guard_stops"].values())
+        console.print(f"guard stops on {LISTS}: {stops}/{s['questions']}")
+    if "agreement" in results:
+        console.print(agreement_text(results["agreement"]))
     timing = results["timing"]
     console.print(
         f"ingestion {timing['ingest_s']:.0f} s, server ready {timing['ready_s']:.0f} s, "
@@ -433,7 +529,7 @@ def pairs(items: list[str], what: str) -> dict[str, str]:
 def main(args: argparse.Namespace) -> None:
     began = time.perf_counter()
     corpora = dict(CORPORA)
-    corpora |= {name: Path(folder) for name, folder in pairs(args.corpus, "--corpus").items()}
+    corpora |= {name: [Path(folder)] for name, folder in pairs(args.corpus, "--corpus").items()}
     rows = [row for path in args.questions or DEFAULT_SETS for row in load(path, corpora)]
     extra = pairs(args.env, "--env")
     generator = "local SmolLM2-135M-Instruct (llama.cpp)"
@@ -479,7 +575,16 @@ def main(args: argparse.Namespace) -> None:
                 flag = (
                     answer.error
                     or answer.degenerate
-                    or ("grounded" if answer.grounded else "not grounded")
+                    or (
+                        (
+                            "abstained"
+                            if answer.abstained
+                            else "fact"
+                            if answer.grounded
+                            else "no fact"
+                        )
+                        + f", {answer.unsupported}/{answer.judged} unsupported"
+                    )
                 )
                 print(f"[{answer.set}/{answer.id}] {flag}: {' '.join(answer.text.split())[:160]}")
         timing["questions_s"] = time.perf_counter() - started
@@ -500,6 +605,7 @@ def main(args: argparse.Namespace) -> None:
         "date": time.strftime("%Y-%m-%d"),
         "timing": timing,
         "sets": {name: summary(group) for name, group in by_set.items()},
+        "agreement": agreement(),
         "answers": [asdict(a) for a in answers],
     }
     args.out.mkdir(parents=True, exist_ok=True)

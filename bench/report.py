@@ -509,44 +509,86 @@ def cluster(results: Path) -> list[str]:
 
 
 def answers(results: Path) -> list[str]:
-    """The answer eval's runs, the embedded default's first."""
+    """The answer eval's runs, the embedded default's first, with the aims it is held to."""
     runs = sorted(results.glob("answers-*.md"), key=lambda p: (p.stem != "answers-default", p))
     if not runs:
         return ["Not part of this run (no `answers-*.md`)."]
     lines = [
-        "`make bench-answers` (`bench/answers.py`): a real `ragline serve` over the "
-        "project's docs/ (12 questions a newcomer asks) and ten short fictional facts (one "
-        "question each), plus three prompts whose answers legitimately repeat their shape "
-        "(a table, a numbered list), where the degeneration guard must not fire. "
-        "Degenerate: the guard cut the answer, a line repeats three times, or under half "
-        "of the word trigrams are distinct. Grounded: the answer contains the expected "
-        "fact. Each run below says its settings.",
+        "`make bench-answers` (`bench/answers.py`): a real `ragline serve` over what "
+        "`make serve` seeds (README.md and docs/: 12 questions a newcomer asks), ten short "
+        "fictional facts (one question each), 12 questions no document answers "
+        "(`unanswerable`: 8 near the docs' topics, 4 off them), and three prompts whose "
+        "answers legitimately repeat their shape (`lists`), where no guard may fire. Every "
+        "sentence of every answer is judged supported or unsupported by the passages it came "
+        "with (`ragline.grounding`, validated against hand-labelled sentences: the agreement "
+        "is under each run). Fact found: the answer contains the expected fact. Abstained: "
+        "the answer says the documents do not cover it. Each run below says its settings.",
         "",
-        "The first run is the embedded default. The local model's defaults (greedy decoding "
-        "with a repetition penalty of 1.2 over the last 512 tokens, at most 160 tokens, "
-        "three passages cut to their "
-        "sentences closest to the question within 400 tokens, placed with the instructions) "
-        "are the ones these runs chose: each other local run changes one of them. A run "
-        "against an OpenAI-compatible server reads the passages whole, up to 3,000 tokens, "
-        "and samples as that server does.",
+        "The first run is the embedded default: the local model's answers are extractive "
+        "(`RAGLINE_ANSWER_SHAPE=extractive`: the passages' sentences that answer, cited; "
+        "no model call), with abstention under a similarity of 0.3 or when the question "
+        "names what no passage mentions. `local-generate` is the same model writing (the "
+        "shape of 2026-11-28), `-guard` with the grounding guard on; `upstream` is an "
+        "OpenAI-compatible server (the same SmolLM2 behind a second `ragline serve` with "
+        "retrieval off, the passages up to 1,000 tokens), free generation as the settings' "
+        "default for an upstream.",
         "",
     ]
     overview = answers_overview(results)
     if overview:
         lines += [
-            "All runs side by side (every question set but `lists`; first token and tokens/s "
-            "are medians over those answers; the last column counts the guard's stops on the "
-            "`lists` prompts, whose answers legitimately repeat their shape: a false positive, "
-            "unless the answer really looped, as `greedy-no-penalty`'s week did, written out "
-            "three times). Reproduce the first with "
-            "`make bench-answers`, the others with the command under each run's table.",
+            "All runs side by side (unsupported sentences and first token over `docs` and "
+            "`facts`; abstained over `unanswerable`; guard stops over every answer but "
+            "`lists`, then on `lists`). Reproduce the first with `make bench-answers`, the "
+            "others with the command under each run's table.",
             "",
             *overview,
+            "",
+            *answers_aims(results),
             "",
         ]
     for run in runs:
         lines += [run.read_text().rstrip(), ""]
     return lines
+
+
+ANSWERED = ("docs", "facts")
+
+
+def _answered(run: dict[str, Any]) -> list[dict[str, Any]]:
+    return [a for a in run["answers"] if a["set"] in ANSWERED]
+
+
+def answers_aims(results: Path) -> list[str]:
+    """The aims of the answer eval against the embedded default's run."""
+    path = results / "answers-default.json"
+    if not path.exists():
+        return ["The aims need the embedded default's run (`answers-default.json`)."]
+    run = json.loads(path.read_text())
+    answered = _answered(run)
+    judged = sum(a["judged"] for a in answered)
+    unsupported = sum(a["unsupported"] for a in answered)
+    share = unsupported / judged if judged else 0.0
+    unanswerable = [a for a in run["answers"] if a["set"] == "unanswerable"]
+    abstained = sum(a["abstained"] for a in unanswerable)
+    ttfts = [a["ttft"] for a in answered if a["ttft"] is not None]
+    ttft = statistics.median(ttfts) if ttfts else None
+    rate = abstained / len(unanswerable) if unanswerable else 0.0
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    return [
+        "| aim (embedded default) | measured | |",
+        "|---|---|---|",
+        f"| at most 10% unsupported sentences on `docs` and `facts` | {unsupported}/{judged} "
+        f"({share:.0%}) | {met(share <= 0.10)} |",
+        f"| abstains on at least 8 in 10 unanswerable questions | {abstained}/"
+        f"{len(unanswerable)} ({rate:.0%}) | {met(rate >= 0.8)} |",
+        f"| first token within about 2 s | p50 {ttft:.2f} s | {met(ttft <= 2.0)} |"
+        if ttft is not None
+        else "| first token within about 2 s | – | **not met** |",
+    ]
 
 
 def answers_overview(results: Path) -> list[str]:
@@ -555,37 +597,37 @@ def answers_overview(results: Path) -> list[str]:
     if not files:
         return []
     lines = [
-        "| run | degenerate | grounded | cites the right source | source retrieved "
-        "| first token p50 | tokens/s p50 | guard stops on `lists` |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | unsupported sentences | fact found | abstained | cites the right source "
+        "| source retrieved | degenerate | first token p50 | guard stops | on `lists` |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in files:
         run = json.loads(path.read_text())
-        answered = [a for a in run["answers"] if a["set"] != "lists"]
+        answered = _answered(run)
+        others = [a for a in run["answers"] if a["set"] != "lists"]
         lists = [a for a in run["answers"] if a["set"] == "lists"]
-        sourced = [a for a in answered if a.get("expected_source", True)]
-        sets = list(dict.fromkeys(a["set"] for a in answered))
-        bad = sum(a["degenerate"] is not None for a in answered)
-        share = f" ({100 * bad / len(answered):.0f}%)" if answered else ""
+        unanswerable = [a for a in run["answers"] if a["set"] == "unanswerable"]
+        sourced = [a for a in answered if a.get("expected_source")]
+        judged = sum(a.get("judged", 0) for a in answered)
+        unsupported = sum(a.get("unsupported", 0) for a in answered)
         grounded = ", ".join(
             f"{name} {sum(a['grounded'] for a in answered if a['set'] == name)}"
             f"/{sum(a['set'] == name for a in answered)}"
-            for name in sets
+            for name in ANSWERED
         )
         ttfts = [a["ttft"] for a in answered if a["ttft"] is not None]
-        rates = [
-            a["completion_tokens"] / (a["seconds"] - a["ttft"])
-            for a in answered
-            if a["ttft"] is not None and a["seconds"] > a["ttft"] and a["completion_tokens"] > 1
-        ]
-        cut = sum(a["finish_reason"] == "repetition" for a in lists)
+        stops = ("repetition", "ungrounded")
+        cut = sum(a["finish_reason"] in stops for a in others)
+        cut_lists = sum(a["finish_reason"] in stops for a in lists)
+        share = f" ({unsupported / judged:.0%})" if judged else ""
         lines.append(
-            f"| `{run['label']}` | {bad}/{len(answered)}{share} | {grounded} "
+            f"| `{run['label']}` | {unsupported}/{judged}{share} | {grounded} "
+            f"| {sum(a.get('abstained', False) for a in unanswerable)}/{len(unanswerable)} "
             f"| {sum(a['cites_right'] for a in sourced)}/{len(sourced)} "
             f"| {sum(a['retrieved'] for a in sourced)}/{len(sourced)} "
+            f"| {sum(a['degenerate'] is not None for a in others)}/{len(others)} "
             f"| {f'{statistics.median(ttfts):.2f} s' if ttfts else '–'} "
-            f"| {f'{statistics.median(rates):.0f}' if rates else '–'} "
-            f"| {f'{cut}/{len(lists)}' if lists else '–'} |"
+            f"| {cut}/{len(others)} | {f'{cut_lists}/{len(lists)}' if lists else '–'} |"
         )
     return lines
 

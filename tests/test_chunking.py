@@ -221,3 +221,41 @@ def test_minilm_default_chunks_fit_the_model_with_special_tokens(minilm: Tokeniz
     text = prose(2000, seed=5)
     for chunk in Chunker(minilm).split(text):
         assert len(full.encode(chunk.text, add_special_tokens=True).ids) <= 256
+
+
+# -- a Markdown chunk's context ---------------------------------------------------------
+
+MARKDOWN = """# Guide
+
+## Bounds
+
+Some words first.
+
+| bound | default |
+|---|---|
+| steps | 8 |
+| tool calls | 32 |
+
+### Deep
+
+```sh
+# not a heading
+```
+
+## Other
+text
+"""
+
+
+def test_the_context_is_the_heading_trail_and_the_table_header_above_an_offset() -> None:
+    from ragline.chunking import MarkdownContext
+
+    context = MarkdownContext(MARKDOWN)
+    assert context.at(0) == ""
+    assert context.at(MARKDOWN.index("Some words")) == "## Bounds"
+    # Inside a table: its header and rule, so that "| tool calls | 32 |" still means something.
+    assert context.at(MARKDOWN.index("| tool calls")) == "## Bounds\n| bound | default |\n|---|---|"
+    # A deeper heading joins the trail; a "#" inside a code fence is no heading.
+    assert context.at(MARKDOWN.index("# not")) == "## Bounds\n### Deep"
+    # A heading of the same level replaces the one before it, and its children.
+    assert context.at(MARKDOWN.index("text")) == "## Other"

@@ -58,13 +58,15 @@ async def test_cancel_ends_the_block_and_records_cause_origin_and_detail(cause: 
 
 def test_cause_values_are_the_documented_strings() -> None:
     """The causes carry the names used in logs, metrics and spans; ``repetition`` is the
-    degeneration guard's stop of a generation that loops."""
+    degeneration guard's stop of a generation that loops, ``ungrounded`` the grounding
+    guard's of one that leaves its sources."""
     assert {str(c) for c in Cause} == {
         "client_disconnected",
         "shutdown",
         "deadline",
         "explicit",
         "repetition",
+        "ungrounded",
     }
 
 

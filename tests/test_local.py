@@ -45,6 +45,9 @@ async def local(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runni
         data_dir=str(tmp_path_factory.mktemp("ragline")),
         llm_max_prompt_tokens=2500,  # room for the 2,000-token prefill test
         llm_max_tokens=400,
+        # The model itself is under test here: it writes. The embedded default's
+        # extractive answers are tested below (test_the_default_answer_quotes_...).
+        answer_shape="generate",
     )
     async with serve(settings) as running:
         pipeline = running.server.runtime.pipeline
@@ -115,6 +118,33 @@ async def test_streamed_grounded_answer_with_the_right_sources(local: Running) -
     assert isinstance(usage, dict)
     assert usage["estimated"] is False
     assert usage["completion_tokens"] > 0
+
+
+async def test_the_default_answer_quotes_the_passage_and_cites_it(local: Running) -> None:
+    """With the embedded defaults the answer is the passage's own sentence, cited, from
+    MiniLM and Milvus Lite, with no model call; a question the documents do not cover is
+    said to be so, naming the closest source."""
+    from ragline.factory import build_extractor
+
+    pipeline = local.server.runtime.pipeline
+    pipeline.extractor = build_extractor(Settings())
+    try:
+        async with httpx.AsyncClient(base_url=local.url, timeout=60) as http:
+            quoted = (
+                await http.post("/api/v1/inference/chat", json={"query": MASCOT_QUESTION})
+            ).json()
+            off = (
+                await http.post(
+                    "/api/v1/inference/chat", json={"query": "Who won the 1998 Tour de France?"}
+                )
+            ).json()
+    finally:
+        pipeline.extractor = None
+    assert quoted["text"] == "The ragline mascot is a blue heron named Pip [1]."
+    assert quoted["sources"][0]["document_id"] == "mascot"
+    assert quoted["usage"]["completion_tokens"] == 0
+    assert off["text"].startswith("The documents do not")
+    assert "the closest source is" in off["text"]
 
 
 async def test_retrieve_route_ranks_hits(local: Running) -> None:

@@ -343,6 +343,7 @@ async def test_sigterm_stops_the_local_model_and_its_queue(tmp_path: Path) -> No
         "RAGLINE_DATA_DIR": str(tmp_path),
         "RAGLINE_LLM_MAX_TOKENS": "2000",
         "RAGLINE_LOG_LEVEL": "DEBUG",
+        "RAGLINE_ANSWER_SHAPE": "generate",  # the model decoding is what SIGTERM must stop
     }
     async with (
         server_process(port, FakeUpstream(), **local) as process,

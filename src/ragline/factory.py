@@ -12,6 +12,7 @@ import anyio
 
 from .chunking import Chunker, Tokenizer, minilm_tokenizer
 from .errors import RagLineError
+from .extracts import Extractor
 from .ingestion import Ingestor
 from .lifetime import Lifetime
 from .providers import (
@@ -34,10 +35,12 @@ __all__ = [
     "build_chunker",
     "build_composer",
     "build_embedder",
+    "build_extractor",
     "build_generator",
     "build_ingestion",
     "build_store",
     "build_transformer",
+    "grounding_guard",
     "open_parts",
 ]
 
@@ -171,6 +174,29 @@ def build_composer(settings: Settings, generator: Generator) -> PromptComposer:
         placement=s.context_placement or shape.placement,
         instructions=s.system_instructions or shape.instructions,
     )
+
+
+LOCAL_ABSTAIN_BELOW = 0.3  # the answer eval's threshold (docs/BENCHMARKS.md §7)
+
+
+def build_extractor(settings: Settings) -> Extractor | None:
+    """The extractive answer shape, if the settings (or the provider's default) ask for
+    it: the local model quotes, an upstream one writes."""
+    s = settings
+    local = s.llm_provider == "local"
+    shape = s.answer_shape or ("extractive" if local else "generate")
+    if shape != "extractive":
+        return None
+    below = s.abstain_below if s.abstain_below is not None else LOCAL_ABSTAIN_BELOW
+    return Extractor(abstain_below=below or None)
+
+
+def grounding_guard(settings: Settings) -> bool:
+    """Whether generations stop at a sentence no source supports; unset, what the eval's
+    false positives justify per provider (docs/BENCHMARKS.md §7)."""
+    if settings.grounding_guard is not None:
+        return settings.grounding_guard
+    return settings.llm_provider == "local"
 
 
 def build_transformer(settings: Settings, generator: Generator) -> QueryTransformer:

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 
 from .access import acl_class
-from .chunking import Chunker
+from .chunking import Chunker, MarkdownContext, TextChunk
 from .documents import Document, DocumentProblem
 from .lifetime import CancelReason, Cause, Lifetime
 from .models import Chunk
@@ -149,6 +149,7 @@ class Ingestor:
             self.embedder.model,
             self.chunker.size,
             self.chunker.overlap,
+            _CONTEXT_VERSION,
         ]
         if document.acl:  # a new ACL is a change; no ACL hashes as it did before ACLs
             parts.append(list(document.acl))
@@ -242,7 +243,8 @@ class _Run:
         batch: _Batch = []
         model = ing.embedder.model
         for document, content_hash in changed:
-            pieces = await ing.bridge.run(lifetime, _split, ing.chunker, document.text)
+            markdown = _is_markdown(document)
+            pieces = await ing.bridge.run(lifetime, _split, ing.chunker, document.text, markdown)
             if not pieces:
                 progress.errors.append(
                     {
@@ -258,15 +260,13 @@ class _Run:
             pending = _Pending(document, generation, content_hash, len(pieces))
             progress.chunks_total += len(pieces)
             progress.documents_chunked += 1
-            for piece in pieces:
-                ident = chunk_id(
-                    self.collection, document.id, generation, piece.index, model, piece.text
-                )
+            for piece, text in pieces:
+                ident = chunk_id(self.collection, document.id, generation, piece.index, model, text)
                 chunk = Chunk(
                     id=ident,
                     document_id=document.id,
                     chunk_index=piece.index,
-                    text=piece.text,
+                    text=text,
                     source=document.source,
                     vector=(),
                     generation=generation,
@@ -341,5 +341,25 @@ class _Run:
             self.on_progress(progress)
 
 
-def _split(token: CancelToken, chunker: Chunker, text: str) -> list[Any]:
-    return list(chunker.split(text))
+_CONTEXT_VERSION = "markdown-context-1"  # a chunk's text as written: a change re-indexes
+_MARKDOWN = (".md", ".markdown", ".mdx")
+
+
+def _is_markdown(document: Document) -> bool:
+    return document.source.lower().endswith(_MARKDOWN)
+
+
+def _split(
+    token: CancelToken, chunker: Chunker, text: str, markdown: bool
+) -> list[tuple[TextChunk, str]]:
+    """The chunks of ``text``, each with the text to index: in Markdown, the chunk with the
+    headings (and table header) above it, so that it says what it is about."""
+    pieces = chunker.split(text)
+    if not markdown:
+        return [(piece, piece.text) for piece in pieces]
+    context = MarkdownContext(text)
+    out = []
+    for piece in pieces:
+        above = context.at(piece.start)
+        out.append((piece, f"{above}\n\n{piece.text}" if above else piece.text))
+    return out

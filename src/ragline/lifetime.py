@@ -41,6 +41,7 @@ class Cause(StrEnum):
     DEADLINE = "deadline"
     EXPLICIT = "explicit"
     REPETITION = "repetition"  # the degeneration guard: the generation began to loop
+    UNGROUNDED = "ungrounded"  # the grounding guard: a sentence no passage supports
 
 
 @dataclass(frozen=True, slots=True)

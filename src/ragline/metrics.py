@@ -63,8 +63,14 @@ class Metrics:
         )
         self.generation_stops = Counter(
             "ragline_generation_stops",
-            "Generations cut short, by reason (repetition, cancelled, timeout)",
+            "Generations cut short, by reason (repetition, ungrounded, cancelled, timeout)",
             ["reason"],
+            registry=r,
+        )
+        self.answers = Counter(
+            "ragline_answers",
+            "Answers given without the model, by kind (extractive, abstained)",
+            ["kind"],
             registry=r,
         )
         self.tokens = Counter(

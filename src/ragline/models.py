@@ -304,6 +304,10 @@ class Prompt:
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str | dict[str, Any] | None = None
     passages: int | None = None  # how many of the hits the prompt holds; None: all
+    # What the answer may draw on: the retrieval query and the passages' texts (the
+    # grounding guard checks each sentence against them).
+    query: str = ""
+    evidence: tuple[str, ...] = ()
 
     def chosen(self, defaults: Sampling) -> Sampling:
         """The sampling to use: this prompt's ``temperature``, then its ``sampling``,

@@ -34,8 +34,9 @@ _BLOCK = re.compile(r"^\s*([-*+]\s|\d+[.)]\s)")  # a list item starts its own li
 _CODE_LINES = 4  # a long code block is cut to its first lines: the model reads prose
 
 
-def plain(text: str) -> str:
-    """``text`` (Markdown, HTML or plain) with its markup turned into prose."""
+def plain(text: str, *, code_lines: int = _CODE_LINES) -> str:
+    """``text`` (Markdown, HTML or plain) with its markup turned into prose; a fenced code
+    block keeps its first ``code_lines`` lines."""
     text = _FRONT_MATTER.sub("", text.replace("\r\n", "\n"))
     text = _AUTOLINK.sub(lambda m: m.group(1), _COMMENT.sub("", text))
     if _TAG.search(text):
@@ -48,7 +49,7 @@ def plain(text: str) -> str:
             if fence is None:
                 fence = []
             else:
-                out.extend([*fence[:_CODE_LINES], ""])
+                out.extend([*fence[:code_lines], ""])
                 fence = None
             continue
         if fence is not None:
@@ -77,7 +78,7 @@ def plain(text: str) -> str:
         else:
             out.append(line)
     if fence:
-        out.extend(fence[:_CODE_LINES])
+        out.extend(fence[:code_lines])
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
 
 

@@ -20,9 +20,11 @@ from .errors import RagLineError
 from .expiry import Expiry
 from .factory import (
     build_composer,
+    build_extractor,
     build_generator,
     build_ingestion,
     build_transformer,
+    grounding_guard,
     open_parts,
 )
 from .grants import Grants
@@ -145,6 +147,8 @@ class Runtime:
                 compose=settings.compose_timeout,
             ),
             repetition_guard=settings.repetition_guard,
+            grounding_guard=grounding_guard(settings),
+            extractor=build_extractor(settings),
         )
         self.agent = Agent(
             pipeline,
@@ -208,18 +212,23 @@ class Runtime:
         self.lifetime.cancel(Cause.SHUTDOWN, detail)
 
     async def _seed(self) -> None:
-        """First start: ingest ``RAGLINE_SEED_DOCS`` while the default collection is empty."""
+        """First start: ingest ``RAGLINE_SEED_DOCS`` (files and folders, comma-separated)
+        while the default collection is empty."""
         seed = self.settings.seed_docs
         if not seed or self.jobs is None:
             return
-        folder = await anyio.Path(seed).resolve()
-        if not await folder.exists():
+        paths = []
+        for item in (part.strip() for part in seed.split(",")):
+            path = await anyio.Path(item).resolve() if item else None
+            if path is not None and await path.exists():
+                paths.append(Path(path))
+        if not paths:
             return
         with self.lifetime.child("seed") as lifetime:
             documents = await self.records.documents(self.settings.collection, lifetime)
             pending = await self.records.jobs(lifetime, states=["queued", "running"])
             if not documents and not pending:
-                job = JobInput(None, paths=[Path(folder)], owner=SYSTEM)
+                job = JobInput(None, paths=paths, owner=SYSTEM)
                 job_id = await self.jobs.submit(lifetime, job)
                 log.info("ingesting the seed documents", extra={"job_id": job_id, "path": seed})
 

@@ -116,6 +116,15 @@ class Settings(BaseSettings):
     llm_seed: int | None = Field(None, ge=0)
     llm_penalty_window: int = Field(512, ge=1)  # local model: tokens the penalty looks back on
     repetition_guard: bool = True  # stop a generation that has started to loop
+    # Answers that say only what the sources say (docs/BENCHMARKS.md §7 chose the defaults):
+    # `extractive` quotes the passages' sentences that answer, `generate` has the model
+    # write; unset: extractive with the local model, generate with an upstream one.
+    answer_shape: Literal["extractive", "generate"] | None = None
+    # Under this cosine similarity the best passage does not answer: the answer says the
+    # documents do not cover it and names the closest source. Unset: the eval's figure
+    # for the local model, none (0) for an upstream one.
+    abstain_below: float | None = Field(None, ge=0, le=1)
+    grounding_guard: bool | None = None  # stop a generation at a sentence no source supports
 
     # -- embeddings and vector store --------------------------------------------------------
     embeddings: Literal["local", "openai", "cohere"] = "local"
@@ -153,7 +162,9 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(32, ge=0)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
     max_document_bytes: int = Field(10 * 1024 * 1024, ge=1)  # larger files are reported
-    seed_docs: str | None = None  # ingested into the default collection while it is empty
+    # Files and folders (comma-separated) ingested into the default collection while it is
+    # empty; `make serve` seeds README.md and docs/.
+    seed_docs: str | None = None
 
     # -- pipeline -----------------------------------------------------------------------
     retrieval: bool = True

@@ -15,6 +15,7 @@ import httpx
 
 from ..access import LOCAL
 from ..errors import RagLineError
+from ..guards import GUARD_STOPS
 from ..lifetime import CancelReason, Cause, Lifetime
 from ..models import ChatRequest, ChatResult, Source
 from ..settings import Settings
@@ -66,8 +67,13 @@ async def ask(
         return 1
     out.write("\n")
     if outcome.kept is not None:
-        # The guard cut a loop: the streamed repeats are not part of the answer.
-        out.write(f"\n[the model began to repeat itself; the answer is:]\n{outcome.kept}\n")
+        # A guard cut the answer: what streamed after the cut is not part of it.
+        why = (
+            "the model wrote what no source says"
+            if outcome.usage.get("finish_reason") == "ungrounded"
+            else "the model began to repeat itself"
+        )
+        out.write(f"\n[{why}; the answer is:]\n{outcome.kept}\n")
     if outcome.sources:
         out.write("\nSources\n")
     for n, data in enumerate(outcome.sources, start=1):
@@ -134,7 +140,7 @@ def _on_event(event: str, data: dict[str, Any], outcome: AskOutcome, out: TextIO
     elif event == "done":
         outcome.sources = list(data.get("sources") or [])
         outcome.usage = dict(data.get("usage") or {})
-        if data.get("finish_reason") == "repetition":
+        if data.get("finish_reason") in GUARD_STOPS:
             outcome.kept = str(data.get("text", ""))
     elif event == "error":
         error = data.get("error") or {}
@@ -165,6 +171,7 @@ async def _local(
         outcome.error = exc.message
         return None
     outcome.sources = [s.model_dump() for s in result.sources]
-    if result.usage.finish_reason == "repetition":
+    outcome.usage = result.usage.model_dump(mode="json")
+    if result.usage.finish_reason in GUARD_STOPS:
         outcome.kept = result.text
     return reason

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from ..agent import OnEvent
+from ..guards import GUARD_STOPS
 from ..metrics import CONTENT_TYPE
 from ..models import ChatRequest, ChatResult, RetrieveRequest, Source
 from ..providers import OnDelta
@@ -60,7 +61,7 @@ class NativeEvents:
             "usage": result.usage.model_dump(mode="json"),
             "sources": [s.model_dump(mode="json") for s in result.sources],
         }
-        if result.usage.finish_reason == "repetition":
+        if result.usage.finish_reason in GUARD_STOPS:
             # The deltas went out before the loop was known: this is the answer to keep.
             done["text"] = result.text
         if self.conversation_id is not None:

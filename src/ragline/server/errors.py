@@ -51,6 +51,7 @@ _CAUSE_STATUS = {
     Cause.DEADLINE: 504,
     Cause.EXPLICIT: 503,
     Cause.REPETITION: 502,  # a generation stage's own stop; never a request's
+    Cause.UNGROUNDED: 502,  # likewise
 }
 
 
@@ -134,6 +135,7 @@ def error_for_cause(reason: CancelReason) -> tuple[int, dict[str, Any]]:
         Cause.EXPLICIT: "the request was cancelled",
         Cause.CLIENT_DISCONNECTED: "the client went away",
         Cause.REPETITION: "the model began to repeat itself",
+        Cause.UNGROUNDED: "the model wrote what no source says",
     }
     code = "timeout" if reason.cause is Cause.DEADLINE else str(reason.cause)
     return status, error_body(status, code, messages[reason.cause], cause=str(reason.cause))

@@ -18,6 +18,7 @@ import { parseJSON, sleep } from './util.js';
 
 const STORE = 'ragline-chat';
 const LOOP_GUARD = 'Note: stopped by the loop guard — the model was repeating itself, so the server cut the answer here.';
+const GROUNDING_GUARD = 'Note: stopped by the grounding guard — the model wrote something no source says, so the server cut the answer here.';
 const LEFT = 'Cut short: the page was left before this answer ended.';
 const BUSY = 'Wait for this answer to end, or Stop it, before sending the next question.';
 
@@ -212,9 +213,11 @@ export function chatPanel(root, client, { onSettled }) {
   function finishAnswer(q, done) {
     const { turn, view } = q;
     q.finished = true;
-    // With finish_reason "repetition" the server cut a loop: its text is the one to keep.
+    // With finish_reason "repetition" (a loop) or "ungrounded" (a sentence no source
+    // supports) the server cut the answer: its text is the one to keep.
     if (typeof done.text === 'string') turn.text = done.text;
-    if (done.finish_reason === 'repetition' || typeof done.text === 'string') turn.note = LOOP_GUARD;
+    if (done.finish_reason === 'ungrounded') turn.note = GROUNDING_GUARD;
+    else if (done.finish_reason === 'repetition' || typeof done.text === 'string') turn.note = LOOP_GUARD;
     turn.sources = Array.isArray(done.sources) ? done.sources : [];
     turn.usage = usageText(done);
     turn.state = 'answered';

@@ -1,0 +1,218 @@
+"""The extractive answer: the passages' own sentences that answer the question, cited.
+
+A 135M-parameter model cannot know the documents; asked to write, it invents fluent
+prose about them (docs/BENCHMARKS.md, the answer eval). It can be spared the writing:
+the answer is the sentence of the retrieved passages that shares most of the question's
+words (weighted by how rare each word is among the candidates, and helped by the
+heading it sits under and the passage's rank), and the next one when the first is short
+or goes on. Each sentence is cited as the passage it comes from, so every sentence of
+the answer is one a reader finds in the cited source.
+
+When the best passage is not relevant enough (its similarity to the question under
+``abstain_below``, or no sentence shares a word with the question), the answer says so
+plainly and names the closest source instead of answering from it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .grounding import content_words, names, sentences, stem
+from .models import Source
+from .prose import plain
+
+__all__ = ["Extract", "Extractor"]
+
+_DEFINED = re.compile(r"^(?:what|who)\s+(?:is|are|was|were)\s+(?:the |an? )?(.+?)\s*\??$", re.I)
+_HEADING = re.compile(r"^(.{1,80}):$")  # prose.plain writes a heading as "Heading:"
+_GOES_ON = re.compile(r"^(It|This|That|These|They|Its|Their|So|Then|Both|Each)\b|:$")
+
+
+@dataclass(frozen=True, slots=True)
+class Extract:
+    """An extractive answer: its text, and whether it abstained."""
+
+    text: str
+    abstained: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    rank: int  # the passage's number, as cited
+    order: int  # the sentence's place in its passage
+    text: str
+    heading: str
+    first: bool  # the first sentence under its heading
+
+
+class Extractor:
+    """Chooses an extractive answer from the sources the question retrieved.
+
+    ``sentences`` bounds how many passage sentences the answer quotes, ``max_words`` its
+    length; ``abstain_below`` is the cosine similarity under which the best source does
+    not answer the question (``None``: never abstain on similarity)."""
+
+    def __init__(
+        self,
+        *,
+        sentences: int = 2,
+        max_words: int = 60,
+        passages: int = 4,
+        abstain_below: float | None = None,
+    ) -> None:
+        self.sentences = sentences
+        self.max_words = max_words
+        self.passages = passages
+        self.abstain_below = abstain_below
+
+    def answer(self, question: str, sources: Sequence[Source]) -> Extract:
+        """The answer to ``question`` from ``sources`` (numbered as cited)."""
+        if not sources:
+            return Extract("The documents do not cover this.", abstained=True)
+        best = sources[0]
+        if (
+            self.abstain_below is not None
+            and best.similarity is not None
+            and max((s.similarity or 0.0) for s in sources) < self.abstain_below
+        ):
+            return self._abstain(best)
+        # A question that names what no source mentions (Windows, Qdrant) is not answered
+        # by them, however close they are otherwise.
+        known = {w for s in sources for w in content_words(plain(s.text))}
+        missing = sorted(n for n in names(question) if n not in known and f"{n}s" not in known)
+        if missing:
+            return self._abstain(best, missing)
+        wanted = {stem(w) for w in content_words(question)}
+        candidates = [c for s in sources[: self.passages] for c in _candidates(s, question)]
+        if not wanted or not candidates:
+            return self._abstain(best)
+        weight = _weights(wanted, candidates)
+        subject = _DEFINED.match(question.strip())
+        defines = None
+        if subject:  # "What is X?" is answered by "X is ...", wherever it stands
+            defines = re.compile(
+                rf"^(?:the |an? )?{re.escape(subject.group(1))}\s+(?:is|are|was|were)\b", re.I
+            )
+        scored = sorted(
+            (
+                (
+                    self._score(c, wanted, weight)
+                    * (2 if defines and defines.match(c.text) else 1),
+                    c,
+                )
+                for c in candidates
+            ),
+            key=lambda sc: (-sc[0], sc[1].rank, sc[1].order),
+        )
+        score, first = scored[0]
+        if score <= 0:
+            return self._abstain(best)
+        # Then the sentences of the same passage that add most of the question's words
+        # not yet found; then, while some are still missing, the sentence that goes on
+        # from the last ("It was completed in 1912 by ..." after "The bridge ...").
+        chosen = [first]
+        covered = wanted & _words(first)
+        words = len(first.text.split())
+        near = [c for c in candidates if c.rank == first.rank and c is not first]
+        while len(chosen) < self.sentences:
+            gains = [(sum(weight[w] for w in (wanted & _words(c)) - covered), c) for c in near]
+            gains = [
+                g for g in gains if g[0] > 0 and words + len(g[1].text.split()) <= self.max_words
+            ]
+            if not gains:
+                break
+            _, pick = max(gains, key=lambda g: (g[0], -abs(g[1].order - first.order)))
+            chosen.append(pick)
+            covered |= wanted & _words(pick)
+            words += len(pick.text.split())
+        # Short of sentences that add a word, the one that goes on from the best: the
+        # answer often follows the sentence that names what was asked ("The ferry is
+        # called the Grey Tern" after "The Saltmere ferry carries ...").
+        following = [c for c in near if c.order == first.order + 1 and c not in chosen]
+        if len(chosen) < self.sentences and following:
+            nxt = following[0]
+            if words + len(nxt.text.split()) <= self.max_words:
+                chosen.append(nxt)
+        chosen.sort(key=lambda c: c.order)
+        return Extract(_cite(" ".join(_trim(c.text, self.max_words) for c in chosen), first.rank))
+
+    def _score(self, c: _Candidate, wanted: set[str], weight: dict[str, float]) -> float:
+        own = _words(c)
+        heading = {stem(w) for w in content_words(c.heading)}
+        found = sum(weight[w] for w in wanted & own)
+        # A section's heading speaks for its sentences, and most for its first one ("What
+        # is ragline?" is answered by the first sentence under "ragline").
+        found += (1.0 if c.first else 0.5) * sum(weight[w] for w in (wanted & heading) - own)
+        if found == 0:
+            return 0.0
+        # A short fragment says little; a passage ranked lower is less likely the answer.
+        length = min(len(own), 8) / 8
+        return found * (0.6 + 0.4 * length) / (1 + 0.15 * (c.rank - 1))
+
+    def _abstain(self, closest: Source, missing: Sequence[str] = ()) -> Extract:
+        name = closest.title or closest.source
+        what = f"do not mention {', '.join(missing)}" if missing else "do not cover this"
+        return Extract(
+            f"The documents {what}; the closest source is {name} [{closest.rank}].",
+            abstained=True,
+        )
+
+
+def _candidates(source: Source, question: str) -> list[_Candidate]:
+    """The sentences of a source's prose (its code left out), each with the heading it
+    sits under; a sentence that only repeats the question is no answer to it."""
+    out: list[_Candidate] = []
+    heading, first = "", True
+    echo = _flat(question)
+    for line in plain(source.text, code_lines=0).split("\n"):
+        line = line.strip()
+        if not line:
+            continue
+        if match := _HEADING.match(line):
+            heading, first = match.group(1), True
+            continue
+        for a, b in sentences(line):
+            text = line[a:b].strip()
+            if len(text.split()) < 4 or text.endswith(":"):
+                continue
+            if echo and echo in _flat(text):
+                continue  # it quotes the question (an example of asking it)
+            out.append(_Candidate(source.rank or 1, len(out), text, heading, first))
+            first = False
+    return out
+
+
+def _flat(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def _words(c: _Candidate) -> set[str]:
+    return {stem(w) for w in content_words(c.text)}
+
+
+def _weights(wanted: set[str], candidates: Sequence[_Candidate]) -> dict[str, float]:
+    """Inverse document frequency of each question word over the candidate sentences:
+    "ragline", in every sentence of its docs, weighs little beside "SIGTERM"."""
+    n = len(candidates)
+    counts = dict.fromkeys(wanted, 0)
+    for c in candidates:
+        for w in wanted & {stem(x) for x in content_words(f"{c.heading} {c.text}")}:
+            counts[w] += 1
+    return {w: math.log(1 + n / (1 + counts[w])) for w in wanted}
+
+
+def _trim(text: str, max_words: int) -> str:
+    words = text.split()
+    return text if len(words) <= max_words else " ".join(words[:max_words]) + " …"
+
+
+def _cite(text: str, rank: int) -> str:
+    """The quote with its citation before its final full stop."""
+    text = text.rstrip()
+    marker = f" [{rank}]"
+    if text.endswith((".", "!", "?")):
+        return text[:-1] + marker + text[-1]
+    return text + marker + "."
