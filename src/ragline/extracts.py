@@ -53,7 +53,8 @@ class Extractor:
 
     ``sentences`` bounds how many passage sentences the answer quotes, ``max_words`` its
     length; ``abstain_below`` is the cosine similarity under which the best source does
-    not answer the question (``None``: never abstain on similarity)."""
+    not answer the question (``None``: never abstain on similarity); ``coverage`` the
+    share of the question's words (weighted by rarity) the passages must have."""
 
     def __init__(
         self,
@@ -62,7 +63,9 @@ class Extractor:
         max_words: int = 60,
         passages: int = 4,
         abstain_below: float | None = None,
+        coverage: float = 0.5,
     ) -> None:
+        self.coverage = coverage
         self.sentences = sentences
         self.max_words = max_words
         self.passages = passages
@@ -90,6 +93,11 @@ class Extractor:
         if not wanted or not candidates:
             return self._abstain(best)
         weight = _weights(wanted, candidates)
+        # Passages that share under half of the question's words, weighted by rarity (a
+        # word no passage has weighs most), are about something else.
+        known = {stem(w) for w in known}
+        if sum(weight[w] for w in wanted & known) < self.coverage * sum(weight.values()):
+            return self._abstain(best)
         subject = _DEFINED.match(question.strip())
         defines = None
         if subject:  # "What is X?" is answered by "X is ...", wherever it stands

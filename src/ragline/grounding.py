@@ -100,6 +100,8 @@ def stem(word: str) -> str:
         return (word[:-3] + "y")[:5]  # "studies" is "study"
     for suffix in _SUFFIXES:
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            if suffix == "es" and not word.endswith(("ses", "xes", "zes", "ches", "shes")):
+                suffix = "s"  # "takes" is "take", "passes" is "pass"
             word = word[: -len(suffix)]
             break
     if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiou":
