@@ -255,7 +255,8 @@ def test_the_context_is_the_heading_trail_and_the_table_header_above_an_offset()
     assert context.at(MARKDOWN.index("Some words")) == "## Bounds"
     # Inside a table: its header and rule, so that "| tool calls | 32 |" still means something.
     assert context.at(MARKDOWN.index("| tool calls")) == "## Bounds\n| bound | default |\n|---|---|"
-    # A deeper heading joins the trail; a "#" inside a code fence is no heading.
-    assert context.at(MARKDOWN.index("# not")) == "## Bounds\n### Deep"
+    # A deeper heading joins the trail; a "#" inside a code fence is no heading, and a
+    # chunk that starts inside the fence gets its opening line: it is code, not prose.
+    assert context.at(MARKDOWN.index("# not")) == "## Bounds\n### Deep\n```sh"
     # A heading of the same level replaces the one before it, and its children.
     assert context.at(MARKDOWN.index("text")) == "## Other"

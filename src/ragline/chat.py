@@ -8,6 +8,7 @@ the sources, the text so far and the usage, with the cause.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -113,7 +114,15 @@ class ChatPipeline:
         assert self.extractor is not None
         with self._stage(lifetime, "extract", None) as (stage, span):
             await stage.checkpoint()
-            answer = self.extractor.answer(prompt.query, into.sources)
+            early = self.extractor.abstention(prompt.query, into.sources)
+            sentences = [] if early else self.extractor.candidates(prompt.query, into.sources)
+            closeness = None
+            if sentences and self.embedder is not None:
+                # How close each sentence is to the question, in the embedder's terms.
+                (question,) = await self.embedder.embed([prompt.query], stage, kind="query")
+                vectors = await self.embedder.embed(sentences, stage)
+                closeness = [_cosine(question, v) for v in vectors]
+            answer = early or self.extractor.answer(prompt.query, into.sources, closeness)
             into.text = answer.text
             into.usage = Usage(finish_reason="stop")
             set_attributes(span, {"ragline.answer.abstained": answer.abstained})
@@ -339,6 +348,12 @@ def fuse(rankings: Sequence[Sequence[Hit]], top_k: int, *, k: int = 60) -> list[
             )
     best = sorted(scores, key=lambda key: scores[key], reverse=True)[:top_k]
     return [replace(merged[key], score=scores[key]) for key in best]
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norm = math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+    return dot / norm if norm else 0.0
 
 
 def estimate_tokens(prompt: Prompt) -> int:

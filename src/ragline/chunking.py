@@ -172,7 +172,8 @@ _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
 
 
 class MarkdownContext:
-    """The headings (and table header) in effect at each offset of a Markdown text.
+    """The headings (and table header, or code fence) in effect at each offset of a
+    Markdown text.
 
     A chunk cut from the middle of a section loses what it is about: "default: 8" means
     nothing without "## Bounds" above it and the table's header row. Ingestion puts this
@@ -182,7 +183,9 @@ class MarkdownContext:
     def __init__(self, text: str) -> None:
         self._headings: list[tuple[int, int, str]] = []  # (offset, level, line)
         self._tables: list[tuple[int, int, str]] = []  # (start, end, header and rule lines)
+        self._fences: list[tuple[int, int, str]] = []  # (start, end, opening line)
         fenced = False
+        opened = (0, "")
         offset = 0
         lines = text.splitlines(keepends=True)
         i = 0
@@ -190,6 +193,10 @@ class MarkdownContext:
             line = lines[i]
             if _FENCE.match(line):
                 fenced = not fenced
+                if fenced:
+                    opened = (offset, line.rstrip("\n"))
+                else:
+                    self._fences.append((opened[0], offset + len(line), opened[1]))
             elif not fenced and (heading := _ATX.match(line)):
                 self._headings.append((offset, len(heading.group(1)), line.strip()))
             elif (
@@ -224,4 +231,7 @@ class MarkdownContext:
         for begin, end, head in self._tables:
             if begin < start < end and start >= begin + len(head):
                 parts.append(head)
+        for begin, end, fence in self._fences:
+            if begin < start < end and start >= begin + len(fence):
+                parts.append(fence)  # inside a code block: it is code, not prose
         return "\n".join(parts)

@@ -28,7 +28,7 @@ __all__ = ["Extract", "Extractor"]
 
 _DEFINED = re.compile(r"^(?:what|who)\s+(?:is|are|was|were)\s+(?:the |an? )?(.+?)\s*\??$", re.I)
 _HEADING = re.compile(r"^(.{1,80}):$")  # prose.plain writes a heading as "Heading:"
-_GOES_ON = re.compile(r"^(It|This|That|These|They|Its|Their|So|Then|Both|Each)\b|:$")
+_GOES_ON = re.compile(r"^(It|This|That|These|They|Its|Their|He|She|His|Her)\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +64,18 @@ class Extractor:
         passages: int = 4,
         abstain_below: float | None = None,
         coverage: float = 0.5,
+        semantic: float = 0.5,
     ) -> None:
         self.coverage = coverage
+        self.semantic = semantic
         self.sentences = sentences
         self.max_words = max_words
         self.passages = passages
         self.abstain_below = abstain_below
 
-    def answer(self, question: str, sources: Sequence[Source]) -> Extract:
-        """The answer to ``question`` from ``sources`` (numbered as cited)."""
+    def abstention(self, question: str, sources: Sequence[Source]) -> Extract | None:
+        """The answer that says the documents do not cover ``question``, when they do not
+        (see the module's docstring); ``None`` when they may."""
         if not sources:
             return Extract("The documents do not cover this.", abstained=True)
         best = sources[0]
@@ -98,52 +101,91 @@ class Extractor:
         known = {stem(w) for w in known}
         if sum(weight[w] for w in wanted & known) < self.coverage * sum(weight.values()):
             return self._abstain(best)
+        return None
+
+    def candidates(self, question: str, sources: Sequence[Source]) -> list[str]:
+        """The sentences :meth:`answer` chooses from, in its order: a caller may measure
+        how close each is to the question (an embedder's cosine) and pass that in."""
+        return [c.text for s in sources[: self.passages] for c in _candidates(s, question)]
+
+    def answer(
+        self,
+        question: str,
+        sources: Sequence[Source],
+        closeness: Sequence[float] | None = None,
+    ) -> Extract:
+        """The answer to ``question`` from ``sources`` (numbered as cited). ``closeness``,
+        one figure per :meth:`candidates` sentence (cosine similarity to the question),
+        joins the choice: a sentence can answer in other words than the question's ("Who
+        built it?" and "completed by the engineer Ada Brisk")."""
+        early = self.abstention(question, sources)
+        if early is not None:
+            return early
+        wanted = {stem(w) for w in content_words(question)}
+        candidates = [c for s in sources[: self.passages] for c in _candidates(s, question)]
+        weight = _weights(wanted, candidates)
+        best = sources[0]
         subject = _DEFINED.match(question.strip())
         defines = None
         if subject:  # "What is X?" is answered by "X is ...", wherever it stands
             defines = re.compile(
                 rf"^(?:the |an? )?{re.escape(subject.group(1))}\s+(?:is|are|was|were)\b", re.I
             )
+        lexical = [
+            self._score(c, wanted, weight) * (2 if defines and defines.match(c.text) else 1)
+            for c in candidates
+        ]
+        top = max(lexical) or 1.0
+        if closeness is not None and len(closeness) == len(candidates):
+            # Both on one scale: the word match relative to the best one, and the cosine
+            # above what unrelated sentences score (about 0.2 with MiniLM).
+            lexical = [
+                (x / top if x > 0 else 0.0) + self.semantic * max(0.0, cos - 0.2)
+                for x, cos in zip(lexical, closeness, strict=True)
+            ]
         scored = sorted(
-            (
-                (
-                    self._score(c, wanted, weight)
-                    * (2 if defines and defines.match(c.text) else 1),
-                    c,
-                )
-                for c in candidates
-            ),
-            key=lambda sc: (-sc[0], sc[1].rank, sc[1].order),
+            zip(lexical, candidates, strict=True), key=lambda sc: (-sc[0], sc[1].rank, sc[1].order)
         )
         score, first = scored[0]
         if score <= 0:
             return self._abstain(best)
-        # Then the sentences of the same passage that add most of the question's words
-        # not yet found; then, while some are still missing, the sentence that goes on
-        # from the last ("It was completed in 1912 by ..." after "The bridge ...").
+        # Then, from the same passage, the sentence that adds most: the question's words
+        # not yet found, and (measured) its closeness to the question; short of any, the
+        # one that goes on from the best ("It was completed in 1912 by ..." after "The
+        # bridge ..."). Two sentences at most, within ``max_words``.
         chosen = [first]
         covered = wanted & _words(first)
         words = len(first.text.split())
-        near = [c for c in candidates if c.rank == first.rank and c is not first]
-        while len(chosen) < self.sentences:
-            gains = [(sum(weight[w] for w in (wanted & _words(c)) - covered), c) for c in near]
-            gains = [
-                g for g in gains if g[0] > 0 and words + len(g[1].text.split()) <= self.max_words
-            ]
-            if not gains:
-                break
-            _, pick = max(gains, key=lambda g: (g[0], -abs(g[1].order - first.order)))
+        close = dict(zip((id(c) for c in candidates), closeness or [], strict=False))
+        near = [
+            c
+            for c in candidates
+            if c.rank == first.rank
+            and c is not first
+            and words + len(c.text.split()) <= self.max_words
+        ]
+        while len(chosen) < self.sentences and near:
+            gain, pick = max(
+                ((sum(weight[w] for w in (wanted & _words(c)) - covered), c) for c in near),
+                key=lambda g: (g[0], -abs(g[1].order - first.order)),
+            )
+            if gain <= 0:
+                following = [c for c in near if c.order == first.order + 1]
+                closest = max(near, key=lambda c: close.get(id(c), 0.0))
+                if following and _GOES_ON.match(following[0].text):
+                    pick = following[0]  # "It ...": it says more of the same thing
+                elif close.get(id(closest), 0.0) > 0.3:
+                    pick = closest  # in other words: "called the Grey Tern" for "name"
+                elif following:
+                    pick = following[0]
+                else:
+                    break
             chosen.append(pick)
             covered |= wanted & _words(pick)
             words += len(pick.text.split())
-        # Short of sentences that add a word, the one that goes on from the best: the
-        # answer often follows the sentence that names what was asked ("The ferry is
-        # called the Grey Tern" after "The Saltmere ferry carries ...").
-        following = [c for c in near if c.order == first.order + 1 and c not in chosen]
-        if len(chosen) < self.sentences and following:
-            nxt = following[0]
-            if words + len(nxt.text.split()) <= self.max_words:
-                chosen.append(nxt)
+            near = [
+                c for c in near if c is not pick and words + len(c.text.split()) <= self.max_words
+            ]
         chosen.sort(key=lambda c: c.order)
         return Extract(_cite(" ".join(_trim(c.text, self.max_words) for c in chosen), first.rank))
 
