@@ -324,7 +324,8 @@ def ask(http: httpx.Client, row: dict[str, Any], top_k: int) -> Answer:
     answer.prompt_tokens = int(usage.get("prompt_tokens") or 0)
     answer.completion_tokens = int(usage.get("completion_tokens") or 0)
     answer.streamed = "".join(parts)
-    answer.text = done.get("text") or answer.streamed
+    # A guard's cut: the text kept, even when it is empty (the first sentence was cut).
+    answer.text = done.get("text", answer.streamed)
     answer.sources = [
         {**s, "text": str(s.get("text", ""))[:SOURCE_TEXT]} for s in done.get("sources") or []
     ]

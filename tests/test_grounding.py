@@ -71,6 +71,16 @@ def test_abstentions_and_fragments_are_not_judged() -> None:
     assert abstains("The context does not mention it.")
 
 
+def test_a_numbered_list_is_judged_by_its_items_not_its_numbers() -> None:
+    # "1." on its own is layout; a numbered item is judged by what it says.
+    guard = GroundingGuard(grounding())
+    text = "1. The bridge crosses the river Ostra [1].\n2. It has seven arches of red granite [1]."
+    for piece in text:
+        assert guard.feed(piece) is None
+    assert guard.finish() is None
+    assert grounding().judge("2.").verdict is Verdict.UNJUDGED
+
+
 def test_sentences_split_at_stops_and_line_breaks_not_inside_numbers() -> None:
     text = "Version 2.3 is out. It works!\n- a list item\nlast"
     assert [text[a:b] for a, b in sentences(text)] == [
@@ -221,3 +231,50 @@ async def test_a_supported_answer_runs_to_its_end(tmp_path: Path) -> None:
         assert body["text"] == "".join(words("".join(SUPPORTED) + ALSO_SUPPORTED))
         assert s.upstream.calls[0].finished
         assert await metric(s, "ragline_generation_stops_total", reason="ungrounded") == 0
+
+
+# -- the local model ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_guard_stops_the_local_model_within_a_token_of_the_drift() -> None:
+    """SmolLM2 asked for a story its passage knows nothing of: its first finished sentence
+    is unsupported, and the model stops within a token or two of it."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from ragline import ChatPipeline, ChatResult, Lifetime, Message, Prompt
+    from ragline.metrics import Metrics
+    from ragline.models import Sampling
+    from ragline.providers.identity import IdentityTransformer
+    from ragline.providers.llamacpp import LlamaCppGenerator
+    from ragline.providers.prompt import ContextPromptComposer
+    from ragline.threads import ThreadBridge
+    from ragline.tracing import Tracing
+
+    greedy = Sampling(temperature=0.0, top_p=1.0, min_p=0.0)
+    local = LlamaCppGenerator(ThreadBridge(), max_tokens=200, sampling=greedy)
+    question = "Write a long story about a dragon who guards a castle."
+    prompt = Prompt((Message(role="user", content=question),), query=question, evidence=(PASSAGE,))
+    metrics = Metrics()
+    chat = ChatPipeline(
+        transformer=IdentityTransformer(),
+        composer=ContextPromptComposer(),
+        generator=local,
+        tracing=Tracing(TracerProvider()),
+        metrics=metrics,
+        grounding_guard=True,
+    )
+    result = ChatResult()
+    with Lifetime.root() as root:
+        await local.open(root)
+        await chat.generate(prompt, root, result)
+    assert result.usage.finish_reason == "ungrounded"
+    assert result.usage.cause == "ungrounded"
+    assert result.usage.completion_tokens < 200
+    assert metrics.generation_stops.labels("ungrounded")._value.get() == 1
+    with anyio.fail_after(10):  # the model's thread records its counters as it unwinds
+        while not local.history:
+            await anyio.sleep(0.01)
+    counters = local.history[-1]
+    assert counters.decoded_at_stop is not None
+    assert counters.decoded_after_stop <= 2

@@ -39,6 +39,7 @@ __all__ = [
 
 _WORD = re.compile(r"[a-z0-9_]+(?:[.'][a-z0-9_]+)*")
 _CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
+_ENUMERATOR = re.compile(r"^\W*(?:\d{1,3}[.)]|[-*+•])(?=\s|$)\s*")
 # A sentence ends at . ! ? (and what closes it) before a space, or at a line break.
 _END = re.compile(r"(?<=[.!?])[\"')\]]*(?=\s)|\n+")
 _STOPWORDS = frozenset(
@@ -184,6 +185,8 @@ class Grounding:
 
     def judge(self, sentence: str) -> Judgement:
         """Whether ``sentence`` says only what the passages say."""
+        # A list's numbering ("1.", "2)") and bullets are layout, not claims.
+        sentence = _ENUMERATOR.sub("", sentence)
         words = content_words(sentence)
         named = names(sentence)
         novel = tuple(
