@@ -51,7 +51,8 @@ _STOPWORDS = frozenset(
     other our out over own same shall she should so some such than that the their them
     then there these they this those through to too under until up upon us very was we
     were what when where which while who whom why will with would yes yet you your one
-    two also use used using like well get gets make makes way
+    two also use used using like well get gets make makes way many much often long come
+    comes kind sort type name named called happen happens happened thing things
     """.split()  # noqa: SIM905
 )
 # What an answer says when the passages lack the answer: not a claim to check.
