@@ -625,7 +625,8 @@ def answers_guard(results: Path) -> list[str]:
             f"cut with a chance of about 1 − (1 − {rate:.2f})^n. With the local model the "
             "guard is on by default: most of what it writes is invented, and a cut answer "
             "says less but nothing false (the facts it lost on `facts`, read by hand, were "
-            "stated inside sentences that also invented). With an upstream it is off by default: a large model could not be "
+            "stated inside sentences that also invented). With an upstream it is off by "
+            "default: a large model could not be "
             "measured on this machine (the upstream runs are the same SmolLM2 served over "
             "HTTP), and its longer, paraphrased answers would be cut more often; "
             "`RAGLINE_GROUNDING_GUARD=true` turns it on.",
