@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conftest import serve, settings_for, upstream_running
+from conftest import RawClient, free_port, serve, settings_for, upstream_running
 from fake_embeddings import WordEmbedder
 from ragline import Chunk, Lifetime
 from ragline.providers.memory import MemoryStore
@@ -118,3 +118,46 @@ async def test_ask_prints_the_answer_then_its_sources_with_title_relevance_and_s
     assert lines[2] == "Sources"
     assert lines[3].startswith("[1] mascot.md: Herons (similarity ")
     assert lines[4] == "    The ragline mascot is a blue heron named Pip."
+
+
+async def test_ask_goes_to_the_server_that_owns_the_data_directory(tmp_path: Path) -> None:
+    """`make serve` in one terminal, `ragline ask` in another: the server owns the data
+    directory's store, so the question goes to it (as `ragline ingest` hands it jobs)."""
+    upstream = FakeUpstream(lambda body: Behavior(texts=["from ", "the ", "server "], tokens=3))
+    async with upstream_running(upstream):
+        data = tmp_path / "data"
+        port = free_port()
+        env = {
+            **os.environ,
+            "RAGLINE_DATA_DIR": str(data),
+            "RAGLINE_LLM_PROVIDER": "openai",
+            "RAGLINE_LLM_BASE_URL": upstream.base_url,
+            "RAGLINE_LLM_MODEL": "fake-model",
+            "RAGLINE_RETRIEVAL": "false",
+        }
+        server = await anyio.open_process(
+            [sys.executable, "-m", "ragline", "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            with anyio.fail_after(120):
+                while True:
+                    try:
+                        await RawClient.connect(port)
+                        break
+                    except OSError:
+                        await anyio.sleep(0.1)
+                while not (data / "server.json").exists():
+                    await anyio.sleep(0.1)
+            asked = await anyio.run_process(
+                [sys.executable, "-m", "ragline", "ask", "hello there"], env=env, check=False
+            )
+        finally:
+            server.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30, shield=True):
+                await server.wait()
+    assert asked.returncode == 0, asked.stderr.decode()[-800:]
+    assert asked.stdout.decode().startswith("from the server ")
+    assert upstream.calls[0].query == "hello there"

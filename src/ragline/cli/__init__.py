@@ -194,7 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.set_defaults(func=_serve)
     ask = commands.add_parser("ask", help="stream an answer in the terminal (Ctrl-C stops it)")
     ask.add_argument("question")
-    ask.add_argument("--url", help="a running ragline server (default: answer in-process)")
+    ask.add_argument(
+        "--url",
+        help="a running ragline server (default: the one that owns the data directory, if "
+        "any; else answer in-process)",
+    )
     ask.add_argument("--top-k", type=int, default=4, help="chunks to retrieve (default 4)")
     ask.add_argument("--api-key", help="bearer key for --url (default: RAGLINE_API_KEY)")
     ask.set_defaults(func=_ask)

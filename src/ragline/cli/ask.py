@@ -19,6 +19,7 @@ from ..guards import GUARD_STOPS
 from ..lifetime import CancelReason, Cause, Lifetime
 from ..models import ChatRequest, ChatResult, Source
 from ..settings import Settings
+from .ingest import running_server
 
 __all__ = ["AskOutcome", "ask"]
 
@@ -46,6 +47,10 @@ async def ask(
     """Ask ``question``; returns the process exit code (130 after Ctrl-C)."""
     outcome = AskOutcome()
     target: list[Lifetime] = []  # what Ctrl-C cancels, once there is something to cancel
+    if url is None:
+        # A server that owns the data directory is asked, as `ragline ingest` hands it
+        # its jobs: its store cannot be opened by a second process.
+        url = await running_server(Settings())
     async with anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_ctrl_c, target)
         try:
@@ -161,6 +166,9 @@ async def _local(
     result = ChatResult()
     try:
         async with runtime.running():
+            if runtime.unavailable is not None:
+                outcome.error = f"not ready: {runtime.unavailable}"
+                return None
             # Whoever can open the data directory reads all of it: an administrator.
             with runtime.lifetime.child("ask", values={"principal": LOCAL}) as lifetime:
                 request = ChatRequest(query=question, top_k=top_k)

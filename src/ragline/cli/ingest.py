@@ -101,13 +101,13 @@ async def ingest(
     settings = Settings()
     console = Console(file=err, soft_wrap=True)  # no hard wraps in logs and pipes
     if url is None:
-        url = await _running_server(settings)
+        url = await running_server(settings)
     if url is not None:
         return await _remote(url, paths, collection, prune, api_key, console)
     return await _local(settings, paths, collection, prune, console)
 
 
-async def _running_server(settings: Settings) -> str | None:
+async def running_server(settings: Settings) -> str | None:
     """The server that owns the data directory, if one does. A marker left behind (its
     process gone, or its pid reused by another program) is ignored: the process must be
     alive and its URL must answer as ragline."""
