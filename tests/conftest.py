@@ -400,6 +400,34 @@ def bot_settings(upstream: FakeUpstream, teams: Any, **values: Any) -> Settings:
     return settings_for(upstream, **values)
 
 
+@asynccontextmanager
+async def owning_server(env: dict[str, str], port: int) -> AsyncIterator[Process]:
+    """`ragline serve` on ``port`` owning ``env``'s data directory: its marker
+    (server.json) is there and it accepts connections; SIGTERM on the way out."""
+    data = Path(env["RAGLINE_DATA_DIR"])
+    server = await anyio.open_process(
+        [sys.executable, "-m", "ragline", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with anyio.fail_after(120):
+            while not (data / "server.json").exists():
+                await anyio.sleep(0.1)
+            while True:  # the marker is written before the models load
+                try:
+                    await RawClient.connect(port)
+                    break
+                except OSError:
+                    await anyio.sleep(0.1)
+        yield server
+    finally:
+        server.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30, shield=True):
+            await server.wait()
+
+
 async def eventually(predicate: Callable[[], object], timeout: float = 10.0) -> None:
     """Poll ``predicate`` until it holds (for state that has no event to wait on)."""
     with anyio.fail_after(timeout):

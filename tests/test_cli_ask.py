@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conftest import RawClient, free_port, serve, settings_for, upstream_running
+from conftest import free_port, owning_server, serve, settings_for, upstream_running
 from fake_embeddings import WordEmbedder
 from ragline import Chunk, Lifetime
 from ragline.providers.memory import MemoryStore
@@ -135,29 +135,10 @@ async def test_ask_goes_to_the_server_that_owns_the_data_directory(tmp_path: Pat
             "RAGLINE_LLM_MODEL": "fake-model",
             "RAGLINE_RETRIEVAL": "false",
         }
-        server = await anyio.open_process(
-            [sys.executable, "-m", "ragline", "serve", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            with anyio.fail_after(120):
-                while True:
-                    try:
-                        await RawClient.connect(port)
-                        break
-                    except OSError:
-                        await anyio.sleep(0.1)
-                while not (data / "server.json").exists():
-                    await anyio.sleep(0.1)
+        async with owning_server(env, port):
             asked = await anyio.run_process(
                 [sys.executable, "-m", "ragline", "ask", "hello there"], env=env, check=False
             )
-        finally:
-            server.send_signal(signal.SIGTERM)
-            with anyio.fail_after(30, shield=True):
-                await server.wait()
     assert asked.returncode == 0, asked.stderr.decode()[-800:]
     assert asked.stdout.decode().startswith("from the server ")
     assert upstream.calls[0].query == "hello there"

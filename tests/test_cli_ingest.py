@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conftest import RawClient
+from conftest import owning_server
 from test_serve import free_port
 
 pytestmark = pytest.mark.anyio
@@ -86,22 +86,7 @@ async def test_the_job_goes_to_the_server_that_owns_the_data_directory(tmp_path:
         RAGLINE_LLM_BASE_URL="http://127.0.0.1:9/v1",
         RAGLINE_INGEST_ROOTS=str(tmp_path),
     )
-    server = await anyio.open_process(
-        [sys.executable, "-m", "ragline", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        with anyio.fail_after(120):
-            while not (data / "server.json").exists():
-                await anyio.sleep(0.1)
-            while True:  # the marker is written before the models load
-                try:
-                    await RawClient.connect(port)
-                    break
-                except OSError:
-                    await anyio.sleep(0.1)
+    async with owning_server(env, port):
         handed = await anyio.run_process(
             [sys.executable, "-m", "ragline", "ingest", str(corpus)], env=env, check=False
         )
@@ -110,10 +95,6 @@ async def test_the_job_goes_to_the_server_that_owns_the_data_directory(tmp_path:
         refused = await anyio.run_process(
             [sys.executable, "-m", "ragline", "ingest", str(outside)], env=env, check=False
         )
-    finally:
-        server.send_signal(signal.SIGTERM)
-        with anyio.fail_after(30, shield=True):
-            await server.wait()
     assert handed.returncode == 0, handed.stderr.decode()[-800:]
     assert "handed to the server" in handed.stderr.decode()
     assert "docs 3/3" in handed.stderr.decode()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from opentelemetry.trace import Span, SpanKind
 
 from .errors import InvalidRequest, StageTimeout
-from .extracts import Extractor
+from .extracts import Extract, Extractor
 from .grounding import Grounding, GroundingGuard
 from .guards import guard_free, guarded, stop_reason
 from .lifetime import Cause, Lifetime
@@ -114,15 +114,17 @@ class ChatPipeline:
         assert self.extractor is not None
         with self._stage(lifetime, "extract", None) as (stage, span):
             await stage.checkpoint()
-            early = self.extractor.abstention(prompt.query, into.sources)
-            sentences = [] if early else self.extractor.candidates(prompt.query, into.sources)
-            closeness = None
-            if sentences and self.embedder is not None:
-                # How close each sentence is to the question, in the embedder's terms.
-                (question,) = await self.embedder.embed([prompt.query], stage, kind="query")
-                vectors = await self.embedder.embed(sentences, stage)
-                closeness = [_cosine(question, v) for v in vectors]
-            answer = early or self.extractor.answer(prompt.query, into.sources, closeness)
+            draft = self.extractor.prepare(prompt.query, into.sources)
+            if isinstance(draft, Extract):
+                answer = draft  # the documents do not cover it
+            else:
+                closeness = None
+                if self.embedder is not None and prompt.query_vector:
+                    # How close each sentence is to the question (its vector from the
+                    # retrieve stage), in the embedder's terms.
+                    vectors = await self.embedder.embed(draft.sentences, stage)
+                    closeness = [_cosine(prompt.query_vector, v) for v in vectors]
+                answer = self.extractor.choose(draft, closeness)
             into.text = answer.text
             into.usage = Usage(finish_reason="stop")
             set_attributes(span, {"ragline.answer.abstained": answer.abstained})
@@ -135,12 +137,13 @@ class ChatPipeline:
         ``into``) and compose. The request's tools and continuation join the prompt."""
         hits: Sequence[Hit] = ()
         query = request.query
+        vector: Sequence[float] = ()
         if self.retrieval:  # the transformed query is for retrieval only
             with self._stage(lifetime, "transform", self.timeouts.transform) as (stage, span):
                 query = await self.transformer.transform(request.query, request.history, stage)
                 if query != request.query:
                     set_attributes(span, {"ragline.query.rewritten": True})
-            hits = await self.retrieve(query, request.top_k, lifetime, request.collection)
+            hits, vector = await self._search(query, request.top_k, lifetime, request.collection)
         with self._stage(lifetime, "compose", self.timeouts.compose) as (stage, _):
             prompt = await self.composer.compose(request, hits, stage)
         # The sources are the passages the model saw, numbered as it saw them.
@@ -152,6 +155,7 @@ class ChatPipeline:
             prompt,
             sampling=request.sampling().over(prompt.sampling),
             query=query,
+            query_vector=tuple(vector),
             evidence=tuple(s.text for s in into.sources),
         )
         if request.continuation or request.tools:
@@ -172,6 +176,14 @@ class ChatPipeline:
         self, query: str, top_k: int, lifetime: Lifetime, collection: str | None = None
     ) -> list[Hit]:
         """The search half of the pipeline on its own, as its ``retrieve`` stage."""
+        hits, _ = await self._search(query, top_k, lifetime, collection)
+        return hits
+
+    async def _search(
+        self, query: str, top_k: int, lifetime: Lifetime, collection: str | None
+    ) -> tuple[list[Hit], Sequence[float]]:
+        """The hits, and the query's vector (an extractive answer measures its sentences
+        against it)."""
         if self.embedder is None or self.store is None:
             raise InvalidRequest("retrieval is not configured on this server", code="no_retrieval")
         assert self.access is not None  # given with the store (__init__)
@@ -194,7 +206,7 @@ class ChatPipeline:
                 )
                 hits = fuse([dense, lexical], top_k)
             span.set_attribute("ragline.hits", len(hits))
-        return hits
+        return hits, vector
 
     async def generate(
         self,

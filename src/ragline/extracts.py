@@ -24,7 +24,7 @@ from .grounding import content_words, names, sentences, stem
 from .models import Source
 from .prose import plain
 
-__all__ = ["Extract", "Extractor"]
+__all__ = ["Draft", "Extract", "Extractor"]
 
 _DEFINED = re.compile(r"^(?:what|who)\s+(?:is|are|was|were)\s+(?:the |an? )?(.+?)\s*\??$", re.I)
 _HEADING = re.compile(r"^(.{1,80}):$")  # prose.plain writes a heading as "Heading:"
@@ -37,6 +37,24 @@ class Extract:
 
     text: str
     abstained: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """What an extractive answer is chosen from, once the sources may answer: the
+    candidate sentences and the question's words with their weights."""
+
+    question: str
+    best: Source
+    wanted: set[str]
+    candidates: list[_Candidate]
+    weight: dict[str, float]
+
+    @property
+    def sentences(self) -> list[str]:
+        """The candidate sentences, in the order :meth:`Extractor.choose` reads
+        ``closeness`` in."""
+        return [c.text for c in self.candidates]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +91,9 @@ class Extractor:
         self.passages = passages
         self.abstain_below = abstain_below
 
-    def abstention(self, question: str, sources: Sequence[Source]) -> Extract | None:
+    def prepare(self, question: str, sources: Sequence[Source]) -> Extract | Draft:
         """The answer that says the documents do not cover ``question``, when they do not
-        (see the module's docstring); ``None`` when they may."""
+        (see the module's docstring); else the :class:`Draft` to choose the quote from."""
         if not sources:
             return Extract("The documents do not cover this.", abstained=True)
         best = sources[0]
@@ -101,12 +119,7 @@ class Extractor:
         known = {stem(w) for w in known}
         if sum(weight[w] for w in wanted & known) < self.coverage * sum(weight.values()):
             return self._abstain(best)
-        return None
-
-    def candidates(self, question: str, sources: Sequence[Source]) -> list[str]:
-        """The sentences :meth:`answer` chooses from, in its order: a caller may measure
-        how close each is to the question (an embedder's cosine) and pass that in."""
-        return [c.text for s in sources[: self.passages] for c in _candidates(s, question)]
+        return Draft(question, best, wanted, candidates, weight)
 
     def answer(
         self,
@@ -114,17 +127,18 @@ class Extractor:
         sources: Sequence[Source],
         closeness: Sequence[float] | None = None,
     ) -> Extract:
-        """The answer to ``question`` from ``sources`` (numbered as cited). ``closeness``,
-        one figure per :meth:`candidates` sentence (cosine similarity to the question),
-        joins the choice: a sentence can answer in other words than the question's ("Who
-        built it?" and "completed by the engineer Ada Brisk")."""
-        early = self.abstention(question, sources)
-        if early is not None:
-            return early
-        wanted = {stem(w) for w in content_words(question)}
-        candidates = [c for s in sources[: self.passages] for c in _candidates(s, question)]
-        weight = _weights(wanted, candidates)
-        best = sources[0]
+        """The answer to ``question`` from ``sources`` (numbered as cited): :meth:`prepare`,
+        then :meth:`choose`."""
+        draft = self.prepare(question, sources)
+        return draft if isinstance(draft, Extract) else self.choose(draft, closeness)
+
+    def choose(self, draft: Draft, closeness: Sequence[float] | None = None) -> Extract:
+        """The quote from ``draft``. ``closeness``, one figure per ``draft.sentences``
+        (cosine similarity to the question), joins the choice: a sentence can answer in
+        other words than the question's ("Who built it?" and "completed by the engineer
+        Ada Brisk")."""
+        question, best, wanted = draft.question, draft.best, draft.wanted
+        candidates, weight = draft.candidates, draft.weight
         subject = _DEFINED.match(question.strip())
         defines = None
         if subject:  # "What is X?" is answered by "X is ...", wherever it stands

@@ -307,6 +307,7 @@ class Prompt:
     # What the answer may draw on: the retrieval query and the passages' texts (the
     # grounding guard checks each sentence against them).
     query: str = ""
+    query_vector: tuple[float, ...] = ()  # the query's embedding, when it was retrieved for
     evidence: tuple[str, ...] = ()
 
     def chosen(self, defaults: Sampling) -> Sampling:

@@ -6,16 +6,13 @@ lookup."""
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from ..access import Grant, Principal
 from ..lifetime import Lifetime
-from ..threads import ThreadBridge
+from ._sqlite_store import SqliteStore
 
 __all__ = ["SqliteDirectory"]
 
@@ -32,40 +29,15 @@ CREATE TABLE IF NOT EXISTS collection_grants (
 _GRANT = "SELECT collection, readers, writers, creator, is_set FROM collection_grants"
 
 
-class SqliteDirectory:
+class SqliteDirectory(SqliteStore):
     """:class:`~ragline.providers.directory.PrincipalStore` and
     :class:`~ragline.providers.directory.GrantStore` in one SQLite file; each call runs
     on the thread bridge under the caller's lifetime."""
 
-    def __init__(self, path: str | Path, bridge: ThreadBridge) -> None:
-        self.path = Path(path)
-        self.bridge = bridge
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    async def open(self, lifetime: Lifetime) -> None:
-        """Create or open the file."""
-        await self.bridge.call(lifetime, self._query, "SELECT 1", ())
-
-    def close(self) -> None:
-        """Close the file."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-    def _query(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
-        with self._lock:
-            if self._db is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA busy_timeout = 5000")  # a CLI writing at the same moment
-                db.executescript(_SCHEMA)
-                self._db = db
-            return self._db.execute(sql, args).fetchall()
+    schema = _SCHEMA
 
     async def _rows(self, lifetime: Lifetime, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return await self.bridge.call(lifetime, self._query, sql, args)
+        return await self._call(lifetime, lambda db: db.execute(sql, args).fetchall())
 
     # -- principals --------------------------------------------------------------------
     async def add_principal(self, principal: Principal, digest: str, lifetime: Lifetime) -> bool:
