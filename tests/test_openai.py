@@ -92,15 +92,26 @@ async def test_cancellation_closes_the_upstream_and_keeps_partial_usage() -> Non
 
 
 async def test_first_token_timeout_is_a_timeout_and_closes_the_upstream() -> None:
-    upstream = FakeUpstream(lambda body: Behavior(hold_headers=True))
+    answered: list[int] = []
+
+    def behave(body: dict[str, object]) -> Behavior:
+        answered.append(1)  # the first call warms the client, the second is held
+        return Behavior(tokens=1) if len(answered) == 1 else Behavior(hold_headers=True)
+
+    upstream = FakeUpstream(behave)
     async with upstream_running(upstream):
-        gen = generator(upstream, first_token_timeout=0.05)
+        gen = generator(upstream, first_token_timeout=30)
+        # A first answer builds the client (httpx's takes tens of ms on a loaded
+        # machine), so that the 50 ms below are the upstream's silence alone.
+        with Lifetime.root() as root:
+            await gen.generate(PROMPT, root, Generation())
+        gen._first_token_timeout = 0.05
         with Lifetime.root() as root:
             with pytest.raises(StageTimeout, match="first token"):
                 await gen.generate(PROMPT, root, Generation())
         assert root.reason is None  # a timeout is not a cancellation
         with anyio.fail_after(5):
-            await upstream.calls[0].closed.wait()
+            await upstream.calls[1].closed.wait()
         await gen.aclose()
 
 

@@ -112,13 +112,18 @@ async def sigterm(process: Process, bound: float = GRACE + 10) -> float:
     return time.monotonic() - signalled_at
 
 
-async def test_sigterm_cancels_every_stream_and_exits_within_the_grace() -> None:
+# The default (httptools, uvloop) and the pure-Python pair it can be switched to.
+SERVERS = {"default": {}, "h11-asyncio": {"RAGLINE_HTTP": "h11", "RAGLINE_LOOP": "asyncio"}}
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_sigterm_cancels_every_stream_and_exits_within_the_grace(server: str) -> None:
     upstream = FakeUpstream(behave)
     port = free_port()
     stderr: list[bytes] = []
     async with (
         upstream_running(upstream),
-        server_process(port, upstream) as process,
+        server_process(port, upstream, **SERVERS[server]) as process,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(drain, process, stderr)

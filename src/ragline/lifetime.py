@@ -200,7 +200,18 @@ class Lifetime:
     @property
     def cancelled(self) -> bool:
         """Whether this lifetime, or one it obeys, has been cancelled."""
-        return self.reason is not None
+        # Asked per token while streaming: stop at the first cancelled node instead of
+        # finding the earliest reason up the whole chain.
+        node: Lifetime | None = self
+        while node is not None:
+            if node._reason is not None or (
+                node._scope is not None
+                and node._scope.cancel_called
+                and node._own_reason() is not None
+            ):
+                return True
+            node = node._cancel_parent
+        return False
 
     def _own_reason(self) -> CancelReason | None:
         if self._reason is not None:

@@ -9,6 +9,8 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
+
 __all__ = ["JsonFormatter", "configure_logging", "request_id_var"]
 
 request_id_var: ContextVar[str | None] = ContextVar("ragline_request_id", default=None)
@@ -32,10 +34,18 @@ class _RequestIdFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """Formats a record as JSON, keeping every ``extra`` field."""
 
+    _second = -1
+    _stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        # Every request writes an access line: the second's stamp is made once, and
+        # orjson encodes in a tenth of json's time.
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         payload: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -45,7 +55,10 @@ class JsonFormatter(logging.Formatter):
                 payload[key] = value if isinstance(value, str | int | float | bool) else str(value)
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, ensure_ascii=False)
+        try:
+            return orjson.dumps(payload).decode()
+        except orjson.JSONEncodeError:  # an integer past 64 bits
+            return json.dumps(payload, ensure_ascii=False)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

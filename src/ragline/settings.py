@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=256)  # server processes on one socket (`serve --workers`)
+    # uvicorn's HTTP parser and event loop: "auto" is httptools and uvloop (measured
+    # fastest here: docs/BENCHMARKS.md section 3), h11 and asyncio the pure-Python pair.
+    http: Literal["auto", "httptools", "h11"] = "auto"
+    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     allow_public_without_auth: bool = False
     # Principals declared in a TOML file (name, groups, admin, the SHA-256 of the key),

@@ -313,7 +313,8 @@ async def chat_completions(request: Request) -> Response | EventStream:
     if result.tool_calls:
         message["tool_calls"] = _tool_calls(result)
         message["content"] = result.text or None
-    return JSONResponse(
+    # orjson: the whole answer is encoded on the path every plain request takes.
+    return _json(
         {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -331,6 +332,13 @@ async def chat_completions(request: Request) -> Response | EventStream:
             "ragline": _extra(result),
         }
     )
+
+
+def _json(content: dict[str, Any]) -> Response:
+    try:
+        return Response(orjson.dumps(content), media_type="application/json")
+    except orjson.JSONEncodeError:  # an integer past 64 bits, from a tool call's arguments
+        return JSONResponse(content)
 
 
 async def models(request: Request) -> Response:

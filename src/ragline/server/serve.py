@@ -72,5 +72,7 @@ def build_server(app: Starlette, *, host: str, port: int) -> Server:
         lifespan="on",
         timeout_graceful_shutdown=math.ceil(runtime.settings.shutdown_grace),
         timeout_keep_alive=5,
+        http=runtime.settings.http,
+        loop=runtime.settings.loop,
     )
     return Server(config, runtime)

@@ -162,5 +162,5 @@ class EventStream:
             status, body = error_for_exception(failure)
             ctx.error_status = status
             final = self.fmt.error(status, body, result)
-        await write(final)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # The last event and the body's end in one write (one segment, one wake-up).
+        await send({"type": "http.response.body", "body": final, "more_body": False})
