@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -52,6 +53,9 @@ class Target:
         if self.protocol == "langserve":  # LangChain messages; the path says whether to stream
             human = {"type": "human", "content": directive}
             return ("/chat/stream" if stream else "/chat/invoke", {"input": [human]})
+        if self.protocol == "responses":  # ragline's /v1/responses, nothing stored
+            body = {"model": "fake-model", "input": directive, "stream": stream, "store": False}
+            return "/v1/responses", body
         body = {"model": "fake-model", "messages": [message], "stream": stream}
         return "/v1/chat/completions", body
 
@@ -118,6 +122,14 @@ def ragline_launch(extra: dict[str, str] | None = None, workers: int = 1) -> Lau
         return argv, env
 
     return launch
+
+
+def granian_launch(port: int, upstream: str, workdir: Path) -> tuple[list[str], dict[str, str]]:
+    """ragline's app on Granian (Rust HTTP, one worker, uvloop) instead of uvicorn."""
+    _, env = ragline_launch()(port, upstream, workdir)
+    argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--no-ws"]
+    return [*argv, "--log-level", "warning", "ragline.server:create_app"], env
 
 
 def adopted_launch(port: int, upstream: str, workdir: Path) -> tuple[list[str], dict[str, str]]:
@@ -321,9 +333,16 @@ async def per_request(target: Target, server: Server, quick: bool) -> dict[str, 
         await load.sequential(server.port, path, body, 20)  # warm
         times = await load.sequential(server.port, path, body, count)
         result[kind] = {"p50_ms": _ms(times, 0.5), "p99_ms": _ms(times, 0.99), "n": count}
-        result[f"{kind}_throughput"] = await asyncio.to_thread(
+        cpu, clients = cpu_seconds(server.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+        rate = await asyncio.to_thread(
             load.throughput, server.port, path, body, connections=64, seconds=seconds
         )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used = after.ru_utime + after.ru_stime - clients.ru_utime - clients.ru_stime
+        # Cores each side used: on 2 shared cores, whether the load generator starved it.
+        rate["server_cores"] = (cpu_seconds(server.pid) - cpu) / rate["elapsed_s"]
+        rate["client_cores"] = used / rate["elapsed_s"]
+        result[f"{kind}_throughput"] = rate
     return result
 
 
@@ -389,6 +408,18 @@ async def concurrency(
 SECTIONS = {"disconnect", "overhead", "requests", "shutdown", "concurrency"}
 
 
+OURS = {
+    "direct",
+    "ragline",
+    "ragline-2w",
+    "ragline-base",
+    "naive-ragline",
+    "ragline-h11",
+    "ragline-granian",
+    "ragline-responses",
+}
+
+
 def targets(quick: bool, only: set[str], base: str = "") -> list[Target]:
     found = [
         Target("direct"),
@@ -408,11 +439,22 @@ def targets(quick: bool, only: set[str], base: str = "") -> list[Target]:
     if not quick:
         # Two server processes on one socket (`serve --workers 2`): a second core's worth.
         found.append(Target("ragline-2w", launch=ragline_launch(workers=2), ready_path="/readyz"))
+        # The servers and loops measured against the default (httptools and uvloop).
+        pure = {"RAGLINE_HTTP": "h11", "RAGLINE_LOOP": "asyncio"}
+        found.append(Target("ragline-h11", launch=ragline_launch(pure), ready_path="/readyz"))
+        found.append(Target("ragline-granian", launch=granian_launch, ready_path="/readyz"))
+        # The same answers through /v1/responses.
+        found.append(
+            Target(
+                "ragline-responses",
+                protocol="responses",
+                launch=ragline_launch(),
+                ready_path="/readyz",
+            )
+        )
         # The naive proxy, unchanged, with ragline's middleware added (docs/ADOPT.md).
         found.append(Target("naive-ragline", launch=adopted_launch, ready_path="/health"))
-    if quick or (
-        only and only <= {"direct", "ragline", "ragline-2w", "ragline-base", "naive-ragline"}
-    ):
+    if quick or (only and only <= OURS):
         return found
     from peers import PEERS, command, install
 
@@ -432,11 +474,22 @@ def targets(quick: bool, only: set[str], base: str = "") -> list[Target]:
     return found
 
 
+def raise_open_files() -> None:
+    """10,000 held streams are 10,000 sockets here, in the upstream, and twice that in the
+    proxy: lift this process's limit (and its children's) as far as it may go."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for wanted in (max(hard, 65_536), hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return
+
+
 async def main(args: argparse.Namespace) -> None:
+    raise_open_files()
     quick = args.quick
     trials, runs = (2, 1) if quick else (args.trials, 3)
     tokens = 2000 if quick else 20_000
-    sizes = [50] if quick else [500, 2000]
+    sizes = [100] if quick else [500, 2000, 10_000]
     streams = 5 if quick else 20
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

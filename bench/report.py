@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -32,6 +33,9 @@ ORDER = [
     "ragline",
     "ragline-base",
     "ragline-2w",
+    "ragline-h11",
+    "ragline-granian",
+    "ragline-responses",
     "naive",
     "naive-ragline",
     "litellm",
@@ -43,6 +47,9 @@ LABEL = {
     "ragline": "ragline",
     "ragline-2w": "ragline, 2 worker processes",
     "ragline-base": "ragline at the base commit",
+    "ragline-h11": "ragline on uvicorn with h11 and asyncio",
+    "ragline-granian": "ragline on Granian",
+    "ragline-responses": "ragline, /v1/responses",
     "naive": "naive FastAPI + openai SDK",
     "naive-ragline": "the naive proxy + RaglineMiddleware",
     "litellm": "LiteLLM proxy (defaults)",
@@ -165,7 +172,7 @@ def requests_table(targets: dict[str, Any]) -> list[str]:
     direct = targets.get("direct", {}).get("requests")
     lines = [
         "| | whole: added p50 / p99 | streamed: added p50 / p99 | whole req/s at 64 "
-        "| streamed req/s at 64 |",
+        "(server + client cores) | streamed req/s at 64 |",
         "|---|---|---|---|---|",
     ]
     for name in names(targets):
@@ -183,7 +190,10 @@ def requests_table(targets: dict[str, Any]) -> list[str]:
         for kind in ("whole", "streamed"):
             rate = found[f"{kind}_throughput"]
             failed = f" ({rate['failed']} failed)" if rate["failed"] else ""
-            cells.append(f"{rate['requests_per_s']:.0f}{failed}")
+            cores = ""
+            if "server_cores" in rate:  # what the server and the load generator used
+                cores = f" ({rate['server_cores']:.1f} + {rate['client_cores']:.1f} cores)"
+            cells.append(f"{rate['requests_per_s']:.0f}{failed}{cores}")
         lines.append(f"| {LABEL[name]} | " + " | ".join(cells) + " |")
     if len(lines) == 2:
         return ["Not part of this run."]
@@ -221,11 +231,19 @@ LIMITS = {
     "guard and the SSE write downstream (py-spy); one upstream read already becomes one "
     "downstream write",
     "rss": "what a held stream keeps is Python objects spread over every layer: the "
-    "coroutine frames, tasks and cancel scopes of the request, uvicorn's connection with "
-    "its h11 state, aiohttp's upstream connection; `bench/memory.py` counts each (section 4)",
-    "latency": "the rest is spread thin (py-spy): uvicorn's h11 parsing, Starlette routing, "
-    "pydantic validation, anyio's cancel scopes (each asks sniffio which loop runs), JSON "
-    "both ways; no one part is above 5%",
+    "coroutine frames, tasks, events and cancel scopes of the request (anyio), uvicorn's "
+    "connection and its flow control, the upstream connection and its parser, the "
+    "parsed request; `bench/memory.py` counts each (section 4), no line above 4 KiB",
+    "latency": "a third of the proxy's time is the three socket writes every proxy makes "
+    "(to the upstream, the client's headers, its body), which on this VM include waking "
+    "the reader; the rest is spread thin (py-spy, section 3): the upstream's 20 stream "
+    "events parsed and guarded, the boundary's task group, lifetimes and access log, "
+    "pydantic; no one part above 5%",
+    "responses": "the Responses route builds its typed events and response object on top "
+    "of the same pipeline",
+    "hangup": "each hang-up is a cancellation delivered through the request's task group, "
+    "lifetime and upstream close, one after another on one event loop, sharing 2 cores "
+    "with the client that hangs up and the upstream that counts",
     "throughput": "the load generator shares the 2 cores with the server and the upstream, "
     "and the server is one process on one core",
     "workers": "2 workers, the client processes and the upstream share 2 cores",
@@ -288,6 +306,32 @@ def request_aims(targets: dict[str, Any]) -> list[tuple[str, str, bool, str]]:
                 LIMITS["throughput"],
             )
         )
+    if naive:
+        for kind in ("whole", "streamed"):
+            ours_added = ours[kind]["p50_ms"] - direct[kind]["p50_ms"]
+            theirs_added = naive[kind]["p50_ms"] - direct[kind]["p50_ms"]
+            ratio = ours_added / theirs_added if theirs_added > 0 else math.inf
+            rows.append(
+                (
+                    f"{kind} requests: added p50 ≤ 0.4× the naive proxy's (same run)",
+                    f"{ours_added:.2f} against {theirs_added:.2f} ms ({ratio:.2f}×)",
+                    ratio <= 0.4,
+                    LIMITS["latency"],
+                )
+            )
+    responses = targets.get("ragline-responses", {}).get("requests")
+    if responses:
+        for kind in ("whole", "streamed"):
+            chat = ours[kind]["p50_ms"] - direct[kind]["p50_ms"]
+            theirs = responses[kind]["p50_ms"] - direct[kind]["p50_ms"]
+            rows.append(
+                (
+                    f"/v1/responses {kind}: added p50 within 10% of /v1/chat/completions'",
+                    f"{theirs:.2f} against {chat:.2f} ms ({theirs / chat:.2f}×)",
+                    theirs <= 1.1 * chat,
+                    LIMITS["responses"],
+                )
+            )
     two = targets.get("ragline-2w", {}).get("requests")
     if two:
         theirs = two["whole_throughput"]["requests_per_s"]
@@ -366,12 +410,25 @@ def aims(targets: dict[str, Any]) -> list[str]:
             )
         )
         if result["streams"] >= 2000:
+            count = result["streams"]
             rows.append(
                 (
-                    "2,000 held streams, no failure",
+                    f"{count:,} held streams, no failure",
                     f"{result['failures']} failures",
                     result["failures"] == 0,
                     "",
+                )
+            )
+            closed = result["all_closed_s"]
+            per_stream = result["tokens_after"] / max(count, 1)
+            rows.append(
+                (
+                    f"mass hang-up of {count:,}: every upstream closed within 1 s, ≤ 1 "
+                    "token per stream after it",
+                    (f"{closed:.2f} s" if closed is not None else "not all closed")
+                    + f", {per_stream:.2f} tokens per stream",
+                    closed is not None and closed <= 1 and per_stream <= 1,
+                    LIMITS["hangup"],
                 )
             )
     lines = ["| aim | ragline | met? |", "|---|---|---|"]

@@ -382,3 +382,22 @@ async def test_sigterm_stops_the_local_model_and_its_queue(tmp_path: Path) -> No
     assert len(stopped) == 1, "only the decoding request ran; the queued ones never did"
     assert stopped[0]["cause"] == "shutdown"
     assert stopped[0]["decoded_after_stop"] <= 1
+
+
+def test_the_server_raises_its_open_file_limit_to_the_hard_limit() -> None:
+    # A shell's soft default (1,024) holds about 500 streams; production servers lift it.
+    import resource
+
+    def lowered() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096))
+
+    code = (
+        "import logging, sys; logging.basicConfig(stream=sys.stderr)\n"
+        "from ragline.server.serve import raise_open_file_limit\n"
+        "print(raise_open_file_limit())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], preexec_fn=lowered, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "4096"
+    assert "open-file limit is 4096" in done.stderr  # still low: the start says so

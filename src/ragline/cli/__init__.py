@@ -30,6 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ragline: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    from ..server.serve import raise_open_file_limit
+
+    raise_open_file_limit()  # every held stream takes two descriptors
     import json
     import os
     import socket

@@ -315,7 +315,9 @@ class OpenAIGenerator:
 
 def _encode(body: dict[str, Any]) -> bytes:
     try:
-        return orjson.dumps(body)  # a tenth of json's time, on every request
+        # A tenth of json's time. The copy: orjson's bytes keep a 4 KiB buffer, and a
+        # held stream keeps its request body (for a retry) as long as it lasts.
+        return memoryview(orjson.dumps(body)).tobytes()
     except orjson.JSONEncodeError:  # an integer past 64 bits (a client's seed, a schema)
         return json.dumps(body).encode()
 

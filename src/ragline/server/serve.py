@@ -9,6 +9,7 @@ responses end (503, or a final error event) and the process exits within the gra
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import socket
 from types import FrameType
@@ -18,7 +19,14 @@ from starlette.applications import Starlette
 
 from ..runtime import Runtime
 
-__all__ = ["Server", "build_server"]
+__all__ = ["Server", "build_server", "raise_open_file_limit"]
+
+log = logging.getLogger("ragline.server")
+
+# Each held stream is two sockets (the client's, the upstream's): 10,000 streams need
+# 20,000 descriptors and more. Below _LOW (4,000 streams), the start says so.
+_WANTED_FILES = 65_536
+_LOW = 8_192
 
 
 class Server(uvicorn.Server):
@@ -58,6 +66,32 @@ class Server(uvicorn.Server):
         """Begin a graceful shutdown from the event loop (tests, embedding)."""
         self.should_exit = True
         self.runtime.shutdown("stop requested")
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's open-file limit to its hard limit, as nginx and Go's runtime
+    do (a shell's soft default is often 1,024: 500 held streams); the limit now."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < _LOW:
+        log.warning(
+            "open-file limit is %d: about %d streams can be held at once; raise the hard "
+            "limit (LimitNOFILE=%d under systemd, ulimit -Hn; docs/DEPLOY.md)",
+            soft,
+            soft // 2 - 50,
+            _WANTED_FILES,
+            extra={"open_files": soft},
+        )
+    return int(soft)
 
 
 def build_server(app: Starlette, *, host: str, port: int) -> Server:
