@@ -62,6 +62,7 @@ class Boundary:
         self.runtime = runtime
         self._routes = routes
         self._default = default or DEFAULT_POLICY
+        self._counted: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -264,8 +265,15 @@ class Boundary:
     def _account(self, scope: Scope, ctx: RequestContext, status: int, seconds: float) -> None:
         route = self._route(scope)
         metrics = self.runtime.metrics
-        metrics.requests.labels(route, outcome_label(status)).inc()
-        metrics.request_seconds.labels(route).observe(seconds)
+        label = outcome_label(status)
+        counted = self._counted.get((route, label))
+        if counted is None:  # prometheus' labels() costs a lock and checks every time
+            counted = self._counted[route, label] = (
+                metrics.requests.labels(route, label),
+                metrics.request_seconds.labels(route),
+            )
+        counted[0].inc()
+        counted[1].observe(seconds)
         reason = ctx.lifetime.reason
         if reason is not None:
             metrics.cancellations.labels(str(reason.cause), "request").inc()
