@@ -112,8 +112,12 @@ def ragline_launch(extra: dict[str, str] | None = None, workers: int = 1) -> Lau
             "RAGLINE_LLM_MODEL": "fake-model",
             "RAGLINE_RETRIEVAL": "false",
             "RAGLINE_LLM_MAX_TOKENS": "100000",
-            "RAGLINE_LLM_MAX_CONNECTIONS": "4096",  # the default 32 would queue held streams
+            "RAGLINE_LLM_MAX_CONNECTIONS": "16384",  # the default 32 would queue held streams
             "RAGLINE_LLM_CONNECT_TIMEOUT": os.environ.get("CT", "5"),
+            # Opening 10,000 streams takes a minute or two here: the default 120 s deadline
+            # would end the first ones while the last are still being opened.
+            "RAGLINE_REQUEST_DEADLINE": "3600",
+            "RAGLINE_LLM_TOTAL_TIMEOUT": "3600",
             "RAGLINE_DATA_DIR": str(workdir / "data"),
             **(extra or {}),
         }
@@ -350,6 +354,10 @@ async def per_request(target: Target, server: Server, quick: bool) -> dict[str, 
 async def concurrency(
     target: Target, upstream: Upstream, workdir: Path, count: int
 ) -> dict[str, Any]:
+    # One token a second each, as a chat user reads; beyond 3,000 streams that is more
+    # tokens a second than the Python fake upstream, the client and the proxy can move on
+    # 2 shared cores, so the larger runs hold streams at one token every 5 s.
+    interval = 1.0 if count <= 3000 else 5.0
     async with running(target, upstream, workdir) as server:
         prefix = f"c{uuid.uuid4().hex[:8]}"
         await warm_up(target, server)
@@ -360,7 +368,7 @@ async def concurrency(
         for start in range(0, count, 100):
             batch = []
             for i in range(start, min(start + 100, count)):
-                directive = f"[bench tag={prefix}-{i} tokens=3600 interval=1.0]"
+                directive = f"[bench tag={prefix}-{i} tokens=3600 interval={interval}]"
                 path, body = target.request(directive, stream=True)
                 try:
                     batch.append(await Connection.request(server.port, path, body))
@@ -393,6 +401,7 @@ async def concurrency(
         closes = sorted(c["closed_at"] - hung_up for c in calls if c["closed_at"] is not None)
         return {
             "streams": count,
+            "token_interval_s": interval,
             "failures": failures,
             "rss_per_stream_kib": (rss_held - rss_before) / max(count - failures, 1) / 1024,
             "rss_held_mib": rss_held / 2**20,

@@ -216,8 +216,10 @@ def concurrency_table(targets: dict[str, Any]) -> list[str]:
             )
             if result["closed_p50_s"] is not None:
                 close_text += f" ({result['closed_p50_s']:.2f} s)"
+            every = result.get("token_interval_s", 1.0)
             lines.append(
-                f"| {LABEL[name]} | {result['streams']} | {result['failures']} | "
+                f"| {LABEL[name]} | {result['streams']} (a token every {every:g} s) | "
+                f"{result['failures']} | "
                 f"{result['rss_per_stream_kib']:.1f} KiB | {result['cpu_percent']:.0f}% | "
                 f"{close_text} | {result['tokens_after']} |"
             )
@@ -760,8 +762,10 @@ def main(results: Path, out: Path) -> None:
         "when its client leaves (as vLLM does). Clients are raw HTTP/1.1 sockets "
         "(`bench/client.py`). CPU and memory are read from /proc for the proxy's process tree.",
         "- ragline runs with its defaults except: the fake upstream as its model server, "
-        "retrieval off, `RAGLINE_LLM_MAX_CONNECTIONS=4096` (the default 32 would queue the "
-        "held streams), `RAGLINE_LLM_MAX_TOKENS=100000`. Peers run with their defaults.",
+        "retrieval off, `RAGLINE_LLM_MAX_CONNECTIONS=16384` (the default 32 would queue the "
+        "held streams), `RAGLINE_LLM_MAX_TOKENS=100000`, `RAGLINE_REQUEST_DEADLINE` and "
+        "`RAGLINE_LLM_TOTAL_TIMEOUT` of an hour (opening 10,000 streams takes minutes). "
+        "Peers run with their defaults.",
         "",
         "## Aims",
         "",
@@ -810,6 +814,9 @@ def main(results: Path, out: Path) -> None:
     ]
     if "requests.png" in made:
         doc += ["![per request](bench/requests.png)", ""]
+    profile = results / "profile.md"
+    if profile.exists():  # bench/profile.py: where the plain request's time goes
+        doc += [profile.read_text().rstrip(), ""]
     doc += [
         "## 4. Concurrency",
         "",
