@@ -93,12 +93,17 @@ bench-answers: $(STAMP)
 	$(BIN)/python bench/report.py --answers-only
 
 # ragline and its peers (each installed in its own venv under ~/.cache/ragline/bench) side by
-# side, the local model, retrieval and ingestion; then docs/BENCHMARKS.md and its plots.
+# side, where a request's time goes, the local model, retrieval and ingestion, retrieval from
+# 10,000 to 1,000,000 chunks, cancels across replicas under 5,000 held streams, the answers;
+# then docs/BENCHMARKS.md and its plots. Hours on 2 cores.
 bench: $(STAMP)
 	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/profile.py
 	$(BIN)/python bench/memory.py --json bench/results/memory.json
 	$(BIN)/python bench/local.py
 	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/cluster.py --held 5000
 	$(BIN)/python bench/answers.py
 	$(BIN)/python bench/report.py
 
@@ -106,6 +111,7 @@ bench: $(STAMP)
 QUICK ?= $(or $(TMPDIR),/tmp)/ragline-bench-quick
 bench-quick: $(STAMP)
 	$(BIN)/python bench/compare.py --quick --out $(QUICK)
+	$(BIN)/python bench/scale.py --quick --out $(QUICK)
 	$(BIN)/python bench/report.py --results $(QUICK) --out $(QUICK)/BENCHMARKS.md
 
 clean:

@@ -864,6 +864,12 @@ def main(results: Path, out: Path) -> None:
         doc += [cancels.read_text().rstrip(), ""]
     else:
         doc += ["Not part of this run (`cancels.md` missing).", ""]
+    import report_scale  # bench/scale.py: retrieval from 10,000 to 1,000,000 chunks
+
+    if (results / "scale.json").exists():
+        report_scale.plots(results / "scale.json", out.parent)
+    scale = report_scale.section(results).rstrip()
+    doc += [scale.replace("## ", "## 12. ", 1), ""]
     out.write_text("\n".join(doc) + "\n")
     print(f"wrote {out} and {len(made)} plots in {images}")
 
