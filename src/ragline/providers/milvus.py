@@ -40,6 +40,9 @@ _OUTPUT = ["document_id", "chunk_index", "generation", "source", "text"]
 _MAX_TEXT_BYTES = 65_535
 _MAX_ID_BYTES = 512
 _OLDEST = (2, 3)  # COSINE and upsert
+# Past this many chunks in a collection, Lite should hand over to a server (bench/scale.py).
+LITE_HANDOVER_CHUNKS = 100_000
+log = logging.getLogger("ragline.providers.milvus")
 
 
 class MilvusStore:
@@ -54,8 +57,12 @@ class MilvusStore:
         default_collection: str = "default",
         token: str | None = None,
         consistency: str = "Strong",
+        handover_chunks: int | None = LITE_HANDOVER_CHUNKS,
     ) -> None:
         self._bridge = bridge
+        self.handover_chunks = handover_chunks  # Lite only: warn past it (None: never)
+        self._sizes: dict[str, int] = {}  # collection → rows, as last counted plus upserts
+        self._warned: set[tuple[str, str]] = set()  # (file, collection): said once
         self.consistency = consistency
         self.uri = uri
         self.dimensions = dimensions
@@ -277,7 +284,7 @@ class MilvusStore:
     ) -> Any:
         with self._reached():
             return filled_search(
-                self._client, name, vector, top_k, where, _OUTPUT, self.consistency
+                self._client, name, vector, top_k, where, _OUTPUT, self.consistency, self.uri
             )
 
     async def upsert(
@@ -322,6 +329,26 @@ class MilvusStore:
     def _upsert(self, token: CancelToken, name: str | None, rows: list[dict[str, Any]]) -> None:
         with self._reached():
             self._client.upsert(collection_name=name, data=rows)
+            if self.is_lite and self.handover_chunks is not None and name is not None:
+                self._check_size(name, len(rows))
+
+    def _check_size(self, name: str, added: int) -> None:
+        """Warn once when a Lite collection passes its hand-over size: counted on the first
+        batch and when the estimate (last count + rows upserted since) reaches the limit."""
+        key, limit = (str(Path(self.uri).resolve()), name), self.handover_chunks or 0
+        rows = self._sizes.get(name)
+        if key in self._warned or (rows is not None and rows + added < limit):
+            self._sizes[name] = (rows or 0) + added
+            return
+        self._sizes[name] = rows = int(self._client.get_collection_stats(name)["row_count"])
+        if rows >= limit:
+            self._warned.add(key)
+            log.warning(
+                f"collection {name!r} holds {rows} chunks in Milvus Lite ({self.uri}), past "
+                f"{limit}, where Lite should hand over to a Milvus server (search, memory and "
+                "reopening grow with it): point RAGLINE_VECTOR_URI at one and re-ingest; see "
+                "docs/DEPLOY.md, 'When an embedded part should hand over to its server'"
+            )
 
     async def delete(
         self, ids: Sequence[str], lifetime: Lifetime, *, collection: str | None = None

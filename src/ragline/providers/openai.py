@@ -24,8 +24,9 @@ from pydantic import SecretStr
 
 from ..errors import RateLimited, StageTimeout, Unavailable, UpstreamError
 from ..lifetime import Lifetime
-from ..models import Generation, Message, Prompt, Sampling, ToolCall
+from ..models import Generation, Prompt, Sampling
 from . import EmbedKind, OnDelta, bounded
+from ._chat_format import absorb_tool_calls, encode, wire_message
 from ._http import check_vectors, error_message, post_json, unit
 from ._transport import Answer, StreamingClient
 
@@ -81,7 +82,7 @@ class OpenAIGenerator:
     def _body(self, prompt: Prompt) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [_message(m) for m in prompt.messages],
+            "messages": [wire_message(m) for m in prompt.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -126,7 +127,7 @@ class OpenAIGenerator:
                     "upstream request queued",
                     extra={"model": self.model, "request_id": lifetime.get("request_id")},
                 )
-                body = _encode(self._body(prompt))
+                body = encode(self._body(prompt))
 
                 def retry(exc: BaseException) -> bool | float:
                     # Only a 429 or 503, which comes before any token (so the client has
@@ -275,7 +276,7 @@ class OpenAIGenerator:
                 piece += content
             fragments = delta.get("tool_calls")
             if fragments:
-                _absorb_tool_calls(fragments, into)
+                absorb_tool_calls(fragments, into)
                 if cancelled:
                     into.tokens_after_cancel += 1
                 if not into.usage_reported:
@@ -313,15 +314,6 @@ class OpenAIGenerator:
         raise UpstreamError(text, status=status)
 
 
-def _encode(body: dict[str, Any]) -> bytes:
-    try:
-        # A tenth of json's time. The copy: orjson's bytes keep a 4 KiB buffer, and a
-        # held stream keeps its request body (for a retry) as long as it lasts.
-        return memoryview(orjson.dumps(body)).tobytes()
-    except orjson.JSONEncodeError:  # an integer past 64 bits (a client's seed, a schema)
-        return json.dumps(body).encode()
-
-
 @dataclass
 class _Seen:
     """What an attempt saw, kept when a deadline cuts it short."""
@@ -329,47 +321,6 @@ class _Seen:
     deadline: float  # the total deadline, which replaces the first-token one
     first: bool = False
     finished: bool = False
-
-
-def _message(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            }
-            for call in message.tool_calls
-        ]
-        if not message.content:
-            out["content"] = None
-    if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
-    return out
-
-
-def _absorb_tool_calls(fragments: object, into: Generation) -> None:
-    """Streamed tool calls come in fragments keyed by ``index``: the first carries the id
-    and name, the rest pieces of the arguments' JSON text."""
-    if not isinstance(fragments, list):
-        raise UpstreamError("upstream sent malformed tool calls")
-    for fragment in fragments:
-        if not isinstance(fragment, dict):
-            raise UpstreamError("upstream sent malformed tool calls")
-        index = fragment.get("index", len(into.tool_calls))
-        function = fragment.get("function") or {}
-        if not isinstance(index, int) or index < 0 or not isinstance(function, dict):
-            raise UpstreamError("upstream sent malformed tool calls")
-        while len(into.tool_calls) <= index:
-            into.tool_calls.append(ToolCall(id="", name=""))
-        call = into.tool_calls[index]
-        if fragment.get("id"):
-            call.id = str(fragment["id"])
-        if function.get("name") and not call.name:
-            call.name = str(function["name"])
-        if isinstance(function.get("arguments"), str):
-            call.arguments += function["arguments"]
 
 
 class OpenAIEmbedder:

@@ -14,6 +14,7 @@ they are always visible. Ingested generations start at 1.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,12 @@ from ..models import Chunk, DocumentRecord, Hit
 from ..threads import ThreadBridge
 from ._sqlite_file import SqliteFile
 
-__all__ = ["SqliteRecords"]
+__all__ = ["KEYWORD_HANDOVER_CHUNKS", "SqliteRecords"]
+
+# Past this many chunks in a collection, FTS5 keyword search is slow (bench/scale.py; see
+# docs/DEPLOY.md, "When an embedded part should hand over"): PostgreSQL is no faster.
+KEYWORD_HANDOVER_CHUNKS = 100_000
+log = logging.getLogger("ragline.providers.sqlite")
 
 
 class SqliteRecords:
@@ -34,10 +40,19 @@ class SqliteRecords:
 
     shared = False
 
-    def __init__(self, path: str | Path, bridge: ThreadBridge) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        bridge: ThreadBridge,
+        *,
+        handover_chunks: int | None = KEYWORD_HANDOVER_CHUNKS,
+    ) -> None:
         self.path = Path(path)
         self.bridge = bridge
         self._file: SqliteFile | None = None
+        self.handover_chunks = handover_chunks  # warn past it (None: never)
+        self._warned: set[tuple[str, str]] = set()  # (file, collection): said once
+        self._sizes: dict[str, int] = {}  # collection → chunks, as last counted plus since
 
     @property
     def file(self) -> SqliteFile:
@@ -74,7 +89,36 @@ class SqliteRecords:
     async def intend_chunks(
         self, collection: str, chunks: Sequence[Chunk], lifetime: Lifetime
     ) -> None:
-        await self.bridge.call(lifetime, self.file.intend_chunks, collection, chunks)
+        await self.bridge.call(lifetime, self._intend, collection, chunks)
+
+    def _intend(self, collection: str, chunks: Sequence[Chunk]) -> None:
+        self.file.intend_chunks(collection, chunks)
+        if self.handover_chunks is not None:
+            self._check_size(collection, len(chunks))
+
+    def _check_size(self, collection: str, added: int) -> None:
+        """After a committed batch: warn once when a collection's keyword index passes its
+        hand-over size. Counted (one indexed count) on the first batch and when the estimate
+        (last count + chunks recorded since) reaches the limit; never on a search."""
+        key, limit = (str(self.path.resolve()), collection), self.handover_chunks or 0
+        known = self._sizes.get(collection)
+        if key in self._warned or (known is not None and known + added < limit):
+            self._sizes[collection] = (known or 0) + added
+            return
+        ((count,),) = self.file._query(
+            "SELECT count(*) FROM chunks WHERE collection = ?", (collection,)
+        )
+        self._sizes[collection] = int(count)
+        if count >= limit:
+            self._warned.add(key)
+            log.warning(
+                f"collection {collection!r} holds {count} chunks in the embedded SQLite "
+                f"keyword index ({self.path}), past {limit}: its BM25 searches take about "
+                "0.3 s or more and grow with the collection, and PostgreSQL's are no faster. "
+                "Search it dense only (RAGLINE_RETRIEVAL_MODE=dense) or split it; move the "
+                "records to PostgreSQL (RAGLINE_DATABASE_URL) when processes must share it. "
+                "See docs/DEPLOY.md, 'When an embedded part should hand over to its server'"
+            )
 
     async def switch(
         self,
