@@ -98,7 +98,7 @@ bench-answers: $(STAMP)
 # then docs/BENCHMARKS.md and its plots. Hours on 2 cores.
 bench: $(STAMP)
 	$(BIN)/python bench/compare.py
-	$(BIN)/python bench/profile.py
+	$(BIN)/python bench/flame.py
 	$(BIN)/python bench/memory.py --json bench/results/memory.json
 	$(BIN)/python bench/local.py
 	$(BIN)/python bench/retrieval.py

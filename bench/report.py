@@ -815,7 +815,7 @@ def main(results: Path, out: Path) -> None:
     if "requests.png" in made:
         doc += ["![per request](bench/requests.png)", ""]
     profile = results / "profile.md"
-    if profile.exists():  # bench/profile.py: where the plain request's time goes
+    if profile.exists():  # bench/flame.py: where the plain request's time goes
         doc += [profile.read_text().rstrip(), ""]
     doc += [
         "## 4. Concurrency",

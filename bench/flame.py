@@ -3,7 +3,7 @@ one keep-alive connection sends 20-token completions one after another (as the p
 figures of ``bench/compare.py`` are measured), summarised as the share of the event loop
 thread's samples spent in each layer (inclusive) and in each function (its own).
 
-    .venv/bin/python bench/profile.py [--seconds 12] [--out bench/results]
+    .venv/bin/python bench/flame.py [--seconds 12] [--out bench/results]
 
 Writes ``profile.json`` and ``profile.md``. py-spy samples 500 times a second and pauses
 the process for each sample: absolute times are inflated, shares are what it reports.
@@ -109,7 +109,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"py-spy on `ragline serve`, whole 20-token completions one after another "
         f"({result['requests']:,} requests, {result['samples']:,} samples of the event "
-        "loop's thread; `bench/profile.py`). Inclusive share of each layer, outermost first:",
+        "loop's thread; `bench/flame.py`). Inclusive share of each layer, outermost first:",
         "",
         "| layer | what it holds | share |",
         "|---|---|---|",
