@@ -762,7 +762,8 @@ async def main(args: argparse.Namespace) -> None:
         results["sizes"][str(n)] = entry
         args.out.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(results, indent=1))
-    made = plots(out_file, HERE.parent / "docs")
+    # The docs' plots come from a full run; a quick one plots beside its results.
+    made = plots(out_file, args.out if args.quick else HERE.parent / "docs")
     print(f"wrote {out_file}; plots: {', '.join(made) or 'none'}")
 
 
