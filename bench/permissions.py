@@ -58,7 +58,6 @@ import anyio
 import torch
 
 from ragline.access import Principal, Readable
-from ragline.chat import fuse
 from ragline.chunking import Chunker, minilm_tokenizer
 from ragline.documents import Document
 from ragline.ingestion import Ingestor
@@ -71,7 +70,7 @@ from ragline.providers.minilm import MiniLMEmbedder
 from ragline.providers.postgres import PostgresPool
 from ragline.providers.postgres_records import PostgresRecords
 from ragline.providers.sqlite import SqliteRecords
-from ragline.retrieval import RecordKeywords, VisibleStore
+from ragline.retrieval import RecordKeywords, VisibleStore, fuse
 from ragline.threads import ThreadBridge
 
 CHUNK_SIZE, CHUNK_OVERLAP = 60, 32  # 10,048 chunks of Cranfield's abstracts
@@ -424,7 +423,7 @@ async def _growing(
 async def _seal(store: MilvusStore, names: Sequence[str], probe: list[float]) -> float:
     """Flush the collections (Milvus seals their segments and indexes them), then wait
     until a search stops getting faster; the seconds it took. The bench reaches into
-    the store's client: ragline itself never flushes."""
+    the store's client to wait for the index (an ingestion job only flushes)."""
     started = time.perf_counter()
     client = store._client
     for name in names:
@@ -674,8 +673,8 @@ def report(results: Results, command: str) -> str:
             )
     lines += [
         "",
-        f"Dense before the flush (as ingestion leaves Milvus Lite: ragline never flushes, the "
-        f"rows stay in growing segments that Lite searches without the index), "
+        f"Dense at once after the ingestion job (it flushed Milvus Lite as it ended; the "
+        f"segment's index may still be building), "
         f"{results.growing_queries} queries:",
         "",
         "| dense before the flush | layout | everything p50 / p95 | member p50 / p95 "

@@ -114,8 +114,10 @@ def section(results: Path) -> str:
         + ("; **quick smoke run: not the figures**" if data.get("quick") else "")
         + f"). {passages['how']}. Each stage is timed from inside the run; the thread hops "
         "are the time from handing a call to the thread bridge to its worker starting, and "
-        "from the worker's end to the awaiting task running again; the rest is the whole "
-        "less every stage named (event loop, lifetimes, spans). p50 / p99 in ms per "
+        "from the worker's end to the awaiting task running again; BM25 runs beside the "
+        "embedding and dense search, so its row is its whole call (hops included) and is "
+        "not taken from the whole; the rest is the whole less every other stage named "
+        "(event loop, lifetimes, spans). p50 / p99 in ms per "
         "question; the p99s of the stages need not come from one question, so they do not "
         "add up to the whole's."
         + (

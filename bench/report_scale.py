@@ -48,8 +48,8 @@ AIM = 0.10  # the permission filter's cost, of retrieval latency
 NOTES = {
     "milvus-lite": "RSS: what a fresh process gains opening the file and serving queries "
     "(anonymous memory; Lite runs in-process). Index build: flush, Lite's background index "
-    "build drained, then until searches stop getting faster (ragline itself never flushes: "
-    "'before the flush' is a search as ingestion leaves the file).",
+    "build drained, then until searches stop getting faster ('before the flush' is a search "
+    "of rows written through the stores' calls, before the flush an ingestion job ends with).",
     "milvus-server": "RSS: the launcher and Milvus standalone (bench/procs.py). Strong reads "
     "wait for the server's time tick (200 ms). Index build: flush, no pending index rows, "
     "then until searches stop getting faster.",

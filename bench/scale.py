@@ -54,7 +54,6 @@ from report_scale import plots
 from retrieval import DEFAULT_DATA, load_cranfield
 
 from ragline.access import Principal, Readable
-from ragline.chat import fuse
 from ragline.chunking import Chunker, minilm_tokenizer
 from ragline.cli.cluster import local_cluster
 from ragline.lifetime import Lifetime
@@ -64,7 +63,7 @@ from ragline.providers.minilm import MiniLMEmbedder
 from ragline.providers.postgres import PostgresPool
 from ragline.providers.postgres_records import PostgresRecords
 from ragline.providers.sqlite import SqliteRecords
-from ragline.retrieval import RecordKeywords, VisibleStore
+from ragline.retrieval import RecordKeywords, VisibleStore, fuse
 from ragline.threads import ThreadBridge
 
 HERE = Path(__file__).resolve().parent
@@ -362,8 +361,8 @@ def _acl(readers: tuple[str, ...]) -> int:
 
 
 async def settle(store: MilvusStore, probe: list[float], cap: float) -> dict[str, Any]:
-    """Flush (Milvus seals the segments and indexes them; ragline never flushes), wait for
-    the index's pending rows to reach 0 where the server says, then until a search stops
+    """Flush (Milvus seals the segments and indexes them, as an ingestion job ends), wait
+    for the index's pending rows to reach 0 where the server says, then until a search stops
     getting faster. Seconds until then (the index build, as the engine does it)."""
     client, started = store._client, time.perf_counter()
     await anyio.to_thread.run_sync(client.flush, COLLECTION)

@@ -102,6 +102,12 @@ async def search(
     return hits
 
 
+async def settle(store: VectorStore, *, collection: str | None = None) -> None:
+    with Lifetime.root("test") as lifetime:
+        await store.settle(lifetime, collection=collection)
+    assert not lifetime.cancelled
+
+
 async def delete(store: VectorStore, ids: Sequence[str], *, collection: str | None = None) -> None:
     with Lifetime.root("test") as lifetime:
         await store.delete(ids, lifetime, collection=collection)
@@ -294,6 +300,22 @@ class StoreConformance:
         await delete(store, ["b", "never"])  # already gone: still no error
         await delete(store, [])
         assert len(await search(store, basis(0), 10)) == 2
+
+    async def test_settle_keeps_every_write_and_its_order(self, store: VectorStore) -> None:
+        """settle() after writes (and of a missing collection) changes no search's hits;
+        writes after it are found as well."""
+        await upsert(store, [chunk(name, rotated(10.0 * i)) for i, name in enumerate("abcd")])
+        before = [(h.document_id, round(h.score, 3)) for h in await search(store, basis(0), 10)]
+        await settle(store)
+        await settle(store, collection="never_created")
+        after = [(h.document_id, round(h.score, 3)) for h in await search(store, basis(0), 10)]
+        assert after == before
+        assert [d for d, _ in after] == ["doc-a", "doc-b", "doc-c", "doc-d"]
+        await upsert(store, [chunk("e", basis(0))])
+        await delete(store, ["a"])
+        await settle(store)
+        hits = await search(store, basis(0), 10)
+        assert [h.document_id for h in hits] == ["doc-e", "doc-b", "doc-c", "doc-d"]
 
     async def test_delete_in_a_missing_collection_is_no_error(self, store: VectorStore) -> None:
         """Deleting from a collection that does not exist does nothing."""

@@ -23,12 +23,11 @@ from ragline import (
     StageTimeouts,
 )
 from ragline.access import Readable
-from ragline.chat import fuse
 from ragline.metrics import Metrics
 from ragline.models import Message
 from ragline.providers.prompt import ContextPromptComposer
 from ragline.providers.rewrite import LLMRewriter
-from ragline.retrieval import ReadAll
+from ragline.retrieval import ReadAll, fuse
 from ragline.tracing import Tracing
 
 pytestmark = [pytest.mark.anyio, pytest.mark.both_backends]

@@ -33,7 +33,7 @@ from .providers import (
     VectorStore,
 )
 from .repetition import RepetitionGuard
-from .retrieval import ReadAccess
+from .retrieval import ReadAccess, find_passages
 from .tracing import Tracing, mark_cancelled, set_attributes
 
 __all__ = ["ChatPipeline", "StageTimeouts", "estimate_tokens"]
@@ -190,21 +190,16 @@ class ChatPipeline:
         with self._stage(lifetime, "retrieve", self.timeouts.retrieve) as (stage, span):
             # As the lifetime's principal: the stores filter by it inside their queries.
             readable = await self.access.readable(stage, collection)
-            vectors = await self.embedder.embed([query], stage, kind="query")
-            store, keywords, vector = self.store, self.keywords, vectors[0]
-            if keywords is None:
-                hits = await store.search(
-                    vector, top_k, stage, readable=readable, collection=collection
-                )
-            else:
-                pool = max(top_k * 4, 20)
-                dense = await store.search(
-                    vector, pool, stage, readable=readable, collection=collection
-                )
-                lexical = await keywords.search(
-                    query, pool, stage, readable=readable, collection=collection
-                )
-                hits = fuse([dense, lexical], top_k)
+            hits, vector = await find_passages(
+                query,
+                top_k,
+                stage,
+                embedder=self.embedder,
+                store=self.store,
+                keywords=self.keywords,
+                readable=readable,
+                collection=collection,
+            )
             span.set_attribute("ragline.hits", len(hits))
         return hits, vector
 
@@ -336,30 +331,6 @@ class ChatPipeline:
             except StageTimeout:
                 self._metrics.stage_timeouts.labels(name).inc()
                 raise
-
-
-def fuse(rankings: Sequence[Sequence[Hit]], top_k: int, *, k: int = 60) -> list[Hit]:
-    """Reciprocal rank fusion: each chunk scores the sum of 1 / (k + rank) over the
-    rankings it appears in; the hit's score becomes that sum, and it keeps the
-    similarity and BM25 score of whichever rankings found it."""
-    scores: dict[tuple[str, int], float] = {}
-    merged: dict[tuple[str, int], Hit] = {}
-    for ranking in rankings:
-        for rank, hit in enumerate(ranking, start=1):
-            key = (hit.document_id, hit.chunk_index)
-            scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
-            seen = merged.get(key)
-            merged[key] = (
-                hit
-                if seen is None
-                else replace(
-                    seen,
-                    similarity=seen.similarity if seen.similarity is not None else hit.similarity,
-                    bm25=seen.bm25 if seen.bm25 is not None else hit.bm25,
-                )
-            )
-    best = sorted(scores, key=lambda key: scores[key], reverse=True)[:top_k]
-    return [replace(merged[key], score=scores[key]) for key in best]
 
 
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:

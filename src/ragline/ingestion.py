@@ -209,6 +209,9 @@ class Ingestor:
         await run.write(changed)
         if progress.stopped is None:
             await self.collect_garbage(collection, lifetime, owner=owner)
+        if progress.documents_done:
+            # What was written, fast to search from the first question after the job.
+            await self.store.settle(lifetime, collection=collection)
         if progress.stopped is None or progress.documents_done:
             # A job stopped at a batch boundary leaves its whole documents visible: the
             # collection is listed with them.

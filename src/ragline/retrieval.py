@@ -10,15 +10,26 @@ search keywords through :class:`RecordKeywords`. Both stand on the record store
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
+
+import anyio
 
 from .access import Readable
 from .lifetime import Lifetime
 from .models import Chunk, Hit
-from .providers import RecordStore, VectorStore
+from .providers import Embedder, KeywordIndex, RecordStore, VectorStore
 
-__all__ = ["GenerationIndex", "ReadAccess", "ReadAll", "RecordKeywords", "VisibleStore"]
+__all__ = [
+    "GenerationIndex",
+    "ReadAccess",
+    "ReadAll",
+    "RecordKeywords",
+    "VisibleStore",
+    "find_passages",
+    "fuse",
+]
 
 
 @runtime_checkable
@@ -106,6 +117,9 @@ class VisibleStore:
     ) -> None:
         await self.store.delete(ids, lifetime, collection=collection)
 
+    async def settle(self, lifetime: Lifetime, *, collection: str | None = None) -> None:
+        await self.store.settle(lifetime, collection=collection)
+
 
 class RecordKeywords:
     """Keyword search over the record store's copy of the visible chunks' text."""
@@ -126,3 +140,82 @@ class RecordKeywords:
         """The best ``top_k`` chunks of ``readable`` documents for the query's words."""
         name = collection or self.default_collection
         return await self.records.keyword_search(name, query, top_k, lifetime, readable=readable)
+
+
+async def find_passages(
+    query: str,
+    top_k: int,
+    lifetime: Lifetime,
+    *,
+    embedder: Embedder,
+    store: VectorStore,
+    keywords: KeywordIndex | None,
+    readable: Readable,
+    collection: str | None,
+) -> tuple[list[Hit], Sequence[float]]:
+    """The ``top_k`` best hits of ``readable`` chunks for ``query``, and its vector.
+
+    Hybrid (``keywords`` given): BM25 runs while the query is embedded and searched
+    densely, each side asked for ``max(4 * top_k, 20)``, and the two are fused by rank.
+    A failure of either side is raised as itself once the other is cancelled."""
+    if keywords is None:
+        only = (await embedder.embed([query], lifetime, kind="query"))[0]
+        hits = await store.search(only, top_k, lifetime, readable=readable, collection=collection)
+        return hits, only
+    pool = max(top_k * 4, 20)
+    found: dict[str, list[Hit]] = {}
+    failures: list[Exception] = []
+    vector: Sequence[float] = ()
+
+    async def dense() -> None:
+        nonlocal vector
+        vector = (await embedder.embed([query], lifetime, kind="query"))[0]
+        found["dense"] = await store.search(
+            vector, pool, lifetime, readable=readable, collection=collection
+        )
+
+    async def lexical() -> None:
+        found["lexical"] = await keywords.search(
+            query, pool, lifetime, readable=readable, collection=collection
+        )
+
+    async with anyio.create_task_group() as group:
+
+        async def side(call: Callable[[], Awaitable[None]]) -> None:
+            # Kept out of the task group's ExceptionGroup: the HTTP mapping and the
+            # stage's timeout see the error itself. Cancellation passes through.
+            try:
+                await call()
+            except Exception as exc:  # noqa: BLE001 - raised below, as itself
+                failures.append(exc)
+                group.cancel_scope.cancel()
+
+        group.start_soon(side, lexical)
+        await side(dense)
+    if failures:
+        raise failures[0]
+    return fuse([found["dense"], found["lexical"]], top_k), vector
+
+
+def fuse(rankings: Sequence[Sequence[Hit]], top_k: int, *, k: int = 60) -> list[Hit]:
+    """Reciprocal rank fusion: each chunk scores the sum of 1 / (k + rank) over the
+    rankings it appears in; the hit's score becomes that sum, and it keeps the
+    similarity and BM25 score of whichever rankings found it."""
+    scores: dict[tuple[str, int], float] = {}
+    merged: dict[tuple[str, int], Hit] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            key = (hit.document_id, hit.chunk_index)
+            scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
+            seen = merged.get(key)
+            merged[key] = (
+                hit
+                if seen is None
+                else replace(
+                    seen,
+                    similarity=seen.similarity if seen.similarity is not None else hit.similarity,
+                    bm25=seen.bm25 if seen.bm25 is not None else hit.bm25,
+                )
+            )
+    best = sorted(scores, key=lambda key: scores[key], reverse=True)[:top_k]
+    return [replace(merged[key], score=scores[key]) for key in best]

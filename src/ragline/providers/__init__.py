@@ -65,7 +65,9 @@ class VectorStore(Protocol):
     ``collection=None`` means the store's default collection. Searching a collection
     that does not exist finds nothing. Upserting a chunk id again replaces it. A search
     returns only chunks whose ACL class is ``readable``, filtered inside the query, so
-    ``top_k`` is filled from those.
+    ``top_k`` is filled from those. ``settle`` is called once a run of writes ends
+    (an ingestion job): a store that indexes writes in the background (Milvus Lite
+    scans its unsealed rows one by one) makes them fast to search; others return.
     """
 
     async def search(
@@ -85,6 +87,8 @@ class VectorStore(Protocol):
     async def delete(
         self, ids: Sequence[str], lifetime: Lifetime, *, collection: str | None = None
     ) -> None: ...
+
+    async def settle(self, lifetime: Lifetime, *, collection: str | None = None) -> None: ...
 
 
 @runtime_checkable

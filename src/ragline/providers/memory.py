@@ -67,6 +67,10 @@ class MemoryStore:
         for chunk_id in ids:
             rows.pop(chunk_id, None)
 
+    async def settle(self, lifetime: Lifetime, *, collection: str | None = None) -> None:
+        """Nothing to do: every write is searchable at once."""
+        await lifetime.checkpoint()
+
 
 def _unit(vector: Sequence[float]) -> list[float]:
     norm = math.sqrt(sum(x * x for x in vector)) or 1.0

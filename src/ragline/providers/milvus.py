@@ -363,6 +363,22 @@ class MilvusStore:
         with self._reached():
             self._client.delete(collection_name=name, ids=ids)
 
+    async def settle(self, lifetime: Lifetime, *, collection: str | None = None) -> None:
+        """Milvus Lite: seal the rows written since the last call, so that searches use
+        the index (it builds in the background) instead of scanning them one by one in
+        Python, about 30 us a row: 50 ms for 2,000 fresh rows, 3 ms sealed. A few
+        milliseconds when little is new. A server seals and indexes on its own, and
+        flushes are rate-limited there: nothing to do."""
+        if not self.is_lite:
+            return
+        name = await self._collection(collection, lifetime, create=False)
+        if name is not None:
+            await self._bridge.run(lifetime, self._flush, name)
+
+    def _flush(self, token: CancelToken, name: str) -> None:
+        with self._reached():
+            self._client.flush(collection_name=name)
+
     @contextmanager
     def _reached(self) -> Iterator[None]:
         """Milvus's own errors (a server that went away, a collection not loaded) as an
