@@ -499,6 +499,8 @@ async def main(args: argparse.Namespace) -> None:
     trials, runs = (2, 1) if quick else (args.trials, 3)
     tokens = 2000 if quick else 20_000
     sizes = [100] if quick else [500, 2000, 10_000]
+    if args.sizes:
+        sizes = [int(n) for n in args.sizes.split(",")]
     streams = 5 if quick else 20
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -549,6 +551,7 @@ if __name__ == "__main__":
         "--sections", default="", help=f"a comma list of {', '.join(sorted(SECTIONS))} (all)"
     )
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--sizes", default="", help="held streams, a comma list (500,2000,10000)")
     parser.add_argument(
         "--base", default="", help="a checkout of another commit, measured as ragline-base"
     )

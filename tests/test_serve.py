@@ -3,6 +3,7 @@ pending non-streaming request, against the fake upstream over real sockets."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import pytest
 from anyio.abc import Process
 
 from conftest import RawClient, upstream_running
+from ragline.server.serve import tune_collector
 from upstream import Behavior, FakeUpstream
 
 pytestmark = pytest.mark.anyio
@@ -401,3 +403,14 @@ def test_the_server_raises_its_open_file_limit_to_the_hard_limit() -> None:
     )
     assert done.stdout.strip() == "4096"
     assert "open-file limit is 4096" in done.stderr  # still low: the start says so
+
+
+def test_tune_collector_raises_the_thresholds_and_returns_the_old_ones() -> None:
+    """tune_collector raises the thresholds (a full collection walks every held stream's
+    objects, stopping them all) and says what they were."""
+    before = gc.get_threshold()
+    try:
+        assert tune_collector() == before
+        assert gc.get_threshold()[0] >= 10 * 700
+    finally:
+        gc.set_threshold(*before)

@@ -30,9 +30,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ragline: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    from ..server.serve import raise_open_file_limit
+    from ..server.serve import raise_open_file_limit, tune_collector
 
     raise_open_file_limit()  # every held stream takes two descriptors
+    tune_collector()
     import json
     import os
     import socket
@@ -59,8 +60,10 @@ def _serve(args: argparse.Namespace) -> int:
     if inherited is not None:  # one of --workers N: serve on the parent's socket
         assert app is not None
         listener = socket.socket(fileno=int(inherited))
+        worker = build_server(app, host=host, port=port)
+        worker.freeze_after_startup = True
         try:
-            build_server(app, host=host, port=port).run(sockets=[listener])
+            worker.run(sockets=[listener])
         except KeyboardInterrupt:
             return 130
         return 0
@@ -74,6 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
         finally:
             marker.unlink(missing_ok=True)
     server = build_server(app, host=host, port=port)
+    server.freeze_after_startup = True
     # uvicorn re-raises the signal it handled once it has shut down; under the default
     # SIGTERM action that would end the process before the marker is removed.
     signal.signal(signal.SIGTERM, _terminated)
