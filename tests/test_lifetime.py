@@ -498,3 +498,15 @@ def test_last_words_need_a_short_timeout() -> None:
     with pytest.raises(ValueError, match="short timeout"):
         with Lifetime.root("app").last_words(60):
             pass
+
+
+def test_a_long_lived_lifetime_forgets_children_that_are_gone() -> None:
+    """The application's lifetime adopts every request's: those that ended are dropped as
+    more come, so it holds references to the living ones (and a bounded number more)."""
+    root = Lifetime.root("app")
+    kept = [root.child(f"kept-{i}") for i in range(10)]
+    for i in range(10_000):
+        root.child(f"request-{i}")  # gone at once: nothing holds it
+    assert len(root._children or ()) <= 64
+    root.cancel(Cause.SHUTDOWN)
+    assert all(child.cancelled for child in kept)
