@@ -3,8 +3,15 @@ ones dropped; the conversation's owner is checked; the rewriters see the history
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
 import pytest
 
+from conftest import settings_for, upstream_running
 from ragline import Lifetime
 from ragline.access import Principal
 from ragline.errors import NotFound
@@ -12,6 +19,8 @@ from ragline.history import History, bound
 from ragline.models import Generation, Message, Prompt
 from ragline.providers.inprocess import InProcessConversations
 from ragline.providers.rewrite import JoinRewriter, LLMRewriter
+from ragline.server import create_app
+from upstream import Behavior, FakeUpstream
 
 pytestmark = pytest.mark.anyio
 
@@ -106,3 +115,63 @@ async def test_an_llm_rewrite_of_follow_ups_reads_the_turns_and_skips_lone_quest
     assert "User: How large is a batch?" in asked
     assert "Assistant: 64 chunks." in asked
     assert asked.endswith("Last question: and how do I stop one?\nSearch query:")
+
+
+class Counted:
+    """The application's own conversation store, each call to it counted by name."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self.store, name)
+        if not callable(found):
+            return found
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return found(*args, **kwargs)
+
+        return counted
+
+
+async def test_a_turn_costs_one_read_and_one_write_of_the_store(tmp_path: Path) -> None:
+    """A follow-up reads its conversation once and writes its turn once, whole or streamed;
+    a first turn only writes. On /v1/responses a follow-up costs one read (the previous
+    response, whose record holds the context) and no write of its own: the context rides
+    in the response's record, written as it is created (its id is retrievable from the
+    first event on) and as it ends, as for any stored response. Nothing else goes to the
+    store (the embedded default's SQLite)."""
+    upstream = FakeUpstream(lambda body: Behavior(tokens=2))
+    async with upstream_running(upstream):
+        app = create_app(settings_for(upstream, data_dir=str(tmp_path)))
+        async with app.router.lifespan_context(app):
+            runtime = app.state.runtime
+            counted = Counted(runtime.history.store)
+            runtime.history.store = counted
+            runtime.dialogue.store = counted
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://r") as http:
+
+                async def turn(
+                    send: Callable[[], Awaitable[httpx.Response]],
+                ) -> tuple[httpx.Response, dict[str, int]]:
+                    counted.calls.clear()
+                    answer = await send()
+                    assert answer.status_code == 200, answer.text
+                    return answer, dict(counted.calls)
+
+                chat = "/api/v1/inference/chat"
+                first, new = await turn(lambda: http.post(chat, json={"query": "A batch?"}))
+                again = {"query": "and then?", "conversation_id": first.json()["conversation_id"]}
+                _, whole = await turn(lambda: http.post(chat, json=again))
+                _, streamed = await turn(lambda: http.get("/api/v1/inference/stream", params=again))
+                body = {"model": "fake-model", "input": "A batch?"}
+                made, response = await turn(lambda: http.post("/v1/responses", json=body))
+                follow = {**body, "input": "and?", "previous_response_id": made.json()["id"]}
+                _, following = await turn(lambda: http.post("/v1/responses", json=follow))
+    assert new == {"add_turn": 1}
+    assert whole == streamed == {"conversation": 1, "add_turn": 1}
+    assert response == {"save_response": 2}
+    assert following == {"response": 1, "save_response": 2}
