@@ -4,7 +4,8 @@ The upstream call was the largest single part of what a plain request cost ragli
 minimal proxy measured here (uvicorn with httptools and uvloop, 20 tokens streamed from
 the fake upstream, a JSON answer) spent 455 µs of CPU a request with aiohttp's client and
 310 µs over a bare httptools connection that does only what the call needs (POST, stream
-the body, keep the connection alive). This pool is that connection. It is what ``StreamingClient`` uses on asyncio when no proxy is configured.
+the body, keep the connection alive). This pool is that connection. It is what
+``StreamingClient`` uses on asyncio when no proxy is configured.
 
 The lifecycle rules are aiohttp's: a request waiting for a free connection leaves the
 queue when its owner goes away, and an answer not read to its end closes its connection,
