@@ -510,3 +510,24 @@ def test_a_long_lived_lifetime_forgets_children_that_are_gone() -> None:
     assert len(root._children or ()) <= 64
     root.cancel(Cause.SHUTDOWN)
     assert all(child.cancelled for child in kept)
+
+
+@pytest.mark.anyio
+async def test_a_cancel_hook_runs_at_once_for_the_block_only() -> None:
+    """on_cancel's callback runs inside cancel() itself (an ancestor's too), before any
+    task has unwound; outside its block it is not called; on a lifetime already
+    cancelled it runs at once."""
+    called: list[str] = []
+    with Lifetime.root("app") as root:
+        stage = root.child("generate")
+        with stage:
+            with stage.on_cancel(lambda: called.append("before")):
+                pass  # the block ended: no longer called
+            with stage.on_cancel(lambda: called.append("hook")):
+                root.cancel(Cause.CLIENT_DISCONNECTED, "gone")
+                assert called == ["hook"]  # before the cancellation reached any await
+                await anyio.lowlevel.checkpoint()
+            pytest.fail("not cancelled")
+    with stage.on_cancel(lambda: called.append("late")):
+        pass
+    assert called == ["hook", "late"]

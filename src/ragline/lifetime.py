@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -73,6 +73,7 @@ class Lifetime:
         "_deadline_mono",
         "_entered",
         "_exited",
+        "_hooks",
         "_parent_propagated",
         "_prune_at",
         "_reason",
@@ -123,6 +124,7 @@ class Lifetime:
         if self._cancel_parent is not None:
             self._cancel_parent._adopt(self)
         self._context_token: object | None = None
+        self._hooks: list[Callable[[], object]] | None = None
 
     def _adopt(self, child: Lifetime) -> None:
         children = self._children
@@ -165,6 +167,33 @@ class Lifetime:
         last = Lifetime(name, timeout=timeout, values=self._values)
         last.path = f"{self.path}/{name}"
         return last
+
+    @contextmanager
+    def on_cancel(self, callback: Callable[[], object]) -> Iterator[None]:
+        """Within the block, call ``callback`` the moment this lifetime or an ancestor is
+        cancelled (at once if it already is), before any task unwinds: for what tells
+        others to stop, such as closing an upstream connection. When 10,000 clients hang
+        up together, the last upstream otherwise learns of it only after every stream
+        before it has unwound. ``callback`` must be quick and must not raise. A deadline
+        ends the block through the cancel scope, as usual."""
+        if self.cancelled:
+            callback()
+            yield
+            return
+        hooks = self._hooks
+        if hooks is None:
+            hooks = self._hooks = []
+        hooks.append(callback)
+        try:
+            yield
+        finally:
+            if callback in hooks:
+                hooks.remove(callback)
+
+    def _call_hooks(self) -> None:
+        hooks, self._hooks = self._hooks, None
+        for callback in hooks or ():
+            callback()
 
     @contextmanager
     def last_words(self, timeout: float, name: str = "last-words") -> Iterator[Lifetime]:
@@ -250,6 +279,8 @@ class Lifetime:
             self._reason = CancelReason(Cause(cause), self.path, time.monotonic(), detail)
         if self._scope is not None and not self._exited:
             self._scope.cancel()
+        if self._hooks:
+            self._call_hooks()
         for child in self._descendants():
             child._cancel_from_parent()
 
@@ -258,6 +289,8 @@ class Lifetime:
         self._parent_propagated = True
         if self._scope is not None and not self._exited:
             self._scope.cancel()
+        if self._hooks:
+            self._call_hooks()
         for child in self._descendants():
             child._cancel_from_parent()
 

@@ -40,10 +40,19 @@ class Answer:
         status: int,
         chunks: Callable[[], AsyncIterator[bytes]],
         retry_after: str | None = None,
+        close: Callable[[], object] | None = None,
     ) -> None:
         self.status = status
         self._chunks = chunks
         self.retry_after = retry_after_seconds(retry_after)  # the upstream's Retry-After, if any
+        self._close = close
+
+    def abort(self) -> None:
+        """Close the connection now, from outside the task reading it (a cancellation's
+        hook): the upstream learns at once that nobody listens. Where the connection can
+        only be closed from its task (httpx), its task closes it as it unwinds."""
+        if self._close is not None:
+            self._close()
 
     async def text(self) -> AsyncIterator[str]:
         """The body as text, one piece per read from the socket."""
@@ -133,7 +142,7 @@ class StreamingClient:
                 self._max_connections, self._connect_timeout, stage=self._stage
             )
         async with pool.post(url, body, headers) as response:
-            yield Answer(response.status, response.chunks, response.retry_after)
+            yield Answer(response.status, response.chunks, response.retry_after, response.close)
 
     @asynccontextmanager
     async def _aiohttp(
@@ -167,6 +176,7 @@ class StreamingClient:
                         response.status,
                         response.content.iter_any,
                         response.headers.get("retry-after"),
+                        response.close,
                     )
                 except BaseException:
                     # Not read to its end, the connection cannot serve another request:

@@ -181,38 +181,39 @@ class OpenAIGenerator:
     ) -> None:
         """One attempt: POST, then read the stream into ``into``."""
         async with self._client.post(self._url, body, self._headers(lifetime)) as answer:
-            into.upstream_statuses.append(answer.status)
-            if answer.status >= 400:
-                await self._raise_for(answer)
-            rest = ""
-            async for text in answer.text():
-                if seen.finished:
-                    # After [DONE] only the body's end is left: reading it returns the
-                    # connection to the pool (a break would close it, and every request
-                    # would open a new one).
-                    continue
-                # Everything that arrived in one read goes on as one piece: a fast
-                # upstream's tokens cost one write downstream, not one each.
-                *lines, rest = (rest + text).split("\n")
-                if len(rest) > self._max_event_bytes:
-                    # Leaving the block closes the connection: a hostile or broken
-                    # upstream cannot make ragline hold an unbounded event.
-                    raise UpstreamError(
-                        f"upstream sent an event larger than {self._max_event_bytes} bytes "
-                        "(RAGLINE_LLM_MAX_EVENT_BYTES)"
-                    )
-                piece, moved, done = self._events(lines, into, lifetime)
-                if moved and not seen.first:
-                    # A tool call's first fragment counts as a first token.
-                    seen.first = True
-                    scope.deadline = seen.deadline
-                if piece and on_delta is not None:
-                    await on_delta(piece)
-                if done:
-                    seen.finished = True
-                    # An upstream that holds the stream open after [DONE] gets a moment,
-                    # not the rest of the deadline.
-                    scope.deadline = min(scope.deadline, anyio.current_time() + _AFTER_DONE)
+            with lifetime.on_cancel(answer.abort):  # closed the moment its owner goes
+                into.upstream_statuses.append(answer.status)
+                if answer.status >= 400:
+                    await self._raise_for(answer)
+                rest = ""
+                async for text in answer.text():
+                    if seen.finished:
+                        # After [DONE] only the body's end is left: reading it returns the
+                        # connection to the pool (a break would close it, and every request
+                        # would open a new one).
+                        continue
+                    # Everything that arrived in one read goes on as one piece: a fast
+                    # upstream's tokens cost one write downstream, not one each.
+                    *lines, rest = (rest + text).split("\n")
+                    if len(rest) > self._max_event_bytes:
+                        # Leaving the block closes the connection: a hostile or broken
+                        # upstream cannot make ragline hold an unbounded event.
+                        raise UpstreamError(
+                            f"upstream sent an event larger than {self._max_event_bytes} bytes "
+                            "(RAGLINE_LLM_MAX_EVENT_BYTES)"
+                        )
+                    piece, moved, done = self._events(lines, into, lifetime)
+                    if moved and not seen.first:
+                        # A tool call's first fragment counts as a first token.
+                        seen.first = True
+                        scope.deadline = seen.deadline
+                    if piece and on_delta is not None:
+                        await on_delta(piece)
+                    if done:
+                        seen.finished = True
+                        # An upstream that holds the stream open after [DONE] gets a moment,
+                        # not the rest of the deadline.
+                        scope.deadline = min(scope.deadline, anyio.current_time() + _AFTER_DONE)
         if not seen.finished and into.finish_reason is None:
             # Neither [DONE] nor a finish reason: cut off, or not a stream at all (a whole
             # JSON answer). Never a clean-looking answer.
