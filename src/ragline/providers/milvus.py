@@ -32,13 +32,12 @@ from ..lifetime import Lifetime
 from ..models import Chunk, Hit
 from ..settings import redact
 from ..threads import CancelToken, ThreadBridge
+from ._milvus_rows import CHUNK_ID_BYTES, MAX_ID_BYTES, MAX_TEXT_BYTES, SOURCE_BYTES, chunk_row
 from ._milvus_search import search as filled_search
 
 __all__ = ["MilvusStore"]
 
 _OUTPUT = ["document_id", "chunk_index", "generation", "source", "text"]
-_MAX_TEXT_BYTES = 65_535
-_MAX_ID_BYTES = 512
 _OLDEST = (2, 3)  # COSINE and upsert
 # Past this many chunks in a collection, Lite should hand over to a server (bench/scale.py).
 LITE_HANDOVER_CHUNKS = 100_000
@@ -209,14 +208,14 @@ class MilvusStore:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=128)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=CHUNK_ID_BYTES)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimensions)
-        schema.add_field("document_id", DataType.VARCHAR, max_length=_MAX_ID_BYTES)
+        schema.add_field("document_id", DataType.VARCHAR, max_length=MAX_ID_BYTES)
         schema.add_field("chunk_index", DataType.INT64)
         schema.add_field("generation", DataType.INT64)
         schema.add_field("acl", DataType.INT64)
-        schema.add_field("source", DataType.VARCHAR, max_length=2048)
-        schema.add_field("text", DataType.VARCHAR, max_length=_MAX_TEXT_BYTES)
+        schema.add_field("source", DataType.VARCHAR, max_length=SOURCE_BYTES)
+        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
         try:
             with self._reached():
                 self._client.create_collection(
@@ -313,18 +312,7 @@ class MilvusStore:
 
     def _row(self, chunk: Chunk) -> dict[str, Any]:
         self._check_dimensions(len(chunk.vector), f"chunk {chunk.id[:64]}")
-        if len(chunk.document_id.encode()) > _MAX_ID_BYTES or len(chunk.id.encode()) > 128:
-            raise InvalidRequest(f"chunk {chunk.id[:64]}: id too long")
-        return {
-            "id": chunk.id,
-            "vector": [float(x) for x in chunk.vector],
-            "document_id": chunk.document_id,
-            "chunk_index": chunk.chunk_index,
-            "generation": chunk.generation,
-            "acl": chunk.acl,
-            "source": _clip(chunk.source, 2048),
-            "text": _clip(chunk.text, _MAX_TEXT_BYTES),
-        }
+        return chunk_row(chunk)
 
     def _upsert(self, token: CancelToken, name: str | None, rows: list[dict[str, Any]]) -> None:
         with self._reached():
@@ -406,10 +394,3 @@ def _release(version: str) -> tuple[int, int] | None:
     server (``milvus_lite-3.2.2``, the Lite server, which is not versioned as Milvus)."""
     match = re.fullmatch(r"v?(\d+)\.(\d+)(?:[.\-+].*)?", version.strip())
     return (int(match[1]), int(match[2])) if match else None
-
-
-def _clip(text: str, max_bytes: int) -> str:
-    data = text.encode()
-    if len(data) <= max_bytes:
-        return text
-    return data[:max_bytes].decode("utf-8", "ignore")
